@@ -1,0 +1,1 @@
+"""Data for genemask-jax: FASTA genomes, pretraining chunks, few-shot benchmarks, TFDS."""

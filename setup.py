@@ -1,0 +1,48 @@
+"""Installs genemask-jax: GeneMask pretraining of DNA language models in JAX/Flax.
+
+    python -m pip install .            # the library and its commands
+    python -m pip install '.[test]'    # plus the test suite's needs
+    python -m pip install '.[hf]'      # HuggingFace interop (PyTorch CPU, transformers)
+"""
+import setuptools
+
+setuptools.setup(
+    name="genemask-jax",
+    version="0.1.0",
+    description=(
+        "GeneMask masked-language-model pretraining of DNA (6-mer BERT) in JAX/Flax, "
+        "with on-device masking and few-shot evaluation."
+    ),
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=setuptools.find_packages(include=["genemask_jax", "genemask_jax.*"]),
+    package_data={"genemask_jax": ["resources/*", "data/resources/*"]},
+    include_package_data=True,
+    install_requires=[
+        "jax>=0.10,<0.11",
+        "flax>=0.12,<0.13",
+        "optax>=0.2.8,<0.3",
+        "orbax-checkpoint>=0.12,<0.13",
+        "tensorflow-datasets>=4.9.10,<4.10",
+        "numpy>=2.0,<3",
+        "absl-py>=2.1,<3",
+        "ml_collections>=1.1,<2",
+        "grain>=0.2.18,<0.3",
+        "importlib_resources>=6.4",  # TFDS builders inside a package need it.
+        "tensorboardX>=2.6,<3",
+        "matplotlib>=3.8,<4",  # PNG plots of NPMI tables and few-shot results.
+    ],
+    extras_require={
+        "test": ["pytest>=8,<10", "scikit-learn>=1.5,<2"],
+        "tpu": ["jax[tpu]>=0.10,<0.11"],
+        "cuda": ["jax[cuda12]>=0.10,<0.11"],
+        "hf": ["torch==2.13.0", "transformers>=4.50,<6", "safetensors>=0.4,<1"],
+    },
+    entry_points={
+        "console_scripts": [
+            "genemask-data=genemask_jax.data.prepare:run",
+        ],
+    },
+)
