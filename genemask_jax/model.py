@@ -1,0 +1,497 @@
+"""DNABERT-compatible BERT encoder in Flax Linen, partitioned by logical axis names.
+
+The model follows HuggingFace ``BertForMaskedLM`` / ``BertForSequenceClassification``
+semantics exactly (post-LayerNorm blocks with eps 1e-12, exact erf GELU, learned absolute
+positions, optional token types, attention mask from ``[PAD]`` = 0, MLM head = dense +
+GELU + LayerNorm + decoder tied to the word embeddings + bias, classifier = tanh pooler on
+``[CLS]`` + dropout + dense), so DNABERT checkpoints map onto it one tensor at a time.
+
+Every parameter carries logical axis names (``vocab``, ``embed``, ``heads``, ``kv``,
+``mlp``); key activations are constrained with (``batch``, ``length``, ...). Which mesh
+axis each name lands on is decided outside the model by the rules in
+``genemask_jax.sharding``; with no rules in context the model runs unsharded.
+
+Parameter tree and its HF state-dict counterpart (``W`` is a torch ``Linear.weight`` of
+shape (out, in); ``E`` = hidden size, ``N`` = heads, ``D`` = E / N, ``V`` = padded vocab):
+
+  bert/embeddings/word_embeddings/embedding        (V, E)       word_embeddings.weight
+  bert/embeddings/position_embeddings/embedding    (512, E)     position_embeddings.weight
+  bert/embeddings/token_type_embeddings/embedding  (T, E)       token_type_embeddings.weight
+  bert/embeddings/LayerNorm/{scale,bias}           (E,)         LayerNorm.{weight,bias}
+  HF prefix ``bert.encoder.layer.{i}.`` for the per-layer rows below.
+  bert/encoder/layer_{i}/attention/self/{query,key,value}/kernel
+                                                   (E, N, D)    W.T.reshape(E, N, D)
+  bert/encoder/layer_{i}/attention/self/{query,key,value}/bias
+                                                   (N, D)       b.reshape(N, D)
+  bert/encoder/layer_{i}/attention/output/dense/kernel  (N, D, E)  W.T.reshape(N, D, E)
+  bert/encoder/layer_{i}/attention/output/dense/bias    (E,)
+  bert/encoder/layer_{i}/attention/output/LayerNorm/{scale,bias}
+  bert/encoder/layer_{i}/intermediate_dense/{kernel (E, M), bias (M,)}  intermediate.dense (W.T)
+  bert/encoder/layer_{i}/output_dense/{kernel (M, E), bias (E,)}        output.dense (W.T)
+  bert/encoder/layer_{i}/output_LayerNorm/{scale,bias}                   output.LayerNorm
+  bert/pooler/dense/{kernel (E, E), bias}         (classification model only)
+  cls/transform_dense/{kernel (E, E), bias}        cls.predictions.transform.dense (W.T)
+  cls/transform_LayerNorm/{scale,bias}             cls.predictions.transform.LayerNorm
+  cls/bias                                         (V,)         cls.predictions.bias
+  classifier/{kernel (E, C), bias (C,)}            (classification model only)
+
+The MLM decoder weight is the word-embedding table (tied), as in HF. When
+``vocab_pad_multiple`` > 1 the vocabulary rows are padded (extra rows are never produced
+by the tokenizer; logits are sliced back to ``vocab_size``): an HF import pads rows with
+zeros, an export slices ``[:vocab_size]``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+PAD_ID = 0  # Same as genemask_jax.tokenizer.PAD_ID; the attention mask is ids != PAD_ID.
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Hyper-parameters of the BERT encoder (names follow HF ``BertConfig`` where it has one).
+
+  Attributes:
+    vocab_size: Number of token ids (4**k + 5; 4101 for 6-mers).
+    hidden_size: Width E of the residual stream.
+    num_layers: Number of encoder blocks.
+    num_heads: Attention heads N; must divide ``hidden_size``.
+    mlp_dim: Width M of the feed-forward layer (HF ``intermediate_size``).
+    max_len: Learned absolute positions (HF ``max_position_embeddings``).
+    type_vocab_size: Token-type rows; 0 drops the token-type embedding entirely.
+    dropout_rate: Hidden dropout (HF ``hidden_dropout_prob``).
+    attention_dropout_rate: Dropout on attention probabilities.
+    layer_norm_eps: LayerNorm epsilon.
+    initializer_range: Std of the truncation-free normal init of kernels and embeddings.
+    dtype: Computation dtype name ("float32" or "bfloat16").
+    param_dtype: Parameter dtype name (keep "float32" for training).
+    vocab_pad_multiple: Pad the vocabulary rows to a multiple of this, so the ``vocab``
+      axis can be sharded (4101 is odd) and matmuls tile well on accelerators.
+    pad_id: Token id that is masked out of attention.
+  """
+  vocab_size: int = 4101
+  hidden_size: int = 768
+  num_layers: int = 12
+  num_heads: int = 12
+  mlp_dim: int = 3072
+  max_len: int = 512
+  type_vocab_size: int = 2
+  dropout_rate: float = 0.1
+  attention_dropout_rate: float = 0.1
+  layer_norm_eps: float = 1e-12
+  initializer_range: float = 0.02
+  dtype: str = "float32"
+  param_dtype: str = "float32"
+  vocab_pad_multiple: int = 1
+  pad_id: int = PAD_ID
+
+  def __post_init__(self):
+    for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "mlp_dim",
+                 "max_len", "vocab_pad_multiple"):
+      if int(getattr(self, name)) < 1:
+        raise ValueError(f"ModelConfig.{name} must be >= 1, got {getattr(self, name)}")
+    if self.hidden_size % self.num_heads:
+      raise ValueError(
+          f"ModelConfig.hidden_size={self.hidden_size} is not divisible by "
+          f"num_heads={self.num_heads}")
+    for name in ("dtype", "param_dtype"):
+      if getattr(self, name) not in _DTYPES:
+        raise ValueError(
+            f"ModelConfig.{name}={getattr(self, name)!r}; expected one of {sorted(_DTYPES)}")
+    for name in ("dropout_rate", "attention_dropout_rate"):
+      if not 0.0 <= getattr(self, name) < 1.0:
+        raise ValueError(f"ModelConfig.{name} must be in [0, 1), got {getattr(self, name)}")
+
+  @property
+  def head_dim(self) -> int:
+    return self.hidden_size // self.num_heads
+
+  @property
+  def padded_vocab_size(self) -> int:
+    m = self.vocab_pad_multiple
+    return -(-self.vocab_size // m) * m
+
+  @property
+  def jnp_dtype(self) -> Any:
+    return _DTYPES[self.dtype]
+
+  @property
+  def jnp_param_dtype(self) -> Any:
+    return _DTYPES[self.param_dtype]
+
+
+MODEL_SIZES: dict[str, dict[str, Any]] = {
+    # Small BERT for tests and quick runs.
+    "tiny": dict(num_layers=2, hidden_size=256, num_heads=8, mlp_dim=1024),
+    # The GeneMask authors' "Code-E" LOGO-like model.
+    "logo": dict(num_layers=2, hidden_size=256, num_heads=8, mlp_dim=3072,
+                 dropout_rate=0.0, attention_dropout_rate=0.0),
+    # DNABERT-6 (BERT-base), ~89 M parameters with the tied decoder.
+    "dnabert_base": dict(num_layers=12, hidden_size=768, num_heads=12, mlp_dim=3072),
+    # BERT-large shape, for pods.
+    "large": dict(num_layers=24, hidden_size=1024, num_heads=16, mlp_dim=4096),
+}
+
+
+def model_config(name: str, **overrides: Any) -> ModelConfig:
+  """Returns the named size (a key of ``MODEL_SIZES``) with ``overrides`` applied.
+
+  Raises:
+    ValueError: unknown size name or unknown override key.
+  """
+  if name not in MODEL_SIZES:
+    raise ValueError(f"unknown model size {name!r}; expected one of {sorted(MODEL_SIZES)}")
+  fields = {f.name for f in dataclasses.fields(ModelConfig)}
+  unknown = sorted(set(overrides) - fields)
+  if unknown:
+    raise ValueError(f"unknown ModelConfig key(s) {unknown}; expected some of {sorted(fields)}")
+  return ModelConfig(**{**MODEL_SIZES[name], **overrides})
+
+
+def param_count_formula(cfg: ModelConfig, *, mlm_head: bool = True,
+                        num_labels: int | None = None) -> int:
+  """Number of parameters, from the config alone (the tied decoder counted once).
+
+  Args:
+    cfg: the model config.
+    mlm_head: count the MLM head (``BertForMaskedLM``).
+    num_labels: if given, count pooler + classifier (``BertForSequenceClassification``)
+      instead of the MLM head.
+  """
+  e, m, v = cfg.hidden_size, cfg.mlp_dim, cfg.padded_vocab_size
+  embeddings = (v + cfg.max_len + cfg.type_vocab_size) * e + 2 * e
+  attention = 4 * (e * e + e) + 2 * e
+  mlp = (e * m + m) + (m * e + e) + 2 * e
+  total = embeddings + cfg.num_layers * (attention + mlp)
+  if num_labels is not None:
+    total += (e * e + e) + (e * num_labels + num_labels)
+  elif mlm_head:
+    total += (e * e + e) + 2 * e + v
+  return total
+
+
+def _dense_init(cfg: ModelConfig, axes: tuple[str | None, ...]):
+  return nn.with_logical_partitioning(nn.initializers.normal(cfg.initializer_range), axes)
+
+
+def _zeros(axes: tuple[str | None, ...]):
+  return nn.with_logical_partitioning(nn.initializers.zeros_init(), axes)
+
+
+def _ones(axes: tuple[str | None, ...]):
+  return nn.with_logical_partitioning(nn.initializers.ones_init(), axes)
+
+
+def _layer_norm(cfg: ModelConfig, name: str) -> nn.LayerNorm:
+  return nn.LayerNorm(
+      epsilon=cfg.layer_norm_eps, dtype=cfg.jnp_dtype, param_dtype=cfg.jnp_param_dtype,
+      scale_init=_ones(("embed",)), bias_init=_zeros(("embed",)), name=name)
+
+
+def _gelu(x: jax.Array) -> jax.Array:
+  return nn.gelu(x, approximate=False)
+
+
+class _DenseGeneral(nn.Module):
+  """``x @ kernel + bias`` contracting x's last ``len(in_shape)`` dims.
+
+  Kernel shape ``in_shape + out_shape`` with logical names ``kernel_axes``; bias
+  ``out_shape``. (``nn.DenseGeneral`` reshapes its kernel to 2-D inside init, which breaks
+  multi-dimensional logical names under a mesh.)
+  """
+  in_shape: tuple[int, ...]
+  out_shape: tuple[int, ...]
+  kernel_axes: tuple[str | None, ...]
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    cfg = self.config
+    kernel = self.param("kernel", _dense_init(cfg, self.kernel_axes),
+                        self.in_shape + self.out_shape, cfg.jnp_param_dtype)
+    bias = self.param("bias", _zeros(self.kernel_axes[len(self.in_shape):]), self.out_shape,
+                      cfg.jnp_param_dtype)
+    n_in = len(self.in_shape)
+    y = jax.lax.dot_general(
+        x.astype(cfg.jnp_dtype), kernel.astype(cfg.jnp_dtype),
+        ((tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in))), ((), ())))
+    return y + bias.astype(cfg.jnp_dtype)
+
+
+class BertEmbeddings(nn.Module):
+  """Word + position (+ token type) embeddings, LayerNorm, dropout."""
+  config: ModelConfig
+
+  def setup(self):
+    cfg = self.config
+    self.word_embeddings = nn.Embed(
+        cfg.padded_vocab_size, cfg.hidden_size, dtype=cfg.jnp_dtype,
+        param_dtype=cfg.jnp_param_dtype,
+        embedding_init=_dense_init(cfg, ("vocab", "embed")))
+    self.position_embeddings = nn.Embed(
+        cfg.max_len, cfg.hidden_size, dtype=cfg.jnp_dtype, param_dtype=cfg.jnp_param_dtype,
+        embedding_init=_dense_init(cfg, (None, "embed")))
+    if cfg.type_vocab_size:
+      self.token_type_embeddings = nn.Embed(
+          cfg.type_vocab_size, cfg.hidden_size, dtype=cfg.jnp_dtype,
+          param_dtype=cfg.jnp_param_dtype, embedding_init=_dense_init(cfg, (None, "embed")))
+    self.LayerNorm = _layer_norm(cfg, "LayerNorm")  # pylint: disable=invalid-name
+    self.dropout = nn.Dropout(cfg.dropout_rate)
+
+  def __call__(self, input_ids: jax.Array, token_type_ids: jax.Array | None,
+               deterministic: bool) -> jax.Array:
+    """(B, L) int ids -> (B, L, E) embeddings in ``config.dtype``."""
+    cfg = self.config
+    length = input_ids.shape[1]
+    if length > cfg.max_len:
+      raise ValueError(f"sequence length {length} exceeds max_len={cfg.max_len}")
+    x = self.word_embeddings(input_ids)
+    x = x + self.position_embeddings(jnp.arange(length))[None]
+    if cfg.type_vocab_size:
+      if token_type_ids is None:
+        # HF adds row 0 of the token-type table when no types are given.
+        x = x + self.token_type_embeddings(jnp.zeros((1, length), jnp.int32))
+      else:
+        x = x + self.token_type_embeddings(token_type_ids)
+    elif token_type_ids is not None:
+      raise ValueError("token_type_ids given but ModelConfig.type_vocab_size is 0")
+    x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+    x = self.LayerNorm(x)
+    return self.dropout(x, deterministic=deterministic)
+
+  def attend(self, x: jax.Array) -> jax.Array:
+    """Tied decoder: (..., E) -> (..., padded V) logits against the word embeddings."""
+    return self.word_embeddings.attend(x)
+
+
+def _attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
+               dropout: nn.Dropout, deterministic: bool) -> jax.Array:
+  """Scaled dot-product attention; q, k, v (B, L, N, D), mask (B, 1, 1, L) bool.
+
+  Without attention dropout this is ``jax.nn.dot_product_attention`` (fused kernels on
+  GPU). With dropout on the probabilities (HF semantics in training) it is the same math
+  written out, since the fused call has no dropout.
+  """
+  if deterministic or dropout.rate == 0.0:
+    return jax.nn.dot_product_attention(q, k, v, mask=mask)
+  scale = 1.0 / math.sqrt(q.shape[-1])
+  logits = jnp.einsum("bqnd,bknd->bnqk", q, k).astype(jnp.float32) * scale
+  logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(logits, axis=-1).astype(q.dtype)
+  probs = dropout(probs, deterministic=False)
+  return jnp.einsum("bnqk,bknd->bqnd", probs, v)
+
+
+class BertSelfAttention(nn.Module):
+  """Query, key and value projections, kernels (E, N, D), attention -> (B, L, N, D)."""
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x: jax.Array, mask: jax.Array, deterministic: bool) -> jax.Array:
+    cfg = self.config
+
+    def proj(name):
+      return _DenseGeneral((cfg.hidden_size,), (cfg.num_heads, cfg.head_dim),
+                           ("embed", "heads", "kv"), cfg, name=name)(x)
+
+    q, k, v = proj("query"), proj("key"), proj("value")
+    q = nn.with_logical_constraint(q, ("batch", "length", "heads", "kv"))
+    k = nn.with_logical_constraint(k, ("batch", "length", "heads", "kv"))
+    v = nn.with_logical_constraint(v, ("batch", "length", "heads", "kv"))
+    out = _attention(q, k, v, mask, nn.Dropout(cfg.attention_dropout_rate), deterministic)
+    return nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
+
+
+class BertAttention(nn.Module):
+  """Self-attention + output projection (N, D, E) + dropout + residual + post-LayerNorm."""
+  config: ModelConfig
+
+  def setup(self):
+    cfg = self.config
+    self.self = BertSelfAttention(cfg)
+    self.output = _AttentionOutput(cfg)
+
+  def __call__(self, x: jax.Array, mask: jax.Array, deterministic: bool) -> jax.Array:
+    return self.output(self.self(x, mask, deterministic), x, deterministic)
+
+
+class _AttentionOutput(nn.Module):
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, a: jax.Array, residual: jax.Array, deterministic: bool) -> jax.Array:
+    cfg = self.config
+    y = _DenseGeneral((cfg.num_heads, cfg.head_dim), (cfg.hidden_size,),
+                      ("heads", "kv", "embed"), cfg, name="dense")(a)
+    y = nn.Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
+    y = _layer_norm(cfg, "LayerNorm")(y + residual)
+    return nn.with_logical_constraint(y, ("batch", "length", "embed"))
+
+
+class BertLayer(nn.Module):
+  """One post-LN encoder block: attention, then GELU MLP; (B, L, E) -> (B, L, E)."""
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x: jax.Array, mask: jax.Array, deterministic: bool) -> jax.Array:
+    cfg = self.config
+    x = BertAttention(cfg, name="attention")(x, mask, deterministic)
+    h = nn.Dense(cfg.mlp_dim, dtype=cfg.jnp_dtype, param_dtype=cfg.jnp_param_dtype,
+                 kernel_init=_dense_init(cfg, ("embed", "mlp")), bias_init=_zeros(("mlp",)),
+                 name="intermediate_dense")(x)
+    h = nn.with_logical_constraint(_gelu(h), ("batch", "length", "mlp"))
+    y = nn.Dense(cfg.hidden_size, dtype=cfg.jnp_dtype, param_dtype=cfg.jnp_param_dtype,
+                 kernel_init=_dense_init(cfg, ("mlp", "embed")), bias_init=_zeros(("embed",)),
+                 name="output_dense")(h)
+    y = nn.Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
+    y = _layer_norm(cfg, "output_LayerNorm")(y + x)
+    return nn.with_logical_constraint(y, ("batch", "length", "embed"))
+
+
+class BertEncoder(nn.Module):
+  """``num_layers`` BertLayers named ``layer_{i}``."""
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x: jax.Array, mask: jax.Array, deterministic: bool) -> jax.Array:
+    for i in range(self.config.num_layers):
+      x = BertLayer(self.config, name=f"layer_{i}")(x, mask, deterministic)
+    return x
+
+
+class BertModel(nn.Module):
+  """Embeddings + encoder (+ tanh pooler on [CLS] when ``add_pooling_layer``)."""
+  config: ModelConfig
+  add_pooling_layer: bool = False
+
+  def setup(self):
+    cfg = self.config
+    self.embeddings = BertEmbeddings(cfg)
+    self.encoder = BertEncoder(cfg)
+    if self.add_pooling_layer:
+      self.pooler = _Pooler(cfg)
+
+  def __call__(self, input_ids: jax.Array, token_type_ids: jax.Array | None = None,
+               deterministic: bool = True) -> jax.Array:
+    """(B, L) int32 ids -> (B, L, E) final hidden states in ``config.dtype``."""
+    cfg = self.config
+    if input_ids.ndim != 2:
+      raise ValueError(f"input_ids must be (batch, length), got shape {input_ids.shape}")
+    mask = (input_ids != cfg.pad_id)[:, None, None, :]  # (B, 1, 1, L): keys that count.
+    x = self.embeddings(input_ids, token_type_ids, deterministic)
+    return self.encoder(x, mask, deterministic)
+
+  def pool(self, hidden: jax.Array) -> jax.Array:
+    """(B, L, E) hidden -> (B, E) tanh(dense(hidden[:, 0])) (needs ``add_pooling_layer``)."""
+    return self.pooler(hidden[:, 0])
+
+  def attend(self, x: jax.Array) -> jax.Array:
+    return self.embeddings.attend(x)
+
+
+class _Pooler(nn.Module):
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, cls_hidden: jax.Array) -> jax.Array:
+    cfg = self.config
+    y = nn.Dense(cfg.hidden_size, dtype=cfg.jnp_dtype, param_dtype=cfg.jnp_param_dtype,
+                 kernel_init=_dense_init(cfg, ("embed", "mlp")), bias_init=_zeros(("mlp",)),
+                 name="dense")(cls_hidden)
+    return jnp.tanh(y)
+
+
+class _MLMHead(nn.Module):
+  """HF ``cls.predictions``: transform (dense + GELU + LayerNorm) and the decoder bias."""
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x: jax.Array, decoder) -> jax.Array:
+    cfg = self.config
+    x = nn.Dense(cfg.hidden_size, dtype=cfg.jnp_dtype, param_dtype=cfg.jnp_param_dtype,
+                 kernel_init=_dense_init(cfg, ("embed", "mlp")), bias_init=_zeros(("mlp",)),
+                 name="transform_dense")(x)
+    x = _layer_norm(cfg, "transform_LayerNorm")(_gelu(x))
+    bias = self.param("bias", _zeros(("vocab",)), (cfg.padded_vocab_size,),
+                      cfg.jnp_param_dtype)
+    logits = decoder(x) + bias.astype(cfg.jnp_dtype)
+    return logits[..., :cfg.vocab_size]
+
+
+def gather_positions(hidden: jax.Array, positions: jax.Array) -> jax.Array:
+  """(B, L, E) hidden, (B, P) int positions -> (B, P, E) hidden at those positions."""
+  return jnp.take_along_axis(hidden, positions[..., None].astype(jnp.int32), axis=1)
+
+
+class BertForMaskedLM(nn.Module):
+  """BERT with the MLM head (HF ``BertForMaskedLM``); params under ``bert`` and ``cls``."""
+  config: ModelConfig
+
+  def setup(self):
+    self.bert = BertModel(self.config, add_pooling_layer=False)
+    self.cls = _MLMHead(self.config)
+
+  def __call__(self, input_ids: jax.Array, *, masked_positions: jax.Array | None = None,
+               token_type_ids: jax.Array | None = None, deterministic: bool = True,
+               return_hidden: bool = False) -> jax.Array | tuple[jax.Array, jax.Array]:
+    """MLM logits.
+
+    Args:
+      input_ids: (B, L) int32 token ids (already masked for training).
+      masked_positions: optional (B, P) int32 positions; when given only those positions
+        go through the MLM head (cheaper: P << L), else all L positions.
+      token_type_ids: optional (B, L) int32.
+      deterministic: False enables dropout (needs a "dropout" rng).
+      return_hidden: also return the (B, L, E) encoder output.
+
+    Returns:
+      logits (B, P, vocab_size) or (B, L, vocab_size) in ``config.dtype``, and with
+      ``return_hidden`` the tuple (logits, hidden).
+    """
+    hidden = self.bert(input_ids, token_type_ids, deterministic)
+    x = hidden if masked_positions is None else gather_positions(hidden, masked_positions)
+    logits = self.cls(x, self.bert.attend)
+    return (logits, hidden) if return_hidden else logits
+
+  def encode(self, input_ids: jax.Array, token_type_ids: jax.Array | None = None) -> jax.Array:
+    """(B, L) ids -> (B, L, E) encoder output (deterministic), e.g. for linear probes."""
+    return self.bert(input_ids, token_type_ids, True)
+
+
+class BertForSequenceClassification(nn.Module):
+  """BERT + tanh pooler on [CLS] + dropout + dense (HF ``BertForSequenceClassification``).
+
+  Its ``bert`` subtree has the same names as ``BertForMaskedLM``'s (plus ``pooler``), so a
+  pretrained MLM checkpoint's ``params["bert"]`` initialises it.
+  """
+  config: ModelConfig
+  num_labels: int = 2
+
+  def setup(self):
+    cfg = self.config
+    self.bert = BertModel(cfg, add_pooling_layer=True)
+    self.dropout = nn.Dropout(cfg.dropout_rate)
+    self.classifier = nn.Dense(
+        self.num_labels, dtype=cfg.jnp_dtype, param_dtype=cfg.jnp_param_dtype,
+        kernel_init=_dense_init(cfg, ("embed", None)), bias_init=_zeros((None,)))
+
+  def __call__(self, input_ids: jax.Array, *, token_type_ids: jax.Array | None = None,
+               deterministic: bool = True) -> jax.Array:
+    """(B, L) int32 ids -> (B, num_labels) logits in ``config.dtype``."""
+    hidden = self.bert(input_ids, token_type_ids, deterministic)
+    pooled = self.bert.pool(hidden)
+    return self.classifier(self.dropout(pooled, deterministic=deterministic))
+
+  def pooled_features(self, input_ids: jax.Array, *,
+                      token_type_ids: jax.Array | None = None) -> jax.Array:
+    """(B, L) ids -> (B, E) pooled [CLS] features (deterministic), for linear probes."""
+    return self.bert.pool(self.bert(input_ids, token_type_ids, True))
