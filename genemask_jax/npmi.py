@@ -361,6 +361,13 @@ def score_counts(counts: NgramCounts, *, log_z: float | None = None,
     raise NpmiError(f"log_z must be finite, got {log_z!r}")
   with np.errstate(divide="ignore"):
     logp = [np.log(c.astype(np.float64)) - log_z for c in counts.counts]
+  with np.errstate(invalid="ignore"):  # -inf - -inf for unseen n-grams; masked below.
+    return _score(counts, logp, float(log_z), int(min_count), true_splits, segmentation)
+
+
+def _score(counts: NgramCounts, logp: list[np.ndarray], log_z: float, min_count: int,
+           true_splits: str, segmentation: str) -> NpmiTable:
+  k = counts.k
   x = np.arange(4**k, dtype=np.int64)
   lp = lambda start, length: logp[length - 1][_piece(x, k, start, length)]
   whole = logp[k - 1]
@@ -499,7 +506,7 @@ def _check_lookup(rank: np.ndarray, score: np.ndarray, where: str) -> NpmiLookup
   return NpmiLookup(rank=rank.astype(np.int32), score=score.astype(np.float32))
 
 
-def _load_csv(path: str, k: int | None) -> NpmiLookup:
+def _load_csv(path: str) -> NpmiLookup:
   """Reads our CSV or the authors' (columns ngram, norm_dp_true_pmi, norm_pmi_rank_rel)."""
   try:
     f = open(path, newline="", encoding="ascii")
@@ -520,6 +527,7 @@ def _load_csv(path: str, k: int | None) -> NpmiLookup:
                         f"{', '.join(CSV_COLUMNS)}")
       ci, si, ri = (header.index(c) for c in need)
       rows: dict[str, tuple[float, int, int]] = {}
+      k = None
       for lineno, row in enumerate(reader, 2):
         if not row:
           continue
@@ -528,7 +536,9 @@ def _load_csv(path: str, k: int | None) -> NpmiLookup:
         ngram = row[ci].strip().upper()
         if k is None:
           k = len(ngram)
-          check_k(k)
+          if not MIN_K <= k <= MAX_K:
+            raise NpmiError(f"{path}:{lineno}: ngram {row[ci]!r} is not a k-mer with k in "
+                            f"{MIN_K}..{MAX_K}")
         if len(ngram) != k or ngram.strip("ACGT"):
           raise NpmiError(f"{path}:{lineno}: ngram {row[ci]!r} is not a {k}-mer of A/C/G/T")
         if ngram in rows:
@@ -624,7 +634,7 @@ def load_lookup(path: str | os.PathLike, k: int | None = None) -> NpmiLookup:
         raise NpmiError(f"{p}: cannot read the lookup array: {e}") from e
     lookup = _check_lookup(arrays[0], arrays[1], stem + ".{rank,score}.npy")
   else:
-    lookup = _load_csv(path, k)
+    lookup = _load_csv(path)
   if k is not None and lookup.rank.shape[0] != lookup_size(k):
     raise NpmiError(f"{path}: holds a {lookup.k}-mer table, expected k={k}")
   return lookup
@@ -658,9 +668,17 @@ class _Progress:
 
 
 def _main(argv: Sequence[str]) -> None:
-  from absl import app, flags  # Binaries only.
+  from absl import app  # Binaries only.
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  try:
+    _run()
+  except (NpmiError, fasta.FastaError) as e:
+    sys.exit(f"error: {e}")
+
+
+def _run() -> None:
+  from absl import flags  # Binaries only.
   f = flags.FLAGS
   paths = [p for p in f.fasta if p]
   k = check_k(f.k)

@@ -1,0 +1,361 @@
+"""Tests for genemask_jax.npmi: counting, the NPMI formulas, tables, lookups, bad input.
+
+Expected values come from explicit per-substring Python (dictionary counts, enumerated
+segmentations), never from the module's own vectorised code.
+"""
+import collections
+import gzip
+import itertools
+import math
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from genemask_jax import npmi
+from genemask_jax import tokenizer
+from genemask_jax.data import fasta
+
+AUTHORS_CSV = pathlib.Path("npmi") / "genemask_grch38_chr1-3_6mer_npmi.csv"
+GENOME = ("GRCh37_chrX_1-70M.fa.gz", "GRCh37_chr22_blocks.fa.gz")
+COMP = {"A": "T", "C": "G", "G": "C", "T": "A"}
+
+
+def brute_counts(records, k):
+  """{n-gram: count} of every ACGT n-gram (n = 1..k) inside each record, case-folded."""
+  counts = collections.Counter()
+  for rec in records:
+    rec = rec.upper()
+    for n in range(1, k + 1):
+      for i in range(len(rec) - n + 1):
+        w = rec[i:i + n]
+        if all(ch in "ACGT" for ch in w):
+          counts[w] += 1
+  return counts
+
+
+def code(w):
+  return sum(tokenizer.BASES.index(ch) * 4**(len(w) - 1 - i) for i, ch in enumerate(w))
+
+
+def as_dict(counts: npmi.NgramCounts):
+  out = {}
+  for n in range(1, counts.k + 1):
+    for w in itertools.product("ACGT", repeat=n):
+      w = "".join(w)
+      c = int(counts.counts[n - 1][code(w)])
+      if c:
+        out[w] = c
+  return out
+
+
+def segmentations(w, max_piece):
+  """Every split of w into contiguous pieces of length <= max_piece."""
+  if not w:
+    yield []
+    return
+  for l in range(1, min(max_piece, len(w)) + 1):
+    for rest in segmentations(w[l:], max_piece):
+      yield [w[:l]] + rest
+
+
+def random_records(rng, n_records, length, alphabet="ACGTacgtNNRY"):
+  return ["".join(rng.choice(list(alphabet), size=rng.integers(0, length))) for _ in
+          range(n_records)]
+
+
+def spearman(a, b):
+  ra = np.argsort(np.argsort(a))
+  rb = np.argsort(np.argsort(b))
+  return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def write_fasta(path, records, width=7, compress=False):
+  text = "".join(f">r{i}\n" + "".join(s[j:j + width] + "\n" for j in range(0, len(s), width))
+                 for i, s in enumerate(records))
+  if compress:
+    with gzip.open(path, "wt") as f:
+      f.write(text)
+  else:
+    path.write_text(text)
+  return path
+
+
+# ------------------------------------------------------------------------------ counting
+
+
+def test_counts_match_substring_counts_and_never_span_records():
+  rng = np.random.default_rng(0)
+  records = random_records(rng, 12, 60) + ["ACGTN", "", "AC", "acgtACGTGG"]
+  got = as_dict(npmi.count_sequences(records, k=4))
+  assert got == dict(brute_counts(records, 4))
+  # The junction of "AC" and "acgt..." would make ACAC; it must not be counted.
+  assert "CA" not in dict(brute_counts(["AC", "acgtACGTGG"], 2))
+  assert as_dict(npmi.count_sequences(["AC", "acgtACGTGG"], k=2)).get("CA", 0) == 0
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_count_fasta_with_tiny_blocks_carries_tails_across_blocks(tmp_path, compress):
+  rng = np.random.default_rng(1)
+  records = random_records(rng, 8, 200, alphabet="ACGTACGTacgtN") + ["ACGTTGCA" * 5]
+  path = write_fasta(tmp_path / ("x.fa.gz" if compress else "x.fa"), records, compress=compress)
+  want = dict(brute_counts(records, 5))
+  for block_size in (1, 3, 7, 1 << 20):
+    counts = npmi.count_fasta([path], k=5, block_size=block_size)
+    assert as_dict(counts) == want, block_size
+    assert counts.letters == sum(map(len, records))
+
+
+def test_counting_across_two_files_adds_up(tmp_path):
+  a = write_fasta(tmp_path / "a.fa", ["ACGTAC"])
+  b = write_fasta(tmp_path / "b.fa", ["GTACGN", "TTT"], compress=False)
+  got = as_dict(npmi.count_fasta([a, b], k=3))
+  assert got == dict(brute_counts(["ACGTAC", "GTACGN", "TTT"], 3))
+
+
+def test_both_strands_counts_the_reverse_complement():
+  seq = "AACGTTTGCAGGN" + "CCATG"
+  rc = "".join(COMP.get(ch, "N") for ch in reversed(seq))
+  got = as_dict(npmi.both_strands(npmi.count_sequences([seq], k=3)))
+  assert got == dict(brute_counts([seq, rc], 3))
+
+
+# ------------------------------------------------------------------------------ formulas
+
+
+def test_scores_on_a_hand_worked_sequence():
+  # ACGTACGT: A,C,G,T 2 each; AC,CG,GT 2, TA 1; ACG,CGT 2, GTA,TAC 1. Z = 10.
+  counts = npmi.count_sequences(["ACGTACGT"], k=3)
+  t = npmi.score_counts(counts, log_z=math.log(10), min_count=2)
+  acg, gta = code("ACG"), code("GTA")
+  # naive(ACG) = ln .2 - 3 ln .2 = 2 ln 5
+  assert t.naive[acg] == pytest.approx(2 * math.log(5))
+  # true(ACG) = ln .2 - ln p(A) - ln p(CG) = ln 5 (authors' only split i = 1)
+  assert t.true[acg] == pytest.approx(math.log(5))
+  # dp(ACG): best of A|C|G (3 ln .2), A|CG, AC|G (2 ln .2) -> ln .2 - 2 ln .2 = ln 5
+  assert t.dp[acg] == pytest.approx(math.log(5))
+  # npmi = dp * ln 2 / (ln 2 + ln 2) = ln 5 / 2; GTA (count 1 < m = 2) gets no score.
+  assert t.npmi[acg] == pytest.approx(math.log(5) / 2)
+  assert math.isnan(t.npmi[gta]) and not math.isnan(t.dp[gta])
+  # GTA: naive = ln .1 - 3 ln .2; dp = ln .1 - (ln .2 + ln .2) (GT|A or G|TA with TA = .1 worse)
+  assert t.naive[gta] == pytest.approx(math.log(0.1) - 3 * math.log(0.2))
+  assert t.dp[gta] == pytest.approx(math.log(0.1) - 2 * math.log(0.2))
+  assert math.isnan(t.naive[code("AAA")])  # Never seen: no score at all.
+
+
+@pytest.mark.parametrize("k", [3, 4, 5])
+def test_every_formula_matches_explicit_definitions(k):
+  rng = np.random.default_rng(k)
+  seq = "".join(rng.choice(list("ACGT"), p=[0.4, 0.1, 0.1, 0.4], size=3000))
+  c = brute_counts([seq], k)
+  log_z = math.log(2 * sum(v for w, v in c.items() if len(w) == k))
+  lp = lambda w: math.log(c[w]) - log_z
+  m = 3
+  counts = npmi.count_sequences([seq], k=k)
+  tables = {(ts, seg): npmi.score_counts(counts, min_count=m, true_splits=ts, segmentation=seg)
+            for ts in npmi.TRUE_SPLITS for seg in npmi.SEGMENTATIONS}
+  t = tables["authors", "genemask"]
+  assert t.log_z == pytest.approx(log_z)
+  checked = 0
+  for w in ("".join(p) for p in itertools.product("ACGT", repeat=k)):
+    x = code(w)
+    if c[w] == 0:
+      assert math.isnan(t.npmi[x]) and math.isnan(t.dp[x])
+      continue
+    checked += 1
+    naive = lp(w) - sum(lp(ch) for ch in w)
+    true_authors = min(lp(w) - lp(w[:i]) - lp(w[i:]) for i in range(1, k - 1))
+    true_all = min(lp(w) - lp(w[:i]) - lp(w[i:]) for i in range(1, k))
+    dp = min(lp(w) - sum(lp(s) for s in seg) for seg in segmentations(w, 2))
+    levine = min(lp(w) - sum(lp(s) for s in seg) for seg in segmentations(w, k) if len(seg) > 1)
+    assert t.naive[x] == pytest.approx(naive)
+    assert t.true[x] == pytest.approx(true_authors)
+    assert tables["all", "genemask"].true[x] == pytest.approx(true_all)
+    assert t.dp[x] == pytest.approx(dp)
+    assert tables["authors", "levine"].dp[x] == pytest.approx(levine)
+    if c[w] >= m:
+      assert t.npmi[x] == pytest.approx(dp * math.log(c[w]) / (math.log(c[w]) + math.log(m)))
+      assert tables["authors", "levine"].npmi[x] == pytest.approx(
+          levine * math.log(c[w]) / (math.log(c[w]) + math.log(m)))
+    else:
+      assert math.isnan(t.npmi[x])
+  assert checked > 4**k // 2
+  # The authors' off-by-one (no split at i = k-1) changes some true.pmi values.
+  assert np.nanmax(tables["authors", "genemask"].true - tables["all", "genemask"].true) > 0
+
+
+# ------------------------------------------------------------------------------ tables, lookups
+
+
+def small_table(k=3):
+  rng = np.random.default_rng(7)
+  seq = "".join(rng.choice(list("ACGT"), p=[0.35, 0.15, 0.15, 0.35], size=20000))
+  return npmi.score_counts(npmi.count_sequences([seq, "ACGT" * 50], k=k), min_count=150)
+
+
+def test_lookup_is_indexed_by_token_id_and_specials_rank_worst():
+  t = small_table()
+  lk = npmi.lookup_from_table(t)
+  worst = 4**3 + 5
+  assert lk.rank.shape == lk.score.shape == (worst,)
+  assert lk.rank.dtype == np.int32 and lk.score.dtype == np.float32
+  assert np.all(lk.rank[:5] == worst) and np.all(lk.score[:5] == -np.inf)
+  scored = ~np.isnan(t.npmi)
+  assert 0 < scored.sum() < 4**3  # Some 3-mers fall under min_count here.
+  for w in ("AAA", "CGC", "TAT"):
+    tid = tokenizer.kmer_to_id(w)
+    if scored[code(w)]:
+      assert lk.score[tid] == pytest.approx(t.npmi[code(w)])
+    else:
+      assert lk.rank[tid] == worst and lk.score[tid] == -np.inf
+  best = np.nanargmax(t.npmi)
+  assert lk.rank[best + 5] == 1 and lk.score.argmax() == best + 5
+  # Ranks of scored k-mers are 1..n_scored, ordered by score.
+  r = lk.rank[5:][scored]
+  assert sorted(r) == list(range(1, scored.sum() + 1))
+  assert np.all(np.diff(lk.score[5:][scored][np.argsort(r)]) <= 0)
+
+
+def test_table_roundtrip_csv_and_npy(tmp_path):
+  t = small_table()
+  written = npmi.write_table(t, tmp_path / "out" / "table.csv")
+  lines = (tmp_path / "out" / "table.csv").read_text().splitlines()
+  assert lines[0] == ",".join(npmi.CSV_COLUMNS)
+  assert len(lines) == 1 + 4**3
+  top = lines[1].split(",")
+  assert tokenizer.kmer_to_id(top[0]) == np.nanargmax(t.npmi) + 5 and top[-1] == "1"
+  assert int(top[9]) == int(top[7]) - int(top[6])  # adv_pmi_rank_drop = dp rank - naive rank
+  for path in ("table.csv", "table.rank.npy", "table.score.npy"):
+    back = npmi.load_lookup(tmp_path / "out" / path)
+    np.testing.assert_array_equal(back.rank, written.rank)
+    np.testing.assert_allclose(back.score, written.score, rtol=1e-6)
+  np.savez(tmp_path / "t.npz", rank=written.rank, score=written.score)
+  np.testing.assert_array_equal(npmi.load_lookup(tmp_path / "t.npz", k=3).rank, written.rank)
+
+
+def test_load_authors_csv(data_dir):
+  lk = npmi.load_lookup(data_dir / AUTHORS_CSV, k=6)
+  assert lk.rank.shape == (4101,) and lk.k == 6
+  assert lk.rank[tokenizer.kmer_to_id("CCTCCC")] == 1
+  assert lk.rank[tokenizer.kmer_to_id("TCGCGA")] == 4096
+  assert lk.score[tokenizer.kmer_to_id("CCTCCC")] == pytest.approx(2.1030762)
+  assert np.all(lk.rank[:5] == 4101) and np.all(np.isneginf(lk.score[:5]))
+
+
+# ------------------------------------------------------------------------------ real genome
+
+
+def test_genome_table_reproduces_the_authors_ranking(data_dir, tmp_path):
+  counts = npmi.count_fasta([data_dir / "genome" / g for g in GENOME], k=6)
+  assert counts.total(1) > 85_000_000
+  table = npmi.score_counts(counts)
+  ours = npmi.write_table(table, tmp_path / "table.csv")
+  theirs = npmi.load_lookup(data_dir / AUTHORS_CSV)
+  rho = spearman(ours.score[5:], theirs.score[5:])
+  overlap = len(set(np.argsort(ours.rank)[:100]) & set(np.argsort(theirs.rank)[:100]))
+  print(f"Spearman {rho:.4f}, top-100 overlap {overlap}")
+  assert rho >= 0.99
+  assert overlap >= 90
+
+
+# ------------------------------------------------------------------------------ bad input
+
+
+def test_fasta_without_acgt_is_an_error(tmp_path):
+  path = write_fasta(tmp_path / "n.fa", ["NNNNNNNNNN", "RYKM"])
+  with pytest.raises(npmi.NpmiError, match=r"no A/C/G/T.*n\.fa"):
+    npmi.count_fasta([path], k=6)
+  short = write_fasta(tmp_path / "short.fa", ["ACGNACGT"])
+  with pytest.raises(npmi.NpmiError, match="shorter than k=6"):
+    npmi.count_fasta([short], k=6)
+
+
+@pytest.mark.parametrize("k", [0, 11, -1, 2.5, True])
+def test_k_outside_1_to_10_is_an_error(k, tmp_path):
+  path = write_fasta(tmp_path / "x.fa", ["ACGTACGTACGT"])
+  with pytest.raises(npmi.NpmiError, match=r"k must be an integer in 1\.\.10"):
+    npmi.count_fasta([path], k=k)
+  with pytest.raises(npmi.NpmiError):
+    npmi.NgramCounter(k)
+
+
+def test_unreadable_fasta_is_an_error(tmp_path):
+  with pytest.raises(fasta.FastaError, match="missing.fa"):
+    npmi.count_fasta([tmp_path / "missing.fa"], k=6)
+  bad_gz = tmp_path / "broken.fa.gz"
+  data = gzip.compress(b">r\n" + b"ACGT" * 1000 + b"\n")
+  bad_gz.write_bytes(data[:len(data) // 2])  # Truncated gzip stream.
+  with pytest.raises(fasta.FastaError, match="broken.fa.gz"):
+    npmi.count_fasta([bad_gz], k=6)
+
+
+def authors_lines(data_dir):
+  return (data_dir / AUTHORS_CSV).read_text().splitlines()
+
+
+def test_lookup_csv_with_missing_kmers_is_an_error(data_dir, tmp_path):
+  lines = authors_lines(data_dir)
+  path = tmp_path / "missing.csv"
+  path.write_text("\n".join(lines[:100] + lines[101:]) + "\n")
+  missing = lines[100].split(",")[0]
+  with pytest.raises(npmi.NpmiError, match=rf"missing\.csv: 1 of the 4096 6-mers.*{missing}"):
+    npmi.load_lookup(path)
+
+
+def test_lookup_csv_with_duplicate_rows_is_an_error(data_dir, tmp_path):
+  lines = authors_lines(data_dir)
+  path = tmp_path / "dup.csv"
+  path.write_text("\n".join(lines + [lines[5]]) + "\n")
+  with pytest.raises(npmi.NpmiError, match=rf"dup\.csv:{len(lines) + 1}: duplicate row .* line 6"):
+    npmi.load_lookup(path)
+
+
+def test_lookup_csv_with_wrong_columns_or_values_is_an_error(data_dir, tmp_path):
+  lines = authors_lines(data_dir)
+  path = tmp_path / "cols.csv"
+  path.write_text(lines[0].replace("norm_dp_true_pmi,", "score,") + "\n" + "\n".join(lines[1:]))
+  with pytest.raises(npmi.NpmiError, match=r"cols\.csv:1: missing column\(s\) norm_dp_true_pmi"):
+    npmi.load_lookup(path)
+  path.write_text("\n".join(lines[:3] + [lines[3].replace(lines[3][:6], "ACGTNA")] + lines[4:]))
+  with pytest.raises(npmi.NpmiError, match=r"cols\.csv:4: ngram 'ACGTNA'"):
+    npmi.load_lookup(path)
+  swapped = lines[:]
+  swapped[1], swapped[2] = swapped[2], swapped[1]
+  a, b = swapped[1].rsplit(",", 1), swapped[2].rsplit(",", 1)
+  swapped[1], swapped[2] = a[0] + "," + b[1], b[0] + "," + a[1]  # Ranks now contradict scores.
+  path.write_text("\n".join(swapped))
+  with pytest.raises(npmi.NpmiError, match="disagrees with norm_dp_true_pmi"):
+    npmi.load_lookup(path)
+  with pytest.raises(npmi.NpmiError, match="holds a 6-mer table, expected k=5"):
+    npmi.load_lookup(data_dir / AUTHORS_CSV, k=5)
+  with pytest.raises(npmi.NpmiError, match="no such file"):
+    npmi.load_lookup(tmp_path / "nope.csv")
+
+
+# ------------------------------------------------------------------------------ command
+
+
+def test_command_writes_table_lookup_and_prints_extremes(tmp_path):
+  rng = np.random.default_rng(3)
+  seq = "".join(rng.choice(list("ACGT"), size=30000))
+  fa = write_fasta(tmp_path / "g.fa.gz", [seq, seq[::-1]], width=60, compress=True)
+  out = tmp_path / "t" / "table.csv"
+  env = dict(os.environ, PYTHONPATH=str(pathlib.Path(__file__).resolve().parents[1]))
+  proc = subprocess.run(
+      [sys.executable, "-m", "genemask_jax.npmi", f"--fasta={fa}", f"--output={out}", "--k=4",
+       "--min_count=50", "--both_strands"], capture_output=True, text=True, env=env, timeout=120)
+  assert proc.returncode == 0, proc.stderr
+  assert "Mbp/s" in proc.stderr and "100%" in proc.stderr
+  assert "top 10:" in proc.stdout and "bottom 10:" in proc.stdout
+  lk = npmi.load_lookup(out)
+  np.testing.assert_array_equal(lk.rank, npmi.load_lookup(str(out)[:-4] + ".rank.npy").rank)
+  assert lk.rank.shape == (4**4 + 5,)
+  # Both strands: a k-mer and its reverse complement get the same count, hence score.
+  assert lk.score[tokenizer.kmer_to_id("AACG")] == lk.score[tokenizer.kmer_to_id("CGTT")]
+  proc = subprocess.run([sys.executable, "-m", "genemask_jax.npmi", f"--fasta={fa}",
+                         f"--output={out}", "--k=12"], capture_output=True, text=True, env=env,
+                        timeout=120)
+  assert proc.returncode != 0 and "k must be an integer in 1..10" in proc.stderr
