@@ -1,0 +1,423 @@
+"""Genome FASTA -> pretraining chunks of k-mer ids, as the GeneMask data preparation did.
+
+Each record is upper-cased (soft-masked repeats count as ordinary bases) and cut at its
+non-ACGT letters (N runs and other IUPAC codes) into ACGT-only *segments*; with
+``join_across_n=True`` those letters are deleted instead and the pieces glued together,
+which is what the GeneMask authors did. Each segment is then cut, from a random start
+offset in ``[0, max_offset)``, into consecutive non-overlapping chunks whose lengths are
+``max_chunk_bp`` (511) with probability ``p_max_chunk`` (0.5) and otherwise uniform in
+``[min_chunk_bp, max_chunk_bp - 1]`` (6..510). A chunk of n bp becomes n-k+1 k-mer ids,
+packed as ``[CLS] ids [SEP] [PAD]...`` to ``max_len`` tokens (511 bp -> 506 k-mers -> 508
+tokens of 512).
+
+Everything is seeded and does not depend on iteration order or on how the FASTA reader
+blocks the file: a segment's chunk lengths come from a generator seeded by (seed, record
+name, segment start), and each chunk's train/validation split from a hash of (seed,
+record name, chunk index) -- about ``validation_fraction`` (10%) go to validation.
+
+Memory is bounded: records stream through `fasta.iter_blocks` and only the unfinished
+tail of the current chunk is carried between blocks, so a 250 Mbp chromosome never sits
+in memory whole.
+
+The package ships a small real slice of the human genome (`default_genome_paths`); it is
+regenerated from the shared GRCh37 files with::
+
+  python -m genemask_jax.data.genome --make_sample --genome_dir=DATA/genome \
+      --out=genemask_jax/data/resources/genome_sample.fa.gz
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gzip
+import importlib.resources
+import os
+import pathlib
+import zlib
+from typing import Iterator, NamedTuple, Sequence
+
+import numpy as np
+
+from genemask_jax import tokenizer
+from genemask_jax.data import fasta
+
+TRAIN = "train"
+VALIDATION = "validation"
+SAMPLE_NAME = "genome_sample.fa.gz"
+
+_ACGT = b"ACGT"
+_NON_ACGT = bytes(b for b in range(256) if b not in _ACGT)
+_DRAW_BATCH = 1024  # Chunk lengths drawn per refill; fixed so draws do not depend on blocks.
+_EMIT_BATCH = 1024  # Chunks packed at once.
+_MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+class GenomeConfigError(ValueError):
+  """Chunking parameters that cannot work together."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ChunkConfig:
+  """How genome records become pretraining examples.
+
+  Attributes:
+    seed: seeds start offsets, chunk lengths and the train/validation split.
+    max_offset: each segment starts at a random offset in [0, max_offset).
+    max_chunk_bp: length of a "full" chunk (511 bp -> 506 6-mers).
+    min_chunk_bp: shortest chunk (6 bp -> one 6-mer).
+    p_max_chunk: probability that a chunk is max_chunk_bp long; otherwise its length is
+      uniform in [min_chunk_bp, max_chunk_bp - 1].
+    validation_fraction: share of chunks in the validation split.
+    join_across_n: False (default) cuts records at non-ACGT letters; True deletes those
+      letters and glues the pieces (the GeneMask authors' behaviour).
+    keep_tail: keep a segment's last, shorter-than-drawn piece as a chunk if it has at
+      least min_chunk_bp bases.
+    k: k-mer length.
+    max_len: tokens per example including [CLS] and [SEP].
+  """
+  seed: int = 0
+  max_offset: int = 1000
+  max_chunk_bp: int = 511
+  min_chunk_bp: int = 6
+  p_max_chunk: float = 0.5
+  validation_fraction: float = 0.1
+  join_across_n: bool = False
+  keep_tail: bool = True
+  k: int = 6
+  max_len: int = 512
+
+  def validate(self) -> "ChunkConfig":
+    """Raises GenomeConfigError naming the bad field; returns self."""
+    tokenizer.vocab_size(self.k)  # Checks k.
+    if self.min_chunk_bp < self.k:
+      raise GenomeConfigError(f"min_chunk_bp={self.min_chunk_bp} is shorter than one k-mer "
+                              f"(k={self.k})")
+    if self.max_chunk_bp <= self.min_chunk_bp:
+      raise GenomeConfigError(f"max_chunk_bp={self.max_chunk_bp} must exceed "
+                              f"min_chunk_bp={self.min_chunk_bp}")
+    if self.max_chunk_bp - self.k + 1 + 2 > self.max_len:
+      raise GenomeConfigError(
+          f"a {self.max_chunk_bp}-bp chunk gives {self.max_chunk_bp - self.k + 1} k-mers, "
+          f"which with [CLS] and [SEP] do not fit max_len={self.max_len}")
+    if self.max_offset < 1:
+      raise GenomeConfigError(f"max_offset must be >= 1, got {self.max_offset}")
+    if not 0.0 <= self.p_max_chunk <= 1.0:
+      raise GenomeConfigError(f"p_max_chunk must be in [0, 1], got {self.p_max_chunk}")
+    if not 0.0 <= self.validation_fraction < 1.0:
+      raise GenomeConfigError(
+          f"validation_fraction must be in [0, 1), got {self.validation_fraction}")
+    return self
+
+  @classmethod
+  def from_dict(cls, d) -> "ChunkConfig":
+    """From a dict or ConfigDict; unknown keys are an error naming the key."""
+    d = dict(d)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+      raise GenomeConfigError(f"unknown chunking key(s) {unknown}; expected some of "
+                              f"{sorted(names)}")
+    return cls(**d).validate()
+
+
+class Chunk(NamedTuple):
+  """One pretraining example.
+
+  Attributes:
+    split: "train" or "validation".
+    key: unique, stable id "file_index:record_name:chunk_index".
+    input_ids: int32 (max_len,): [CLS] k-mer ids [SEP] [PAD]...
+    length: number of non-pad tokens (k-mers + 2).
+  """
+  split: str
+  key: str
+  input_ids: np.ndarray
+  length: int
+
+
+def default_genome_paths() -> list[str]:
+  """The human genome slice shipped inside the package (see resources/README.md)."""
+  ref = importlib.resources.files("genemask_jax.data") / "resources" / SAMPLE_NAME
+  path = pathlib.Path(str(ref))
+  if not path.is_file():
+    raise FileNotFoundError(f"{path}: the embedded genome sample is missing from the "
+                            "installed package (was it installed without package data?)")
+  return [str(path)]
+
+
+def _name_hash(name: str) -> int:
+  return zlib.crc32(name.encode("utf-8"))
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+  """Vectorised splitmix64 finaliser on uint64 (wraps modulo 2^64)."""
+  with np.errstate(over="ignore"):
+    x = (x + np.uint64(0x9E3779B97F4A7C15)) & _MASK64
+    x = ((x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)) & _MASK64
+    x = ((x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)) & _MASK64
+    return x ^ (x >> np.uint64(31))
+
+
+def is_validation(seed: int, record_name: str, chunk_index: np.ndarray,
+                  fraction: float) -> np.ndarray:
+  """Deterministic split: True where chunk (record, index) belongs to validation.
+
+  Args:
+    seed: the chunking seed.
+    record_name: the FASTA record name (first word of the header).
+    chunk_index: int array of chunk indices within the record.
+    fraction: expected share of validation chunks.
+
+  Returns:
+    bool array, same shape as chunk_index.
+  """
+  base = _splitmix64(np.uint64((seed & 0xFFFFFFFF) << 32 | _name_hash(record_name)))
+  h = _splitmix64(base ^ np.asarray(chunk_index, np.uint64))
+  u = (h >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+  return u < fraction
+
+
+def draw_chunk_lengths(rng: np.random.Generator, n: int, cfg: ChunkConfig) -> np.ndarray:
+  """n chunk lengths: max_chunk_bp w.p. p_max_chunk, else uniform min..max-1. int64 (n,)."""
+  full = rng.random(n) < cfg.p_max_chunk
+  short = rng.integers(cfg.min_chunk_bp, cfg.max_chunk_bp, size=n)
+  return np.where(full, cfg.max_chunk_bp, short)
+
+
+class _Segmenter:
+  """Cuts one record's stream of ACGT pieces into chunks; carries state across blocks."""
+
+  def __init__(self, cfg: ChunkConfig, file_index: int, record_name: str):
+    self.cfg = cfg
+    self.file_index = file_index
+    self.record_name = record_name
+    self.name_hash = _name_hash(record_name)
+    self.chunk_index = 0  # Running over the whole record, across segments.
+    self.open = False
+
+  def start(self, position: int) -> None:
+    """Opens a segment that starts at `position` (0-based) in the record."""
+    self.rng = np.random.default_rng([self.cfg.seed & 0xFFFFFFFF, self.name_hash, position])
+    self.skip = int(self.rng.integers(0, self.cfg.max_offset))
+    self.buf = np.zeros((0,), np.uint8)
+    self.lengths = np.zeros((0,), np.int64)
+    self.open = True
+
+  def feed(self, piece: np.ndarray) -> Iterator[Chunk]:
+    """Adds ACGT bases (uint8 ASCII, upper case) to the open segment; yields full chunks."""
+    if self.skip:
+      dropped = min(self.skip, piece.shape[0])
+      piece = piece[dropped:]
+      self.skip -= dropped
+    if not piece.shape[0]:
+      return
+    self.buf = np.concatenate([self.buf, piece]) if self.buf.shape[0] else piece
+    n = self.buf.shape[0]
+    while self.lengths.sum() <= n:
+      self.lengths = np.concatenate(
+          [self.lengths, draw_chunk_lengths(self.rng, _DRAW_BATCH, self.cfg)])
+    ends = np.cumsum(self.lengths)
+    m = int(np.searchsorted(ends, n, side="right"))  # Chunks that fit completely.
+    if m == 0:
+      return
+    starts = ends[:m] - self.lengths[:m]
+    yield from self._emit(self.buf[:ends[m - 1]], starts, self.lengths[:m])
+    self.buf = self.buf[ends[m - 1]:].copy()
+    self.lengths = self.lengths[m:]
+
+  def close(self) -> Iterator[Chunk]:
+    """Ends the open segment, emitting its tail if keep_tail and long enough."""
+    if self.open and self.cfg.keep_tail and self.buf.shape[0] >= self.cfg.min_chunk_bp:
+      n = self.buf.shape[0]
+      yield from self._emit(self.buf, np.zeros(1, np.int64), np.array([n], np.int64))
+    self.open = False
+    self.buf = np.zeros((0,), np.uint8)
+
+  def _emit(self, bases: np.ndarray, starts: np.ndarray, lengths: np.ndarray
+            ) -> Iterator[Chunk]:
+    ids = tokenizer.encode(bases, self.cfg.k)  # One vectorised pass over all chunks.
+    for i in range(0, starts.shape[0], _EMIT_BATCH):  # Bounds the (m, max_len) block.
+      yield from self._emit_rows(ids, starts[i:i + _EMIT_BATCH], lengths[i:i + _EMIT_BATCH])
+
+  def _emit_rows(self, ids: np.ndarray, starts: np.ndarray, lengths: np.ndarray
+                 ) -> Iterator[Chunk]:
+    cfg = self.cfg
+    nk = lengths - cfg.k + 1
+    m = starts.shape[0]
+    # Gather each chunk's k-mers into a (m, max_len) block: [CLS] ids [SEP] [PAD]...
+    col = np.arange(cfg.max_len)[None, :]
+    src = starts[:, None] + col - 1
+    inside = (col >= 1) & (col <= nk[:, None])
+    rows = np.where(inside, ids[np.clip(src, 0, max(ids.shape[0] - 1, 0))], tokenizer.PAD_ID)
+    rows[:, 0] = tokenizer.CLS_ID
+    rows[np.arange(m), nk + 1] = tokenizer.SEP_ID
+    rows = rows.astype(np.int32)
+    index = self.chunk_index + np.arange(m)
+    val = is_validation(cfg.seed, self.record_name, index, cfg.validation_fraction)
+    self.chunk_index += m
+    for i in range(m):
+      yield Chunk(VALIDATION if val[i] else TRAIN,
+                  f"{self.file_index}:{self.record_name}:{int(index[i])}", rows[i],
+                  int(nk[i]) + 2)
+
+
+def _iter_file(path: str, file_index: int, cfg: ChunkConfig, block_size: int
+               ) -> Iterator[Chunk]:
+  names: set[str] = set()
+  seg: _Segmenter | None = None
+  current = -1
+  position = 0  # Position in the current record, in the file's letters.
+  for record_index, header, block in _iter_named_blocks(path, block_size):
+    if record_index != current:
+      if seg is not None:
+        yield from seg.close()
+      name = header.split()[0] if header.split() else f"record{record_index}"
+      if name in names:
+        name = f"{name}#{record_index}"  # Keep keys unique with repeated names.
+      names.add(name)
+      seg = _Segmenter(cfg, file_index, name)
+      current, position = record_index, 0
+      if cfg.join_across_n:
+        seg.start(0)
+    upper = block.upper()
+    if cfg.join_across_n:
+      yield from seg.feed(np.frombuffer(upper.translate(None, _NON_ACGT), np.uint8))
+      continue
+    arr = np.frombuffer(upper, np.uint8)
+    good = tokenizer.base_codes(arr) < 4
+    # Boundaries where good/bad flips, as half-open runs of good letters.
+    edges = np.flatnonzero(np.diff(good.astype(np.int8))) + 1
+    bounds = np.concatenate([[0], edges, [arr.shape[0]]])
+    for a, b in zip(bounds[:-1], bounds[1:]):
+      if good[a]:
+        if not seg.open:
+          seg.start(position + int(a))
+        yield from seg.feed(arr[a:b])
+      elif seg.open:
+        yield from seg.close()
+    position += arr.shape[0]
+  if seg is not None:
+    yield from seg.close()
+
+
+def _iter_named_blocks(path: str, block_size: int) -> Iterator[tuple[int, str, bytes]]:
+  """fasta.iter_blocks with each record's header name attached."""
+  # Same blocking as fasta.iter_blocks, which gives only the record index.
+  pending: list[bytes] = []
+  size = 0
+  current = None
+  for _, record, line in fasta.iter_lines(path):
+    if current is None or record.index != current.index:
+      if pending:
+        yield current.index, current.name, b"".join(pending)
+      pending, size, current = [], 0, record
+    pending.append(line)
+    size += len(line)
+    if size >= block_size:
+      yield current.index, current.name, b"".join(pending)
+      pending, size = [], 0
+  if pending:
+    yield current.index, current.name, b"".join(pending)
+
+
+def iter_chunks(paths: Sequence[str | os.PathLike], cfg: ChunkConfig = ChunkConfig(),
+                block_size: int = 1 << 22) -> Iterator[Chunk]:
+  """Streams pretraining chunks from FASTA files (plain or gzip).
+
+  Args:
+    paths: FASTA files, read in order.
+    cfg: chunking parameters.
+    block_size: bytes of sequence read at a time (bounds memory; results do not depend
+      on it).
+
+  Yields:
+    `Chunk`s: split, a unique key, input_ids int32 (cfg.max_len,), length.
+
+  Raises:
+    fasta.FastaError: a malformed file (checked before any chunk of it is produced for
+      the file's first line; later lines as they are reached).
+  """
+  cfg.validate()
+  paths = [os.fspath(p) for p in paths]
+  fasta.check_files(paths)
+  for file_index, path in enumerate(paths):
+    yield from _iter_file(path, file_index, cfg, block_size)
+
+
+# ----------------------------------------------------------------- embedded sample ---
+
+SAMPLE_CHRX_FILE = "GRCh37_chrX_1-70M.fa.gz"
+SAMPLE_CHR22_FILE = "GRCh37_chr22_blocks.fa.gz"
+SAMPLE_CHRX_START = 30_000_000  # 0-based; an N-free stretch of GRCh37 chrX.
+SAMPLE_CHRX_BP = 4_000_000
+SAMPLE_CHR22_BLOCKS = 600  # The first blocks of the chr22 file, soft-masking kept.
+
+
+def make_sample(genome_dir: str | os.PathLike, out: str | os.PathLike,
+                chrx_start: int = SAMPLE_CHRX_START, chrx_bp: int = SAMPLE_CHRX_BP,
+                chr22_blocks: int = SAMPLE_CHR22_BLOCKS, line_width: int = 60) -> dict:
+  """Writes the embedded genome slice (gzip FASTA) from the shared GRCh37 files.
+
+  Args:
+    genome_dir: directory holding GRCh37_chrX_1-70M.fa.gz and GRCh37_chr22_blocks.fa.gz.
+    out: output path (.fa.gz).
+    chrx_start: 0-based start of the chrX slice.
+    chrx_bp: its length; it must hold no N.
+    chr22_blocks: how many chr22 records (from the first) to copy.
+    line_width: FASTA line width.
+
+  Returns:
+    summary dict: chrx range, chr22 records and bases, output bytes.
+  """
+  genome_dir = pathlib.Path(genome_dir)
+  chrx_path = genome_dir / SAMPLE_CHRX_FILE
+  chr22_path = genome_dir / SAMPLE_CHR22_FILE
+  fasta.check_files([chrx_path, chr22_path])
+  pos, parts = 0, []
+  for _, block in fasta.iter_blocks(chrx_path):
+    lo, hi = max(chrx_start - pos, 0), min(chrx_start + chrx_bp - pos, len(block))
+    if lo < hi:
+      parts.append(block[lo:hi])
+    pos += len(block)
+    if pos >= chrx_start + chrx_bp:
+      break
+  chrx = b"".join(parts).upper()
+  if len(chrx) != chrx_bp or chrx.translate(None, _NON_ACGT) != chrx:
+    raise ValueError(f"{chrx_path}: [{chrx_start}, {chrx_start + chrx_bp}) is not an N-free "
+                     "stretch inside the record")
+  records = [(f"chrX:{chrx_start}-{chrx_start + chrx_bp} GRCh37 chrX (NC_000023.10), 0-based "
+              f"half-open, from {SAMPLE_CHRX_FILE}", chrx)]
+  n22 = 0
+  for record, seq in fasta.iter_records(chr22_path):
+    if record.index >= chr22_blocks:
+      break
+    records.append((record.name, seq))
+    n22 += len(seq)
+  out = pathlib.Path(out)
+  tmp = out.with_name(out.name + ".tmp")
+  # mtime=0 and a fixed level make the bytes reproducible.
+  with open(tmp, "wb") as raw, gzip.GzipFile(filename="", fileobj=raw, mode="wb",
+                                             compresslevel=9, mtime=0) as f:
+    for name, seq in records:
+      f.write(b">" + name.encode("ascii") + b"\n")
+      for i in range(0, len(seq), line_width):
+        f.write(seq[i:i + line_width] + b"\n")
+  os.replace(tmp, out)
+  return {"chrx": (chrx_start, chrx_start + chrx_bp), "chr22_records": len(records) - 1,
+          "chr22_bp": n22, "bytes": out.stat().st_size}
+
+
+def _main(argv: Sequence[str] | None = None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--make_sample", action="store_true", help="write the embedded slice")
+  parser.add_argument("--genome_dir", required=True, help="directory with the GRCh37 files")
+  parser.add_argument("--out", required=True, help="output .fa.gz")
+  args = parser.parse_args(argv)
+  if not args.make_sample:
+    parser.error("nothing to do; pass --make_sample")
+  print(make_sample(args.genome_dir, args.out))
+
+
+if __name__ == "__main__":
+  _main()
