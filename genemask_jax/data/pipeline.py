@@ -1,0 +1,126 @@
+"""grain input pipeline: per-process batches of token ids from a TFDS data source.
+
+Training batches are shuffled with a seed (a fresh permutation every epoch), repeated
+forever and cut per process: process ``i`` of ``n`` reads only the records ``i, i+n,
+i+2n, ...`` of the source, so the processes' shards are disjoint and together cover it.
+Every batch is a dict of numpy arrays::
+
+  {"input_ids": np.int32 (local_batch_size, max_len)}
+
+which the trainer turns into a global array with
+``jax.make_array_from_process_local_data``.
+
+The training iterator is a ``grain.DatasetIterator``; its position is a small JSON-able
+dict, so resuming is exact::
+
+  it = pipeline.train_iterator(source, local_batch_size=8, seed=0)
+  state = it.get_state()          # save (or orbax: grain.checkpoint.CheckpointSave(it))
+  ...
+  it = pipeline.train_iterator(source, local_batch_size=8, seed=0)
+  it.set_state(state)             # next(it) is the batch that came after the save
+
+The evaluation set is fixed: the first ``num_examples`` of the validation split, in file
+order, rounded down to whole global batches so every process gets the same number of
+batches; iterate it afresh at each evaluation.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import grain
+import numpy as np
+
+FEATURES = ("input_ids",)
+
+
+class PipelineError(ValueError):
+  """Settings that cannot produce batches (batch larger than a shard, bad process index)."""
+
+
+def _check_process(process_index: int, process_count: int) -> None:
+  if process_count < 1 or not 0 <= process_index < process_count:
+    raise PipelineError(f"process_index={process_index} must be in [0, process_count="
+                        f"{process_count})")
+
+
+def _select(features: Sequence[str]):
+  def fn(example: dict[str, Any]) -> dict[str, np.ndarray]:
+    missing = [f for f in features if f not in example]
+    if missing:
+      raise PipelineError(f"example has no feature(s) {missing}; it has {sorted(example)}")
+    return {f: np.asarray(example[f]) for f in features}
+  return fn
+
+
+def shard(source: Any, process_index: int = 0, process_count: int = 1) -> grain.MapDataset:
+  """This process's records of `source`: indices process_index, +process_count, ..."""
+  _check_process(process_index, process_count)
+  return grain.MapDataset.source(source)[process_index::process_count]
+
+
+def train_dataset(source: Any, *, local_batch_size: int, seed: int, process_index: int = 0,
+                  process_count: int = 1, features: Sequence[str] = FEATURES
+                  ) -> grain.MapDataset:
+  """The infinite, shuffled, batched training dataset of one process (random access)."""
+  ds = shard(source, process_index, process_count)
+  if len(ds) < local_batch_size:
+    raise PipelineError(
+        f"process {process_index} of {process_count} holds {len(ds)} examples, fewer than "
+        f"one batch of {local_batch_size}; use a smaller batch or more data")
+  ds = ds.shuffle(seed=seed).repeat(None).map(_select(features))
+  return ds.batch(local_batch_size, drop_remainder=True)
+
+
+def train_iterator(source: Any, *, local_batch_size: int, seed: int, process_index: int = 0,
+                   process_count: int = 1, worker_count: int = 0,
+                   features: Sequence[str] = FEATURES, prefetch: int = 2
+                   ) -> grain.DatasetIterator:
+  """Iterator over training batches {"input_ids": int32 (local_batch_size, L)}.
+
+  Args:
+    source: random-access source (e.g. `genome_tfds.data_sources(b)["train"]`).
+    local_batch_size: examples per batch on this process.
+    seed: shuffle seed; the same seed gives the same batches.
+    process_index, process_count: this process and how many read the data.
+    worker_count: grain worker processes (0: read in this process; >0 needs a
+      ``__main__`` guard, as grain spawns them).
+    features: which features to keep.
+    prefetch: batches read ahead by threads (worker_count == 0).
+
+  Returns:
+    a grain.DatasetIterator; ``get_state()`` / ``set_state(state)`` save and restore its
+    position exactly (the state is a JSON-able dict).
+  """
+  ds = train_dataset(source, local_batch_size=local_batch_size, seed=seed,
+                     process_index=process_index, process_count=process_count,
+                     features=features)
+  read = grain.ReadOptions(num_threads=max(prefetch, 1), prefetch_buffer_size=prefetch)
+  it_ds = ds.to_iter_dataset(read)
+  if worker_count > 0:
+    it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
+  return iter(it_ds)
+
+
+def eval_dataset(source: Any, *, local_batch_size: int, num_examples: int | None = None,
+                 process_index: int = 0, process_count: int = 1,
+                 features: Sequence[str] = FEATURES) -> grain.MapDataset:
+  """Fixed evaluation batches: the first examples of `source`, in order, per process.
+
+  Takes the first min(num_examples, len(source)) examples, rounded down to a whole number
+  of global batches (local_batch_size * process_count), so every process yields the same
+  number of batches; process i gets examples i, i+n, ... of them. Iterate it as often as
+  needed (``for batch in ds``); the order never changes.
+
+  Returns:
+    a grain.MapDataset of batches {"input_ids": int32 (local_batch_size, L)}.
+  """
+  _check_process(process_index, process_count)
+  n = len(source) if num_examples is None else min(num_examples, len(source))
+  global_batch = local_batch_size * process_count
+  n = n // global_batch * global_batch
+  if n == 0:
+    raise PipelineError(f"evaluation needs at least one global batch of {global_batch} "
+                        f"examples; the source has {len(source)}, num_examples={num_examples}")
+  ds = grain.MapDataset.source(source)[:n][process_index::process_count]
+  return ds.map(_select(features)).batch(local_batch_size, drop_remainder=True)
