@@ -87,6 +87,10 @@ for _i, _b in enumerate(tokenizer.BASES):
   _LUT[ord(_b.lower())] = _i
 
 
+_CHUNK = 1 << 18  # k-mer starts per bincount.
+_SEPARATOR = np.zeros(1, np.uint8)  # Byte 0 is no base: put between records.
+
+
 class NpmiError(ValueError):
   """Bad input for the NPMI statistics (bad k, no ACGT, a malformed table)."""
 
@@ -128,21 +132,48 @@ class NgramCounts:
 class NgramCounter:
   """Streaming n-gram counter (n = 1..k) over blocks of sequence letters.
 
-  Feed each record's sequence as consecutive `add` calls, then `end_record`; `result` gives
-  the counts. Memory: O(block size + 4^k).
+  Feed each record's sequence as consecutive `add` calls and close it with `end_record`;
+  `result` gives the counts. Small blocks (short records) are batched into one buffer,
+  records separated by an invalid letter, which no counted window may touch: counting is
+  the same as record by record, with the numpy call overhead paid once per batch. Memory:
+  O(block size + 4^k).
   """
 
-  def __init__(self, k: int):
+  def __init__(self, k: int, batch: int = 1 << 20):
     self.k = check_k(k)
     self._kmer = np.zeros(4**self.k + 1, np.int64)  # Last bin collects invalid windows.
     self._short = [np.zeros(4**n, np.int64) for n in range(1, self.k)]
-    self._tail = np.zeros(0, np.uint8)
+    self._tail = np.zeros(0, np.uint8)  # Codes of the last k-1 letters not yet counted.
+    self._pending: list[np.ndarray] = []
+    self._pending_len = 0
+    self._batch = batch
+    self._dtype = np.uint16 if self.k <= 7 else np.uint32  # Codes and the sentinel 4^k fit.
     self.letters = 0
 
   def add(self, block: bytes | bytearray | memoryview | np.ndarray) -> None:
     """Adds the next piece of the current record (ASCII letters, any case)."""
-    raw = np.frombuffer(block, np.uint8) if not isinstance(block, np.ndarray) else block
+    raw = block if isinstance(block, np.ndarray) else np.frombuffer(block, np.uint8)
+    if raw.dtype != np.uint8 or raw.ndim != 1:
+      raise NpmiError(f"a block is bytes or a 1-D uint8 array of ASCII letters, got "
+                      f"{raw.dtype} of shape {raw.shape}")
     self.letters += raw.shape[0]
+    self._pending.append(raw)
+    self._pending_len += raw.shape[0]
+    if self._pending_len >= self._batch:
+      self._flush()
+
+  def end_record(self) -> None:
+    """Ends the current record: no n-gram is counted across it."""
+    if self._pending_len or self._tail.size:
+      self._pending.append(_SEPARATOR)
+      self._pending_len += 1
+
+  def _flush(self) -> None:
+    """Counts every n-gram whose k-window lies in tail + pending; keeps the last k-1 letters."""
+    if not self._pending:
+      return
+    raw = self._pending[0] if len(self._pending) == 1 else np.concatenate(self._pending)
+    self._pending, self._pending_len = [], 0
     codes = _LUT[raw]
     buf = np.concatenate([self._tail, codes]) if self._tail.size else codes
     starts = buf.shape[0] - self.k + 1
@@ -152,22 +183,21 @@ class NgramCounter:
     else:
       self._tail = buf
 
-  def end_record(self) -> None:
-    """Counts the n-grams in the last k-1 letters of the record; nothing spans records."""
-    tail, self._tail = self._tail, np.zeros(0, np.uint8)
+  def result(self) -> NgramCounts:
+    """The counts of everything added so far (the open record counts as ended)."""
+    self._flush()
+    k = self.k
+    short = [s.copy() for s in self._short]
+    tail = self._tail  # Fewer than k letters: only shorter n-grams, up to the end.
     if tail.size:
       bad_pos = np.append(np.flatnonzero(tail > 3), tail.shape[0])
       starts = np.flatnonzero(tail <= 3)
       runlen = bad_pos[np.searchsorted(bad_pos, starts)] - starts
-      self._count_prefixes(tail & 3, starts, runlen)
-
-  def result(self) -> NgramCounts:
-    """The counts so far (call `end_record` first, or the open record's tail is missing)."""
-    k = self.k
+      self._count_prefixes(tail & 3, starts, runlen, short)
     kmer = self._kmer[:4**k]
     counts = []
     for n in range(1, k):
-      counts.append(kmer.reshape(4**n, 4**(k - n)).sum(axis=1) + self._short[n - 1])
+      counts.append(kmer.reshape(4**n, 4**(k - n)).sum(axis=1) + short[n - 1])
     counts.append(kmer.copy())
     return NgramCounts(k=k, counts=tuple(counts), letters=self.letters)
 
@@ -177,26 +207,33 @@ class NgramCounter:
     bad = buf > 3
     any_bad = bool(bad.any())
     b = buf & 3 if any_bad else buf
-    code = b[:starts].astype(np.uint32)
-    for j in range(1, k):
-      np.left_shift(code, 2, out=code)
-      np.bitwise_or(code, b[j:j + starts], out=code)
-    if any_bad:
-      bad_window = bad[:starts].copy()
+    # Chunks keep the code array and bincount's intp copy in cache (about 2x faster than
+    # whole blocks) and bound the temporaries: chunk x (dtype + 8 bytes).
+    for s0 in range(0, starts, _CHUNK):
+      n = min(_CHUNK, starts - s0)
+      code = b[s0:s0 + n].astype(self._dtype)
       for j in range(1, k):
-        bad_window |= bad[j:j + starts]
-      code[bad_window] = 4**k
-      # Starts at a valid letter whose k-window is cut by an invalid one: count the
-      # shorter n-grams that still fit (few: at most k-1 per run of invalid letters).
-      short = np.flatnonzero(bad_window & ~bad[:starts])
-      if short.size:
-        bad_pos = np.flatnonzero(bad)
-        runlen = bad_pos[np.searchsorted(bad_pos, short)] - short
-        self._count_prefixes(b, short, runlen)
-    self._kmer += np.bincount(code, minlength=4**k + 1)
+        np.left_shift(code, 2, out=code)
+        np.bitwise_or(code, b[s0 + j:s0 + j + n], out=code)
+      if any_bad:
+        chunk_bad = bad[s0:s0 + n + k - 1]
+        bad_window = chunk_bad[:n].copy()
+        for j in range(1, k):
+          bad_window |= chunk_bad[j:j + n]
+        if bad_window.any():
+          code[bad_window] = 4**k
+          # Starts at a valid letter whose k-window is cut by an invalid one: count the
+          # shorter n-grams that still fit (few: at most k-1 per run of invalid letters).
+          short = np.flatnonzero(bad_window & ~chunk_bad[:n]) + s0
+          if short.size:
+            bad_pos = np.flatnonzero(bad)
+            runlen = bad_pos[np.searchsorted(bad_pos, short)] - short
+            self._count_prefixes(b, short, runlen, self._short)
+      self._kmer += np.bincount(code, minlength=4**k + 1)
 
-  def _count_prefixes(self, b: np.ndarray, starts: np.ndarray, runlen: np.ndarray) -> None:
-    """Counts the n-grams b[s:s+n] for n = 1..min(runlen, k-1) at each start s."""
+  def _count_prefixes(self, b: np.ndarray, starts: np.ndarray, runlen: np.ndarray,
+                      out: list[np.ndarray]) -> None:
+    """Adds the n-grams b[s:s+n], n = 1..min(runlen, k-1), at each start s to out[n - 1]."""
     code = np.zeros(starts.shape[0], np.int64)
     for n in range(1, self.k):
       keep = runlen >= n
@@ -205,7 +242,7 @@ class NgramCounter:
       if not starts.size:
         break
       code = code * 4 + b[starts + n - 1]
-      self._short[n - 1] += np.bincount(code, minlength=4**n)
+      out[n - 1] += np.bincount(code, minlength=4**n)
 
 
 def count_sequences(sequences: Iterable[str | bytes | np.ndarray], k: int = 6) -> NgramCounts:

@@ -97,8 +97,24 @@ def test_counts_match_substring_counts_and_never_span_records():
   assert as_dict(npmi.count_sequences(["AC", "acgtACGTGG"], k=2)).get("CA", 0) == 0
 
 
-@pytest.mark.parametrize("compress", [False, True])
-def test_count_fasta_with_tiny_blocks_carries_tails_across_blocks(tmp_path, compress):
+@pytest.mark.parametrize("batch", [1, 4, 50, 1 << 20])
+def test_streaming_counter_in_random_pieces_and_batches(batch):
+  rng = np.random.default_rng(batch)
+  records = random_records(rng, 10, 80) + ["ACGTAAGG" * 9, "T", ""]
+  counter = npmi.NgramCounter(4, batch=batch)
+  for rec in records:
+    cuts = sorted(rng.integers(0, len(rec) + 1, size=3))
+    for piece in np.split(np.frombuffer(rec.encode(), np.uint8), cuts):
+      counter.add(piece)
+    counter.end_record()
+  assert as_dict(counter.result()) == dict(brute_counts(records, 4))
+  assert counter.result().letters == sum(map(len, records))  # result() may be called again.
+
+
+@pytest.mark.parametrize("compress,chunk", [(False, 1 << 18), (True, 1 << 18), (False, 5)])
+def test_count_fasta_with_tiny_blocks_carries_tails_across_blocks(tmp_path, compress, chunk,
+                                                                  monkeypatch):
+  monkeypatch.setattr(npmi, "_CHUNK", chunk)  # Also split each block into tiny chunks.
   rng = np.random.default_rng(1)
   records = random_records(rng, 8, 200, alphabet="ACGTACGTacgtN") + ["ACGTTGCA" * 5]
   path = write_fasta(tmp_path / ("x.fa.gz" if compress else "x.fa"), records, compress=compress)
