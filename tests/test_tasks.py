@@ -201,6 +201,14 @@ def test_csv_with_quotes_and_lower_case(tmp_path):
   np.testing.assert_array_equal(ex.lines, [2, 3])
 
 
+def test_crlf_and_byte_order_mark(tmp_path):
+  text = b'\xef\xbb\xbf"sequence"\t"label"\r\n"AAACGG AACGGA"\t"1"\r\n'
+  path = _write(tmp_path, text, "crlf.tsv")
+  ex = tasks.read_file(path, tasks.KMER_TSV, num_classes=2)
+  assert ex.sequences == ["AAACGGA"]
+  np.testing.assert_array_equal(ex.labels, [1])
+
+
 def test_load_split_checks_length_and_missing_files(tmp_path):
   task_dir = tmp_path / "fewshot" / "Prom-core" / "10"
   task_dir.mkdir(parents=True)
@@ -224,6 +232,10 @@ def test_unknown_task_shot_split(data_dir):
   with pytest.raises(tasks.FewShotDataError,
                      match="prom_core has no split 'dev'; splits: train_10, .*, test"):
     tasks.load_split("prom_core", "dev", data_dir)
+  assert tasks.check_shot(tasks.TASKS["prom_300"], "1000") == 1000  # A flag's string.
+  for bad in (True, 10.5, "ten"):
+    with pytest.raises(tasks.FewShotDataError, match=f"has no {bad}-shot set"):
+      tasks.check_shot(tasks.TASKS["prom_300"], bad)
   with pytest.raises(tasks.FewShotDataError, match="has no 7-shot set"):
     tasks.TASKS["prom_300"].examples_per_class(7)
 

@@ -184,11 +184,12 @@ def get_task(task: str | TaskSpec) -> TaskSpec:
 
 def check_shot(spec: TaskSpec, shot: int) -> int:
   """Returns ``shot`` as int if that task has an N-shot train set, else raises."""
-  try:
+  value = None
+  if isinstance(shot, (int, np.integer)) and not isinstance(shot, bool):
     value = int(shot)
-  except (TypeError, ValueError):
-    value = None
-  if value is None or value != shot or value not in spec.shots:
+  elif isinstance(shot, str) and shot.strip().isdigit():  # From a command-line flag.
+    value = int(shot)
+  if value is None or value not in spec.shots:
     raise FewShotDataError(
         f"{spec.name} has no {shot}-shot set; shots: {', '.join(map(str, spec.shots))}")
   return value
@@ -292,6 +293,8 @@ def _read_text(path: pathlib.Path) -> str:
     raise FewShotDataError(f"{path}: file not found") from e
   except OSError as e:
     raise FewShotDataError(f"{path}: cannot read: {e.strerror or e}") from e
+  if raw.startswith(b"\xef\xbb\xbf"):  # UTF-8 byte-order mark, as spreadsheets write it.
+    raw = raw[3:]
   if not raw.strip():
     raise FewShotDataError(f"{path}: empty file; expected a header line and data rows")
   bad = re.search(rb"[^\t\n\r\x20-\x7e]", raw)
