@@ -1,5 +1,6 @@
 """TFDS genome builder (array_record, read back without TensorFlow) and the grain pipeline."""
 import json
+import subprocess
 import sys
 
 import numpy as np
@@ -158,3 +159,30 @@ def test_eval_batches_are_fixed_and_even_across_processes(built):
   np.testing.assert_array_equal(first, expected)
   with pytest.raises(pipeline.PipelineError, match="global batch"):
     pipeline.eval_dataset(src, local_batch_size=len(src) + 1)
+
+
+def _prepare(*args):
+  return subprocess.run([sys.executable, "-m", "genemask_jax.data.prepare", *args],
+                        capture_output=True, text=True, timeout=300)
+
+
+def test_prepare_command_builds_and_prints(small_fasta, data_dir, tmp_path):
+  res = _prepare(f"--tfds_dir={tmp_path}", f"--fasta={small_fasta}",
+                 f"--fewshot_data_dir={data_dir}", "--tasks=prom_core")
+  assert res.returncode == 0, res.stderr[-3000:]
+  expect = {genome.TRAIN: 0, genome.VALIDATION: 0}
+  for c in genome.iter_chunks([small_fasta]):
+    expect[c.split] += 1
+  assert (f"examples: train={expect['train']}, validation={expect['validation']}"
+          in res.stdout)
+  assert "Prom-core" in res.stdout and "1000-shot=1" in res.stdout
+  assert (tmp_path / "genemask_genome").is_dir()
+
+
+def test_prepare_rejects_bad_input_before_building(small_fasta, tmp_path):
+  res = _prepare(f"--tfds_dir={tmp_path}", f"--fasta={tmp_path / 'missing.fa'}")
+  assert res.returncode == 1 and "missing.fa: no such file" in res.stderr
+  res = _prepare(f"--tfds_dir={tmp_path}", f"--fasta={small_fasta}",
+                 f"--fewshot_data_dir={tmp_path}")
+  assert res.returncode == 1 and "no fewshot/ directory" in res.stderr
+  assert not (tmp_path / "genemask_genome").exists()
