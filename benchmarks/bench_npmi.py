@@ -17,6 +17,7 @@ from __future__ import annotations
 import collections
 import gzip
 import json
+import math
 import os
 import pathlib
 import resource
@@ -36,43 +37,53 @@ _DATA_DIR = flags.DEFINE_string(
 _CHILD = flags.DEFINE_string("child", None, "Internal: run one measurement in this process.")
 _FILES = flags.DEFINE_list("files", None, "Internal: genome files for --child.")
 _OUT = flags.DEFINE_string("out", None, "Internal: output CSV for --child.")
+_BLOCK = flags.DEFINE_integer("block_size", 1 << 22, "Internal: FASTA block size for --child.")
 
 GENOME = {"chr22": ["GRCh37_chr22_blocks.fa.gz"],
+          "chrX": ["GRCh37_chrX_1-70M.fa.gz"],
           "both": ["GRCh37_chrX_1-70M.fa.gz", "GRCh37_chr22_blocks.fa.gz"]}
+# (label, genome key, block size): peak memory follows the block size, not the input size.
+RUNS = (("chr22", "chr22", 1 << 22), ("chrX", "chrX", 1 << 22), ("both", "both", 1 << 22),
+        ("both, 1 MiB blocks", "both", 1 << 20))
 
 
 def _maxrss_mb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux.
 
 
-def _child_pipeline(files: list[str], out: str) -> dict:
+def _cpu_s() -> float:
+  r = resource.getrusage(resource.RUSAGE_SELF)
+  return r.ru_utime + r.ru_stime
+
+
+def _child_pipeline(files: list[str], out: str, block_size: int) -> dict:
   """The command's path: count, score, write CSV and lookup. Runs in a fresh process."""
   from genemask_jax import npmi
   import numpy as np  # noqa: F401
   rss_imports = _maxrss_mb()
-  t0 = time.perf_counter()
-  counts = npmi.count_fasta(files, k=6)
+  c0, t0 = _cpu_s(), time.perf_counter()
+  counts = npmi.count_fasta(files, k=6, block_size=block_size)
   t1 = time.perf_counter()
   table = npmi.score_counts(counts)
   npmi.write_table(table, out)
   t2 = time.perf_counter()
   return {"letters": counts.letters, "acgt": counts.total(1), "count_s": t1 - t0,
-          "score_write_s": t2 - t1, "wall_s": t2 - t0, "rss_imports_mb": rss_imports,
-          "rss_peak_mb": _maxrss_mb()}
+          "score_write_s": t2 - t1, "wall_s": t2 - t0, "cpu_s": _cpu_s() - c0,
+          "rss_imports_mb": rss_imports, "rss_peak_mb": _maxrss_mb()}
 
 
 def _child_parts(files: list[str]) -> dict:
   """gzip alone and the FASTA reader alone, over the same files."""
   from genemask_jax.data import fasta
-  t0 = time.perf_counter()
+  t0 = _cpu_s()
   raw = 0
   for p in files:
     with gzip.open(p, "rb") as f:
       while chunk := f.read(1 << 22):
         raw += len(chunk)
-  t1 = time.perf_counter()
+  t1 = _cpu_s()
   letters = sum(len(b) for p in files for _, b in fasta.iter_blocks(p))
-  t2 = time.perf_counter()
+  t2 = _cpu_s()
   return {"gunzip_s": t1 - t0, "gunzip_bytes": raw, "reader_s": t2 - t1, "letters": letters}
 
 
@@ -95,9 +106,10 @@ def _reference_python(files: list[str], n_letters: int = 1_000_000) -> dict:
   return {"letters": len(s), "s": dt}
 
 
-def _run_child(kind: str, files: list[str], out: str = "") -> dict:
+def _run_child(kind: str, files: list[str], out: str = "", block_size: int = 1 << 22) -> dict:
   cmd = [sys.executable, __file__, f"--child={kind}", f"--files={','.join(files)}",
-         f"--out={out or 'unused'}", f"--data_dir={_DATA_DIR.value}"]
+         f"--out={out or 'unused'}", f"--data_dir={_DATA_DIR.value}",
+         f"--block_size={block_size}"]
   proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
   if proc.returncode != 0:
     raise RuntimeError(f"child {kind} failed:\n{proc.stderr}")
@@ -107,7 +119,7 @@ def _run_child(kind: str, files: list[str], out: str = "") -> dict:
 def main(argv):
   del argv
   if _CHILD.value:
-    fn = {"pipeline": lambda: _child_pipeline(_FILES.value, _OUT.value),
+    fn = {"pipeline": lambda: _child_pipeline(_FILES.value, _OUT.value, _BLOCK.value),
           "parts": lambda: _child_parts(_FILES.value),
           "reference": lambda: _reference_python(_FILES.value)}[_CHILD.value]
     print(json.dumps(fn()))
@@ -121,31 +133,35 @@ def main(argv):
   print("NPMI benchmark (2-core CPU dev machine unless stated otherwise), k=6\n")
   with tempfile.TemporaryDirectory() as tmp:
     results = {}
-    for name in ("chr22", "both"):
-      results[name] = _run_child("pipeline", files[name], os.path.join(tmp, f"{name}.csv"))
+    for label, key, block_size in RUNS:
+      results[label] = _run_child("pipeline", files[key], os.path.join(tmp, f"{key}.csv"),
+                                  block_size)
     parts = _run_child("parts", files["both"])
     ref = _run_child("reference", files["both"])
 
-    print(f"{'input':8s} {'Mbp read':>9s} {'Mbp ACGT':>9s} {'count s':>8s} {'score+write s':>14s}"
-          f" {'wall s':>7s} {'Mbp/s':>7s} {'RSS after imports':>18s} {'peak RSS':>9s}")
+    print(f"{'input':19s} {'Mbp read':>9s} {'Mbp ACGT':>9s} {'count s':>8s} "
+          f"{'score+write s':>14s} {'wall s':>7s} {'CPU s':>6s} {'Mbp/s':>7s} "
+          f"{'RSS after imports':>18s} {'peak RSS':>9s}")
     for name, r in results.items():
-      print(f"{name:8s} {r['letters'] / 1e6:9.1f} {r['acgt'] / 1e6:9.1f} {r['count_s']:8.2f} "
-            f"{r['score_write_s']:14.2f} {r['wall_s']:7.2f} {r['letters'] / 1e6 / r['wall_s']:7.1f}"
-            f" {r['rss_imports_mb']:15.0f} MB {r['rss_peak_mb']:6.0f} MB")
+      print(f"{name:19s} {r['letters'] / 1e6:9.1f} {r['acgt'] / 1e6:9.1f} {r['count_s']:8.2f} "
+            f"{r['score_write_s']:14.2f} {r['wall_s']:7.2f} {r['cpu_s']:6.2f} "
+            f"{r['letters'] / 1e6 / r['wall_s']:7.1f} {r['rss_imports_mb']:15.0f} MB "
+            f"{r['rss_peak_mb']:6.0f} MB")
     both = results["both"]
     print(f"\nwhole genome -> CSV + lookup: {both['wall_s']:.2f} s wall (target <= 15 s), "
           f"{both['letters'] / 1e6 / both['wall_s']:.1f} Mbp/s")
-    grow = results["both"]["rss_peak_mb"] - results["chr22"]["rss_peak_mb"]
-    print(f"peak RSS: chr22 {results['chr22']['rss_peak_mb']:.0f} MB vs both "
-          f"{both['rss_peak_mb']:.0f} MB for {both['letters'] / results['chr22']['letters']:.1f}x"
-          f" the input ({grow:+.0f} MB)")
-    print("\nparts (both files, same process order as the pipeline):")
+    chrx = results["chrX"]
+    print(f"peak RSS: chrX {chrx['rss_peak_mb']:.0f} MB vs both {both['rss_peak_mb']:.0f} MB "
+          f"for {both['letters'] / chrx['letters']:.2f}x the input; it follows the block size "
+          f"(both with 1 MiB blocks: {results['both, 1 MiB blocks']['rss_peak_mb']:.0f} MB; "
+          f"chr22's records are shorter than a block)")
+    print("\nparts (both files; CPU seconds, so other load on the machine does not count):")
     print(f"  gzip decompression alone : {parts['gunzip_s']:6.2f} s "
           f"({parts['gunzip_bytes'] / 1e6 / parts['gunzip_s']:.0f} MB/s of FASTA text)")
     print(f"  fasta.iter_blocks alone  : {parts['reader_s']:6.2f} s "
           f"({parts['letters'] / 1e6 / parts['reader_s']:.1f} Mbp/s), incl. gzip")
-    print(f"  counting beyond reading  : {both['count_s'] - parts['reader_s']:6.2f} s "
-          f"(count_fasta {both['count_s']:.2f} s - reader)")
+    print(f"  counting + scoring + CSV : {both['cpu_s'] - parts['reader_s']:6.2f} s "
+          f"(pipeline CPU {both['cpu_s']:.2f} s - reader)")
     print(f"\nreference, plain-Python Counter over n = 1..6 on {ref['letters'] / 1e6:.1f} Mbp: "
           f"{ref['letters'] / 1e6 / ref['s']:.2f} Mbp/s vs ours "
           f"{both['letters'] / 1e6 / both['count_s']:.1f} Mbp/s counting "
@@ -158,6 +174,18 @@ def main(argv):
     stats = npmi_plot.compare(ours, theirs)
     print(f"\nagreement with the authors' GRCh38 chr1-3 table: Spearman {stats['spearman']:.4f}, "
           f"top-100 overlap {stats['top_overlap']}/100 ({stats['shared']} shared 6-mers)")
+
+    print("\nchoice of Z (p = c / Z), scored on the same counts; N = number of 6-mer windows:")
+    counts = npmi.count_fasta(files["both"], k=6)
+    n_windows = counts.total(6)
+    for label, log_z in [("Z = N", math.log(n_windows)), ("Z = 1.5 N", math.log(1.5 * n_windows)),
+                         ("Z = 2 N (default)", None), ("Z = 2.5 N", math.log(2.5 * n_windows)),
+                         ("Z = 4 N", math.log(4 * n_windows)),
+                         ("ln Z = 21.0146 (authors' fit)", npmi.AUTHORS_LOG_Z)]:
+      table = npmi.score_counts(counts, log_z=log_z)
+      s = npmi_plot.compare(npmi.lookup_from_table(table), theirs)
+      print(f"  {label:30s} ln Z = {table.log_z:7.4f}  Spearman {s['spearman']:.4f}  "
+            f"top-100 overlap {s['top_overlap']}")
 
 
 if __name__ == "__main__":

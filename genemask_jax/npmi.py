@@ -7,12 +7,15 @@ it, or their table, into the lookup arrays the on-device masking reads.
 Counting (`count_fasta`, `count_sequences`, `NgramCounter`) streams the sequence block by
 block: each letter becomes a 2-bit code through a 256-entry table (A=0 T=1 C=2 G=3 in either
 case, as in `genemask_jax.tokenizer`; any other letter is invalid), k-mer codes are built with
-k whole-array shifts and counted with one `np.bincount`. Only k-mer windows are histogrammed;
-the counts of the shorter n-grams (n < k) are the k-mer counts summed over their last k-n
-letters plus the few n-grams that start within k-1 letters of an invalid letter or a record
-end, counted separately. Windows that touch a non-ACGT letter are skipped, nothing is counted
-across records, and the k-1 letters at the end of a block are carried into the next block of
-the same record. Memory is bounded by the block size and 4^k, not by the input.
+k whole-array shifts and counted with `np.bincount` on cache-sized chunks. Only k-mer windows
+are histogrammed; the counts of the shorter n-grams (n < k) are the k-mer counts summed over
+their last k-n letters plus the few n-grams that start within k-1 letters of an invalid
+letter or a record end, counted separately. Windows that touch a non-ACGT letter are
+skipped, nothing is counted across records (short records are batched with an invalid
+separator letter between them, which no counted window may touch), and the k-1 letters at
+the end of a block are carried into the next block of the same record. Memory is bounded by
+the block size and 4^k, not by the input. `both_strands` adds the reverse-complement strand
+from the counts alone (c2(x) = c(x) + c(revcomp x)).
 
 Scores (`score_counts`), for every k-mer w, with one normaliser Z for every n-gram length
 (p(x) = c(x) / Z, ``log_z`` = ln Z):
@@ -32,7 +35,9 @@ Z: the authors' values fit ln Z = 21.0146 for their counts, about twice the numb
 6-mer windows in GRCh38 chr1-3. The default here is therefore Z = 2 x (number of counted
 k-mer windows) (`default_log_z`): it reproduces their ranking and scales with the genome, so
 it carries over to any input (Z enters the dp and true scores through the number of pieces,
-so it changes the ranking, not only an offset). Pass ``log_z`` to fix it.
+so it changes the ranking, not only an offset; on the shared 88 Mbp, Z = 2N gives Spearman
+0.998 against the authors' table, Z = N or 4N 0.93 and 0.96, their own ln Z 0.95; see
+benchmarks/bench_npmi.py). With both strands N counts both. Pass ``log_z`` to fix it.
 
 Ranks: every rank column of our CSV ranks within the k-mers only (1 = highest score); the
 authors' ``*.rank`` columns rank within all 2..10-grams, their ``norm_pmi_rank_rel`` within

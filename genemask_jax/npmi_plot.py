@@ -42,7 +42,7 @@ def compare(ours: npmi.NpmiLookup, ref: npmi.NpmiLookup, top: int = 100) -> dict
   if ours.score.shape != ref.score.shape:
     raise npmi.NpmiError(f"tables of different k: {ours.k}-mers vs {ref.k}-mers")
   shared = np.isfinite(ours.score) & np.isfinite(ref.score)
-  best = lambda lk: set(np.flatnonzero(lk.rank <= top).tolist())
+  best = lambda lk: set(np.flatnonzero((lk.rank <= top) & np.isfinite(lk.score)).tolist())
   return {"shared": int(shared.sum()),
           "spearman": spearman(ours.score[shared], ref.score[shared]),
           "top_overlap": len(best(ours) & best(ref)), "top": top}

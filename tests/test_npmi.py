@@ -375,3 +375,27 @@ def test_command_writes_table_lookup_and_prints_extremes(tmp_path):
                          f"--output={out}", "--k=12"], capture_output=True, text=True, env=env,
                         timeout=120)
   assert proc.returncode != 0 and "k must be an integer in 1..10" in proc.stderr
+
+
+# ------------------------------------------------------------------------------ plots
+
+
+def test_plots_are_written_and_compare_reports_agreement(tmp_path):
+  from genemask_jax import npmi_plot
+  ours = npmi.lookup_from_table(small_table())
+  noisy = np.where(np.isfinite(ours.score), ours.score + np.linspace(0, 0.01, ours.score.size),
+                   -np.inf).astype(np.float32)
+  ref = npmi.NpmiLookup(rank=ours.rank, score=noisy)
+  stats = npmi_plot.plot_scatter(ours, ref, str(tmp_path / "s.png"))
+  assert stats["shared"] == int(np.isfinite(ours.score).sum())
+  assert stats["spearman"] > 0.99 and stats["top_overlap"] == stats["shared"]  # < 100 scored
+  npmi_plot.plot_distribution({"ours": ours, "ref": ref}, str(tmp_path / "d.png"))
+  for name in ("s.png", "d.png"):
+    assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  # Spearman with ties uses average ranks: [1, 2, 2, 3] vs [1, 2, 3, 4].
+  assert npmi_plot.spearman(np.array([1., 2., 2., 3.]), np.array([1., 2., 3., 4.])) == (
+      pytest.approx(np.corrcoef([1, 2.5, 2.5, 4], [1, 2, 3, 4])[0, 1]))
+  k4 = npmi.lookup_from_table(
+      npmi.score_counts(npmi.count_sequences(["ACGTTGCA" * 40], k=4), min_count=1))
+  with pytest.raises(npmi.NpmiError, match="different k"):
+    npmi_plot.compare(ours, k4)
