@@ -1,0 +1,284 @@
+"""Tests of genemask_jax.masking: identity with the plain-Python port for the same centres,
+masking statistics, the real-genome NPMI shift, fixed-size outputs and bad input."""
+
+import gzip
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from genemask_jax import masking
+from genemask_jax import npmi
+from genemask_jax import tokenizer
+import masking_oracle as oracle  # tests/ is on sys.path (rootdir-relative test modules).
+
+VOCAB = tokenizer.vocab_size(6)
+
+
+def _random_rank(rng, ties=False):
+  """A (vocab,) rank lookup: a permutation of 1..4096 on the k-mers, or few distinct
+  values (many ties); specials get the worst rank."""
+  rank = np.full(VOCAB, VOCAB, np.int32)
+  n = VOCAB - tokenizer.NUM_SPECIAL
+  rank[tokenizer.NUM_SPECIAL:] = (rng.integers(1, 6, n) if ties else rng.permutation(n) + 1)
+  return rank
+
+
+def _random_ids(rng, batch, length, full=False):
+  """(batch, length) ids, [CLS] k-mers [SEP] [PAD]..., with repeated tokens and [UNK]s."""
+  ids = np.zeros((batch, length), np.int32)
+  for row in range(batch):
+    n = length - 2 if full else int(rng.integers(1, length - 1))
+    alphabet = rng.integers(tokenizer.NUM_SPECIAL, VOCAB, int(rng.choice([3, 30, 4096])))
+    kmers = rng.choice(alphabet, n)
+    kmers[rng.random(n) < 0.02] = tokenizer.UNK_ID
+    ids[row, 0] = tokenizer.CLS_ID
+    ids[row, 1:n + 1] = kmers
+    ids[row, n + 1] = tokenizer.SEP_ID
+  return ids
+
+
+def _kmer_batch(rng, batch, kmers=506, length=512):
+  ids = np.zeros((batch, length), np.int32)
+  ids[:, 0] = tokenizer.CLS_ID
+  ids[:, 1:kmers + 1] = rng.integers(tokenizer.NUM_SPECIAL, VOCAB, (batch, kmers))
+  ids[:, kmers + 1] = tokenizer.SEP_ID
+  return ids
+
+
+@pytest.mark.parametrize("strategy,options", [
+    ("genemask", {}),
+    ("genemask", {"rank_source": "position"}),
+    ("genemask", {"all_high_if_few": False}),
+    ("genemask", {"rank_source": "position", "all_high_if_few": False, "few_threshold": 3}),
+    ("dnabert", {}),
+    ("bert", {}),
+])
+@pytest.mark.parametrize("length,full", [(64, False), (512, True)])
+def test_identical_to_python_port_for_same_centres(strategy, options, length, full):
+  rng = np.random.default_rng(hash((strategy, str(options), length)) % 2**32)
+  batches = 120 if length == 64 else 30
+  slots = masking._centre_slots(length, masking.DEFAULTS[strategy]["p"])
+  paths = set()
+  for b in range(batches):
+    ids = _random_ids(rng, 8, length, full=full)
+    rank = _random_rank(rng, ties=b % 2 == 1)
+    density = rng.choice([0.005, 0.02, 0.06, 0.2, 0.6] if length == 64 else [0.0176, 0.06, 0.3])
+    centres = rng.random(ids.shape) < density
+    got = np.asarray(masking.spans_from_centres(ids, rank, centres, strategy, **options))
+    per_row = (centres & np.asarray(oracle.eligible(ids.ravel().tolist(), VOCAB)).reshape(
+        ids.shape)).sum(1)
+    paths.add(bool(per_row.max() <= slots))
+    for row in range(ids.shape[0]):
+      want = oracle.spans_from_centres(ids[row].tolist(), rank.tolist(), centres[row].tolist(),
+                                       strategy, **options)
+      np.testing.assert_array_equal(got[row], want, err_msg=f"batch {b} row {row}")
+  if strategy == "genemask":
+    assert paths == {True, False}  # Both the centre-slot and the bisection paths ran.
+
+
+def test_single_sequence_same_as_batch():
+  rng = np.random.default_rng(1)
+  ids, rank = _random_ids(rng, 4, 64), _random_rank(rng)
+  centres = rng.random(ids.shape) < 0.1
+  batch = np.asarray(masking.spans_from_centres(ids, rank, centres))
+  for row in range(4):
+    np.testing.assert_array_equal(masking.spans_from_centres(ids[row], rank, centres[row]),
+                                  batch[row])
+
+
+@pytest.fixture(scope="module")
+def stats_batches():
+  """Masked 506-k-mer sequences, 512 per strategy, one compiled shape."""
+  rng = np.random.default_rng(2)
+  rank = _random_rank(rng)
+  ids = _kmer_batch(rng, 256)
+  out = {}
+  for strategy in ("genemask", "dnabert", "bert"):
+    fn = jax.jit(masking.make_mask_fn(rank, strategy))
+    out[strategy] = [
+        jax.tree.map(np.asarray, fn(masking.step_key(jax.random.key(3), s), ids))
+        for s in range(2)]
+  return ids, out
+
+
+@pytest.mark.parametrize("strategy,want", [("genemask", 0.153), ("dnabert", 0.142),
+                                           ("bert", 0.15)])
+def test_mean_masked_fraction(stats_batches, strategy, want):
+  _, out = stats_batches
+  frac = np.mean([mb.num_masked.mean() / 506 for mb in out[strategy]])
+  assert abs(frac - want) < 0.005, frac
+
+
+@pytest.mark.parametrize("strategy", ["genemask", "dnabert", "bert"])
+def test_specials_never_masked_and_dense_outputs_agree(stats_batches, strategy):
+  ids, out = stats_batches
+  special = ~((ids >= tokenizer.NUM_SPECIAL) | (ids == tokenizer.UNK_ID))
+  for mb in out[strategy]:
+    masked = mb.labels != -100
+    assert not (masked & special).any()
+    np.testing.assert_array_equal(mb.masked_ids[special], ids[special])
+    np.testing.assert_array_equal(mb.masked_ids[~masked], ids[~masked])
+    np.testing.assert_array_equal(mb.labels[masked], ids[masked])
+    np.testing.assert_array_equal(mb.num_masked, masked.sum(1))
+    # P = L: every masked position in a slot, in position order.
+    for row in range(0, ids.shape[0], 37):
+      n = mb.num_masked[row]
+      np.testing.assert_array_equal(mb.masked_lm_positions[row, :n], np.flatnonzero(masked[row]))
+      np.testing.assert_array_equal(mb.masked_lm_ids[row, :n], ids[row][masked[row]])
+      assert (mb.masked_lm_positions[row, n:] == 0).all() and (mb.masked_lm_ids[row, n:] == 0).all()
+      np.testing.assert_array_equal(mb.masked_lm_weights[row], np.arange(ids.shape[1]) < n)
+
+
+def test_replacement_split_80_10_10(stats_batches):
+  ids, out = stats_batches
+  new = np.concatenate([mb.masked_ids[mb.labels != -100] for mb in out["genemask"]])
+  old = np.concatenate([ids[mb.labels != -100] for mb in out["genemask"]])
+  assert new.size > 30000
+  as_mask = np.mean(new == tokenizer.MASK_ID)
+  kept = np.mean(new == old)
+  changed = np.mean((new != old) & (new != tokenizer.MASK_ID))
+  assert abs(as_mask - 0.8) < 0.01 and abs(kept - 0.1) < 0.01 and abs(changed - 0.1) < 0.01
+  # Random replacements are k-mers, spread over the whole k-mer range.
+  rand = new[(new != old) & (new != tokenizer.MASK_ID)]
+  assert rand.min() >= tokenizer.NUM_SPECIAL and rand.max() < VOCAB
+  assert abs(np.mean(rand) - (tokenizer.NUM_SPECIAL + VOCAB - 1) / 2) < 60
+
+
+def test_random_over_vocab_can_draw_specials():
+  rng = np.random.default_rng(4)
+  ids = _kmer_batch(rng, 64)
+  mb = masking.mask_batch(jax.random.key(0), ids, _random_rank(rng), "bert", p=0.9,
+                          mask_prob=0.0, random_prob=1.0, random_over="vocab")
+  new = np.asarray(mb.masked_ids)[np.asarray(mb.labels) != -100]
+  assert (new < tokenizer.NUM_SPECIAL).any()
+
+
+def test_deterministic_in_key_step_and_ids_and_jit_safe():
+  rng = np.random.default_rng(5)
+  rank, ids = _random_rank(rng), _kmer_batch(rng, 8)
+  key = jax.random.key(7)
+  fn = masking.make_mask_fn(rank)
+  a = masking.mask_batch(masking.step_key(key, 3), ids, rank)
+  b = jax.jit(lambda k, s, x: fn(masking.step_key(k, s), x))(key, 3, jnp.asarray(ids))
+  jax.tree.map(np.testing.assert_array_equal, a, b)
+  c = masking.mask_batch(masking.step_key(key, 4), ids, rank)
+  assert not np.array_equal(a.labels, c.labels)
+
+
+def test_truncation_keeps_uniform_random_subset():
+  rng = np.random.default_rng(6)
+  rank, ids = _random_rank(rng), _kmer_batch(rng, 256)
+  slots = 40
+  fn = jax.jit(masking.make_mask_fn(rank, "genemask", max_predictions=slots))
+  first_half, second_half = [], []
+  for step in range(2):
+    mb = jax.tree.map(np.asarray, fn(masking.step_key(jax.random.key(8), step), ids))
+    assert mb.masked_lm_positions.shape == (256, slots)
+    masked = mb.labels != -100
+    np.testing.assert_array_equal(mb.num_masked, masked.sum(1))
+    for row in range(256):
+      n, used = mb.num_masked[row], int(mb.masked_lm_weights[row].sum())
+      assert used == min(n, slots)
+      pos = mb.masked_lm_positions[row, :used]
+      assert (np.diff(pos) > 0).all() and masked[row, pos].all()
+      np.testing.assert_array_equal(mb.masked_lm_ids[row, :used], ids[row, pos])
+      assert (mb.masked_lm_weights[row, used:] == 0).all()
+      if n > slots:
+        all_pos = np.flatnonzero(masked[row])
+        half = all_pos[n // 2]
+        first_half.append(np.mean(np.isin(all_pos[all_pos < half], pos)))
+        second_half.append(np.mean(np.isin(all_pos[all_pos >= half], pos)))
+  # Rows over the limit keep each masked position with the same chance, wherever it is.
+  assert len(first_half) > 300
+  assert abs(np.mean(first_half) - np.mean(second_half)) < 0.02
+
+
+def _genome_chunks(data_dir, count=300, bp=511):
+  """ACGT-only 511-bp chunks from the chr22 blocks (upper-cased), spread over the file."""
+  chunks, buf = [], []
+  with gzip.open(data_dir / "genome" / "GRCh37_chr22_blocks.fa.gz", "rt") as f:
+    for i, line in enumerate(f):
+      if line.startswith(">"):
+        buf = []
+        continue
+      if i % 3:  # Take one chunk in every few, so they come from a wider region.
+        buf.append(line.strip().upper())
+      seq = "".join(buf)
+      if len(seq) >= bp:
+        if not seq[:bp].strip("ACGT"):
+          chunks.append(seq[:bp])
+        buf = []
+        if len(chunks) == count:
+          break
+  return chunks
+
+
+def test_real_genome_genemask_masks_better_ranked_tokens(data_dir):
+  lookup = npmi.load_lookup(data_dir / "npmi" / "genemask_grch38_chr1-3_6mer_npmi.csv")
+  rank = lookup.rank
+  ids = tokenizer.pack([tokenizer.encode(s) for s in _genome_chunks(data_dir)], 512)
+  assert ids.shape == (300, 512)
+  means = {}
+  for strategy in ("genemask", "dnabert"):
+    fn = jax.jit(masking.make_mask_fn(rank, strategy))
+    labels = np.concatenate([np.asarray(fn(jax.random.key(s), ids).labels) for s in range(4)])
+    means[strategy] = rank[labels[labels != -100]].mean()
+  assert means["genemask"] < 0.985 * means["dnabert"], means
+
+
+@pytest.mark.parametrize("rank_len", [4100, 4096, 4102])
+def test_bad_lookup_length(rank_len):
+  ids = _kmer_batch(np.random.default_rng(0), 2)
+  with pytest.raises(ValueError, match="4101"):
+    masking.mask_batch(jax.random.key(0), ids, np.ones(rank_len, np.int32))
+  with pytest.raises(ValueError, match="4101"):
+    jax.jit(lambda r: masking.mask_batch(jax.random.key(0), ids, r))(jnp.ones(rank_len, jnp.int32))
+
+
+@pytest.mark.parametrize("p", [0.0, 1.0, -0.1, 1.5, "0.1"])
+def test_bad_p(p):
+  with pytest.raises(ValueError, match="p must be"):
+    masking.make_mask_fn(np.ones(VOCAB, np.int32), "genemask", p=p)
+
+
+@pytest.mark.parametrize("strategy,options,match", [
+    ("spanbert", {}, "unknown masking strategy"),
+    ("dnabert", {"high_radius": 5}, "unknown option"),
+    ("genemask", {"rank_sorce": "content"}, "unknown option"),
+    ("genemask", {"rank_source": "kmer"}, "rank_source"),
+    ("genemask", {"random_over": "all"}, "random_over"),
+    ("bert", {"mask_prob": 0.95, "random_prob": 0.1}, "at most 1"),
+    ("genemask", {"span_before": -1}, "span_before"),
+])
+def test_bad_options(strategy, options, match):
+  with pytest.raises(ValueError, match=match):
+    masking.mask_batch(jax.random.key(0), _kmer_batch(np.random.default_rng(0), 2),
+                       np.ones(VOCAB, np.int32), strategy, **options)
+
+
+def test_bad_ids_and_shapes():
+  rng = np.random.default_rng(0)
+  rank, ids = _random_rank(rng), _kmer_batch(rng, 2)
+  key = jax.random.key(0)
+  bad = ids.copy()
+  bad[1, 7] = VOCAB
+  with pytest.raises(ValueError, match=r"ids\[1, 7\] = 4101 is outside"):
+    masking.mask_batch(key, bad, rank)
+  with pytest.raises(ValueError, match="outside"):
+    masking.check_ids(np.array([[2, -1, 3]]), VOCAB)
+  with pytest.raises(ValueError, match=r"\(batch, length\)"):
+    masking.mask_batch(key, ids[0], rank)
+  with pytest.raises(ValueError, match="integer token ids"):
+    masking.mask_batch(key, ids.astype(np.float32), rank)
+  with pytest.raises(ValueError, match="max_predictions"):
+    masking.mask_batch(key, ids, rank, max_predictions=513)
+  with pytest.raises(ValueError, match="outside"):
+    masking.make_mask_fn(np.zeros(VOCAB, np.int32))
+  with pytest.raises(ValueError, match="the shape of|both be"):
+    masking.spans_from_centres(ids, rank, np.zeros(3, bool))
+  # Inside jit the values are not inspectable: out-of-vocabulary ids are never masked.
+  bad[:, 1:507] = VOCAB + 5
+  mb = jax.jit(masking.make_mask_fn(rank, "bert", p=0.5))(key, jnp.asarray(bad))
+  assert int(mb.num_masked.sum()) == 0
