@@ -186,3 +186,8 @@ def test_prepare_rejects_bad_input_before_building(small_fasta, tmp_path):
                  f"--fewshot_data_dir={tmp_path}")
   assert res.returncode == 1 and "no fewshot/ directory" in res.stderr
   assert not (tmp_path / "genemask_genome").exists()
+
+
+def test_tensorflow_never_imported():
+  """Building, reading, grain and the orbax round trip above all ran without TensorFlow."""
+  assert "tensorflow" not in sys.modules
