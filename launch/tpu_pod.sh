@@ -34,6 +34,8 @@ Code and training:
                                               copying `git archive HEAD` of this checkout
   --ref=REF                REPO_REF           branch or tag to clone with --repo
   --python-version=X.Y     TPU_PYTHON_VERSION Python of the worker virtualenv (default 3.11)
+  --env=KEY=VALUE                             environment variable for main.py on every
+                                              worker (repeatable), e.g. LIBTPU_INIT_ARGS=...
   --skip-setup                                reuse the code and virtualenv already there
   --log-file=FILE          TPU_LOG_FILE       local copy of the streamed output
                                               (default: $TMPDIR/genemask-tpu-NAME-TIME.log)
@@ -91,6 +93,7 @@ delete_after=0
 delete_only=0
 dry_run=0
 extra_flags=()
+remote_env=()
 
 needs_value() { [[ $# -ge 2 ]] || die "$1 needs a value"; }
 
@@ -100,7 +103,7 @@ while [[ $# -gt 0 ]]; do
   case "$opt" in
     --*=*) value="${opt#*=}"; opt="${opt%%=*}" ;;
     --name|--zone|--project|--accelerator-type|--version|--config|--workdir|--repo|--ref|\
-    --python-version|--log-file)
+    --python-version|--log-file|--env)
       needs_value "$@"; value="$2"; shift ;;
   esac
   case "$opt" in
@@ -117,6 +120,9 @@ while [[ $# -gt 0 ]]; do
     --ref) repo_ref="$value" ;;
     --python-version) python_version="$value" ;;
     --log-file) log_file="$value" ;;
+    --env)
+      [[ "$value" =~ ^[A-Za-z_][A-Za-z0-9_]*= ]] || die "--env expects KEY=VALUE, got '$value'"
+      remote_env+=("$value") ;;
     --skip-setup) skip_setup=1 ;;
     --allow-local-workdir) allow_local_workdir=1 ;;
     --delete) delete_after=1 ;;
@@ -244,7 +250,11 @@ fi
 # 3. Train on all workers at once; output streams back and is kept on both sides.
 train=("$venv_python" main.py "--config=$config" "--workdir=$workdir")
 train+=(${extra_flags[@]+"${extra_flags[@]}"})
-train_cmd="set -o pipefail; cd $remote_dir && PYTHONUNBUFFERED=1 $(quote_all "${train[@]}")"
+train_cmd="set -o pipefail; cd $remote_dir && PYTHONUNBUFFERED=1"
+for kv in ${remote_env[@]+"${remote_env[@]}"}; do
+  train_cmd+=" ${kv%%=*}=$(shell_quote "${kv#*=}")"  # Only the value quoted: still an assignment.
+done
+train_cmd+=" $(quote_all "${train[@]}")"
 train_cmd+=" 2>&1 | tee -a ../$remote_log"
 ssh_train=("${tpu[@]}" ssh "$name" --worker=all "${gcloud_flags[@]}" "--command=$train_cmd")
 if (( dry_run )); then

@@ -134,8 +134,8 @@ def _remote_train_argv(command: str, tmp_path: pathlib.Path) -> list[str]:
   venv_python = home / "genemask-venv" / "bin" / "python"
   venv_python.parent.mkdir(parents=True)
   _write_exe(venv_python, """
-  import json, sys
-  print(json.dumps(sys.argv[1:]))
+  import json, os, sys
+  print(json.dumps(sys.argv[1:] + ["LIBTPU_INIT_ARGS=" + os.environ.get("LIBTPU_INIT_ARGS", "")]))
   """)
   out = subprocess.run(["bash", "-c", command], cwd=home, capture_output=True, text=True,
                        check=True, timeout=30)
@@ -147,6 +147,7 @@ def test_tpu_pod_creates_copies_installs_and_trains_on_all_workers(fakes, tmp_pa
   if not (REPO / ".git").exists():
     pytest.skip("not a git checkout: tpu_pod.sh copies `git archive HEAD` (use --repo)")
   result = _run([LAUNCH / "tpu_pod.sh", *_TPU_ARGS, "--config=configs/pretrain.py:paper",
+                 "--env=LIBTPU_INIT_ARGS=--xla_a=1 --xla_b=2",
                  "--", "--num_steps=7", "--note=it's a test"])
   assert result.returncode == 0, result.stderr
   calls = fakes()
@@ -178,7 +179,8 @@ def test_tpu_pod_creates_copies_installs_and_trains_on_all_workers(fakes, tmp_pa
 
   argv = _remote_train_argv(_option(train, "--command"), tmp_path)
   assert argv == ["main.py", "--config=configs/pretrain.py:paper",
-                  "--workdir=gs://bucket/runs/paper", "--num_steps=7", "--note=it's a test"]
+                  "--workdir=gs://bucket/runs/paper", "--num_steps=7", "--note=it's a test",
+                  "LIBTPU_INIT_ARGS=--xla_a=1 --xla_b=2"]
   assert "step 1 loss 8.3" in result.stdout  # The workers' output streams back.
 
 
@@ -230,6 +232,7 @@ def test_tpu_pod_dry_run_prints_every_command_and_runs_none(fakes):
     (["--name=n", "--zone=z", "--workdir=/tmp/run"], "gs://"),
     (["--name=n", "--zone=z", "--workdir=gs://b/r", "--accelerator-type=x9-8"], "--version"),
     (["--name=n", "--zone=z", "--workdir=gs://b/r", "--bogus"], "--bogus"),
+    (["--name=n", "--zone=z", "--workdir=gs://b/r", "--env=1X=2"], "KEY=VALUE"),
 ])
 def test_tpu_pod_bad_arguments_fail_early_with_the_missing_parameter(fakes, args, message):
   result = _run([LAUNCH / "tpu_pod.sh", *args])
