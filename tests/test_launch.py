@@ -178,7 +178,7 @@ def test_tpu_pod_creates_copies_installs_and_trains_on_all_workers(fakes, tmp_pa
   assert "--python 3.11" in setup_cmd
 
   argv = _remote_train_argv(_option(train, "--command"), tmp_path)
-  assert argv == ["main.py", "--config=configs/pretrain.py:paper",
+  assert argv == ["main.py", "--multihost", "--config=configs/pretrain.py:paper",
                   "--workdir=gs://bucket/runs/paper", "--num_steps=7", "--note=it's a test",
                   "LIBTPU_INIT_ARGS=--xla_a=1 --xla_b=2"]
   assert "step 1 loss 8.3" in result.stdout  # The workers' output streams back.
@@ -221,7 +221,7 @@ def test_tpu_pod_dry_run_prints_every_command_and_runs_none(fakes):
   assert _option(words[1], "--accelerator-type") == "v5litepod-16"
   assert all(_option(w, "--worker") == "all" for w in words[3:6])
   train_cmd = _option(words[5], "--command")
-  assert ("main.py --config=configs/pretrain.py:paper --workdir=gs://bucket/runs/paper "
+  assert ("main.py --multihost --config=configs/pretrain.py:paper --workdir=gs://bucket/runs/paper "
           "--num_steps=3") in train_cmd
 
 

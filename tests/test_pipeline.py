@@ -89,26 +89,27 @@ def test_train_batches_are_seeded_and_shaped(built):
   assert not np.array_equal(first[0]["input_ids"], next(other)["input_ids"])
 
 
-def test_process_shards_are_disjoint_and_cover(built):
+def test_process_batches_are_disjoint_and_form_the_global_batch(built):
+  """n processes read disjoint rows whose concatenation is the 1-process global batch."""
   _, _, sources = built
   src = sources["train"]
   everything = _rows(src)
   assert len(set(everything)) == len(everything)
   count, batch = 3, 4
+  steps = len(everything) // (count * batch)  # One epoch of global batches.
+  single = pipeline.train_iterator(src, local_batch_size=count * batch, seed=0)
+  its = [pipeline.train_iterator(src, local_batch_size=batch, seed=0, process_index=i,
+                                 process_count=count) for i in range(count)]
   seen = []
-  for i in range(count):
-    shard_rows = set(_rows(pipeline.shard(src, i, count)))
-    seen.append(shard_rows)
-    it = pipeline.train_iterator(src, local_batch_size=batch, seed=0, process_index=i,
-                                 process_count=count)
-    epoch = [r.tobytes() for _ in range(len(shard_rows) // batch)
-             for r in next(it)["input_ids"]]
-    assert set(epoch) <= shard_rows
-    assert len(set(epoch)) == len(epoch)  # No repeats within an epoch.
-  assert all(not (seen[a] & seen[b]) for a in range(count) for b in range(a + 1, count))
-  assert set().union(*seen) == set(everything)
+  for _ in range(steps):
+    parts = [next(it)["input_ids"] for it in its]
+    np.testing.assert_array_equal(np.concatenate(parts), next(single)["input_ids"])
+    seen.extend(r.tobytes() for p in parts for r in p)
+  assert len(set(seen)) == len(seen)  # No row twice within an epoch, across processes.
+  assert set(seen) <= set(everything)
   with pytest.raises(pipeline.PipelineError, match="process_index"):
-    pipeline.shard(src, 3, 3)
+    pipeline.train_iterator(src, local_batch_size=batch, seed=0, process_index=3,
+                            process_count=3)
 
 
 def test_iterator_state_resumes_exactly(built):

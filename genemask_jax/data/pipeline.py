@@ -1,8 +1,10 @@
 """grain input pipeline: per-process batches of token ids from a TFDS data source.
 
 Training batches are shuffled with a seed (a fresh permutation every epoch), repeated
-forever and cut per process: process ``i`` of ``n`` reads only the records ``i, i+n,
-i+2n, ...`` of the source, so the processes' shards are disjoint and together cover it.
+forever and cut per process: global batch ``s`` is the ``s``-th run of
+``n * local_batch_size`` shuffled records, and process ``i`` of ``n`` reads only its
+``i``-th slice of it, so the processes' rows are disjoint, together cover the data, and
+the global batch is the same for every process count.
 Every batch is a dict of numpy arrays::
 
   {"input_ids": np.int32 (local_batch_size, max_len)}
@@ -62,14 +64,25 @@ def shard(source: Any, process_index: int = 0, process_count: int = 1) -> grain.
 def train_dataset(source: Any, *, local_batch_size: int, seed: int, process_index: int = 0,
                   process_count: int = 1, features: Sequence[str] = FEATURES
                   ) -> grain.MapDataset:
-  """The infinite, shuffled, batched training dataset of one process (random access)."""
-  ds = shard(source, process_index, process_count)
-  if len(ds) < local_batch_size:
+  """The infinite, shuffled, batched training dataset of one process (random access).
+
+  One global order for every process count: the source is shuffled (a fresh permutation
+  every epoch) and cut into batches of ``local_batch_size``; global batch s is local
+  batches s*n .. s*n+n-1 and process p takes number s*n+p. So the global batch (the
+  processes' rows concatenated in process order) is the same whether 1 or n processes
+  read it, and a run can move between process counts without changing its data.
+  """
+  _check_process(process_index, process_count)
+  ds = grain.MapDataset.source(source)
+  global_batch = local_batch_size * process_count
+  if len(ds) < global_batch:
     raise PipelineError(
-        f"process {process_index} of {process_count} holds {len(ds)} examples, fewer than "
-        f"one batch of {local_batch_size}; use a smaller batch or more data")
-  ds = ds.shuffle(seed=seed).repeat(None).map(_select(features))
-  return ds.batch(local_batch_size, drop_remainder=True)
+        f"the source holds {len(ds)} examples, fewer than one global batch of "
+        f"{global_batch} ({process_count} process(es) x {local_batch_size}); use a smaller "
+        "batch or more data")
+  ds = ds.shuffle(seed=seed).repeat(None).map(_select(features))  # Reshuffled per epoch.
+  ds = ds.batch(local_batch_size, drop_remainder=True)
+  return ds[process_index::process_count]
 
 
 def train_iterator(source: Any, *, local_batch_size: int, seed: int, process_index: int = 0,

@@ -1,0 +1,168 @@
+r"""Pretraining configuration with presets.
+
+    python main.py --config=configs/pretrain.py --workdir=workdir/default         # CPU demo
+    python main.py --config=configs/pretrain.py:logo --workdir=...                 # LOGO size
+    python main.py --config=configs/pretrain.py:dnabert_base --workdir=...         # BERT-base
+    python main.py --config=configs/pretrain.py:paper --workdir=gs://bucket/run    # Script-A
+    python main.py --config=configs/pretrain.py:test --workdir=/tmp/t              # tests
+
+Any field can be overridden: `--config.train.batch_size=8`, `--config.masking.strategy=dnabert`.
+A misspelt key fails at once and names the closest existing key.
+
+Presets may be combined with commas, later ones winning: `:paper,dnabert` is the paper's
+schedule with DNABERT's span masking (the baseline of the paper's comparison).
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def _base() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  # Model: a named size from genemask_jax.model.MODEL_SIZES.
+  c.model = ml_collections.ConfigDict()
+  c.model.size = "tiny"
+  c.model.dtype = "float32"  # Activations; parameters stay float32. "bfloat16" on accelerators.
+  c.model.dropout_rate = config_dict.placeholder(float)  # None: the size's default.
+
+  # Corpus: FASTA files (empty = the human-genome sample embedded in the package), chunked
+  # as the paper's data preparation did, built into a TFDS array_record dataset.
+  c.data = ml_collections.ConfigDict()
+  c.data.fasta = ""  # Comma-separated FASTA paths (plain or gzip); "" = embedded sample.
+  c.data.tfds_dir = ""  # "" = WORKDIR/tfds.
+  c.data.k = 6
+  c.data.max_len = 512  # Tokens per example including [CLS] and [SEP].
+  c.data.long_chunk_prob = 0.5  # P(chunk has the full max_len + k - 3 bases).
+  c.data.min_chunk_bp = 6
+  c.data.join_across_n = False  # True: delete N and glue pieces (the authors' behaviour).
+  c.data.validation_fraction = 0.1
+  c.data.worker_count = 0  # grain worker processes.
+  c.data.shuffle_seed = 0
+
+  # Masking inside the jit'd step: genemask | dnabert | bert.
+  c.masking = ml_collections.ConfigDict()
+  c.masking.strategy = "genemask"
+  c.masking.p = config_dict.placeholder(float)  # None: 0.0176 / 0.025 / 0.15 by strategy.
+  c.masking.rank_source = "content"  # "position" reproduces the authors' released code.
+  c.masking.random_over = "kmers"  # "vocab" reproduces the released code.
+  c.masking.all_high_if_few = True
+  c.masking.max_predictions = 80  # Fixed-size MLM targets per sequence (BERT's layout).
+
+  # NPMI lookup the masking reads: "corpus" computes it from the training FASTA (cached in
+  # the workdir); otherwise a path to a table (ours or the authors' CSV, or .npz).
+  c.npmi = ml_collections.ConfigDict()
+  c.npmi.source = "corpus"
+  c.npmi.min_count = 101
+
+  c.train = ml_collections.ConfigDict()
+  c.train.batch_size = 16  # Global sequences per optimizer step.
+  c.train.grad_accum_steps = 1  # Micro-batches per optimizer step.
+  c.train.num_steps = 1200
+  c.train.log_every = 20
+  c.train.checkpoint_every = 200
+  c.train.keep_checkpoints = 3
+  c.train.async_checkpoint = True
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.peak_lr = 1e-3
+  c.optim.warmup_steps = 100
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.98
+  c.optim.eps = 1e-6
+  c.optim.weight_decay = 0.01
+  c.optim.clip_norm = 1.0
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.every = 200
+  c.eval.num_examples = 64  # Fixed held-out examples with fixed masks.
+  c.eval.batch_size = 16
+
+  # In-training few-shot probe (linear probe on frozen features); 0 = off.
+  c.probe = ml_collections.ConfigDict()
+  c.probe.every = 0
+  c.probe.tasks = "prom_core"
+  c.probe.shots = "10,100"
+  c.probe.data_dir = ""  # "" = GENEMASK_DATA_DIR.
+
+  # Device mesh: sizes may be -1 ("the rest of the devices").
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.shape = (-1, 1)
+  c.mesh.axes = ("data", "model")
+  # Logical axis -> mesh axis (None = replicated), as MaxText/T5X rules tables.
+  c.mesh.rules = (
+      ("batch", "data"),
+      ("length", None),
+      ("embed", None),
+      ("heads", "model"),
+      ("kv", None),
+      ("mlp", "model"),
+      ("vocab", "model"),
+  )
+  return c
+
+
+def _apply(c: ml_collections.ConfigDict, preset: str) -> None:
+  if preset in ("", "default"):
+    # CPU demo on the embedded sample: short sequences so it finishes in minutes.
+    c.data.max_len = 128
+    c.masking.max_predictions = 32
+  elif preset == "test":
+    c.model.size = "tiny"
+    c.data.max_len = 64
+    c.masking.max_predictions = 16
+    c.train.batch_size = 8
+    c.train.num_steps = 6
+    c.train.log_every = 1
+    c.train.checkpoint_every = 3
+    c.train.async_checkpoint = False
+    c.optim.warmup_steps = 2
+    c.eval.every = 3
+    c.eval.num_examples = 16
+    c.eval.batch_size = 8
+  elif preset == "logo":
+    c.model.size = "logo"
+    c.data.max_len = 128
+    c.masking.max_predictions = 32
+  elif preset == "dnabert_base":
+    c.model.size = "dnabert_base"
+    c.train.batch_size = 32
+  elif preset == "paper":
+    # The authors' Script-A: DNABERT base, 10k steps x 250 sequences, block 512.
+    c.model.size = "dnabert_base"
+    c.data.max_len = 512
+    c.masking.max_predictions = 80
+    c.train.batch_size = 250
+    c.train.num_steps = 10_000
+    c.train.log_every = 50
+    c.train.checkpoint_every = 1000
+    c.optim.peak_lr = 8e-4
+    c.optim.warmup_steps = 500
+    c.eval.every = 1000
+    c.eval.num_examples = 1000
+    c.eval.batch_size = 50
+  elif preset == "large":
+    c.model.size = "large"
+    c.model.dtype = "bfloat16"
+    c.train.batch_size = 256
+  elif preset in ("genemask", "dnabert", "bert"):
+    c.masking.strategy = preset
+  elif preset == "position":
+    c.masking.rank_source = "position"
+    c.masking.random_over = "vocab"
+  elif preset == "authors_npmi":
+    c.npmi.source = "authors"  # The authors' published table, from GENEMASK_DATA_DIR.
+  else:
+    raise ValueError(
+        f"configs/pretrain.py: unknown preset {preset!r}; known: default, test, logo, "
+        "dnabert_base, paper, large, genemask, dnabert, bert, position, authors_npmi")
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  """Returns the config for `arg`: comma-separated presets, applied left to right."""
+  c = _base()
+  for preset in (arg or "default").split(","):
+    _apply(c, preset.strip())
+  c.preset = arg or "default"
+  return c

@@ -1,0 +1,459 @@
+"""GeneMask pretraining, top to bottom: setup, mesh, data, NPMI lookup, model, state,
+restore, loop, final save.
+
+Called by `main.py` (the binary); see its docstring for the command. Everything here takes
+the `ConfigDict` from `configs/pretrain.py`; nothing reads flags.
+
+What a run leaves in its workdir:
+  config.json      the resolved config (and the model size, checked on restart)
+  checkpoints/     orbax checkpoints (train state + data position), the last N kept
+  npmi/            the NPMI table computed from the corpus (when npmi.source = "corpus")
+  tfds/            the corpus as a TFDS array_record dataset (unless data.tfds_dir is set)
+  tb/              TensorBoard event files;  log.jsonl  the same scalars as JSON lines
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import signal
+import time
+from typing import Any
+
+import grain
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+from etils import epath
+
+from genemask_jax import masking
+from genemask_jax import metrics_writer
+from genemask_jax import model as model_lib
+from genemask_jax import npmi as npmi_lib
+from genemask_jax import optim
+from genemask_jax import sharding as sharding_lib
+from genemask_jax import tokenizer
+from genemask_jax import train_step as step_lib
+from genemask_jax.data import fasta
+from genemask_jax.data import genome
+from genemask_jax.data import genome_tfds
+from genemask_jax.data import pipeline
+
+
+class UserError(ValueError):
+  """A problem with the run's inputs (config, corpus, workdir), found before long work."""
+
+
+# Errors a user can cause; main.py prints them as one line instead of a traceback.
+USER_ERRORS = (UserError, fasta.FastaError, npmi_lib.NpmiError, tokenizer.TokenizerError,
+               sharding_lib.ShardingConfigError, genome.GenomeConfigError,
+               pipeline.PipelineError)
+
+AUTHORS_NPMI_CSV = "npmi/genemask_grch38_chr1-3_6mer_npmi.csv"
+_MODEL_KEYS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "mlp_dim", "max_len")
+
+
+# ----------------------------------------------------------------------------- setup
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Checks values that a typo or a bad override could break, before any work."""
+  if config.model.size not in model_lib.MODEL_SIZES:
+    raise UserError(f"config.model.size={config.model.size!r}; known sizes: "
+                    f"{', '.join(model_lib.MODEL_SIZES)}")
+  if config.masking.strategy not in masking.STRATEGIES:
+    raise UserError(f"config.masking.strategy={config.masking.strategy!r}; expected one of "
+                    f"{', '.join(masking.STRATEGIES)}")
+  if config.data.k != 6 and config.masking.strategy == "genemask":
+    raise UserError("config.data.k: GeneMask's NPMI lookup is defined for 6-mers; use k=6")
+  t = config.train
+  for key in ("batch_size", "num_steps", "log_every", "checkpoint_every", "grad_accum_steps"):
+    if t[key] < 1:
+      raise UserError(f"config.train.{key} must be >= 1, got {t[key]}")
+  if t.batch_size % t.grad_accum_steps:
+    raise UserError(f"config.train.batch_size={t.batch_size} is not divisible by "
+                    f"config.train.grad_accum_steps={t.grad_accum_steps}")
+  if t.batch_size % jax.process_count():
+    raise UserError(f"config.train.batch_size={t.batch_size} is not divisible by the "
+                    f"{jax.process_count()} processes")
+  if config.data.max_len < 8 or config.data.max_len > 512:
+    raise UserError(f"config.data.max_len must be in 8..512 (positions), got "
+                    f"{config.data.max_len}")
+  if not 0 < config.masking.max_predictions <= config.data.max_len:
+    raise UserError(f"config.masking.max_predictions must be in 1..data.max_len, got "
+                    f"{config.masking.max_predictions}")
+
+
+def model_config_of(config: ml_collections.ConfigDict) -> model_lib.ModelConfig:
+  overrides = {"dtype": config.model.dtype}
+  if config.model.dropout_rate is not None:
+    overrides["dropout_rate"] = config.model.dropout_rate
+  cfg = model_lib.model_config(config.model.size, **overrides)
+  if config.data.max_len > cfg.max_len:
+    raise UserError(f"config.data.max_len={config.data.max_len} exceeds the model's "
+                    f"{cfg.max_len} positions")
+  return cfg
+
+
+def _model_signature(config: ml_collections.ConfigDict,
+                     cfg: model_lib.ModelConfig) -> dict[str, Any]:
+  d = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg)
+  sig = {k: d[k] for k in _MODEL_KEYS if k in d}
+  sig["size"] = config.model.size
+  return sig
+
+
+def check_workdir(workdir: epath.Path, config: ml_collections.ConfigDict,
+                  cfg: model_lib.ModelConfig) -> bool:
+  """Refuses a workdir that holds a run of another model; returns True if it holds a run.
+
+  Reads only; nothing in the workdir is written before this passes.
+  """
+  saved = workdir / "config.json"
+  has_checkpoints = (workdir / "checkpoints").exists() and any(
+      p.name.isdigit() for p in (workdir / "checkpoints").iterdir())
+  if not saved.exists():
+    if has_checkpoints:
+      raise UserError(f"{workdir} holds checkpoints but no config.json; refusing to mix runs")
+    return False
+  try:
+    old = json.loads(saved.read_text())
+  except json.JSONDecodeError as e:
+    raise UserError(f"{saved}: not valid JSON ({e}); is this a genemask-jax workdir?") from e
+  want = _model_signature(config, cfg)
+  have = old.get("model_signature", {})
+  diff = {k: (have.get(k), v) for k, v in want.items() if have.get(k) != v}
+  if diff and has_checkpoints:
+    details = ", ".join(f"{k}: checkpoint {a!r} vs config {b!r}" for k, (a, b) in diff.items())
+    raise UserError(f"{workdir} holds a checkpoint of another model ({details}); use another "
+                    "--workdir or the matching config")
+  return has_checkpoints
+
+
+def fasta_paths_of(config: ml_collections.ConfigDict) -> list[str]:
+  paths = [p.strip() for p in config.data.fasta.split(",") if p.strip()]
+  if not paths:
+    paths = [os.fspath(p) for p in genome.default_genome_paths()]
+  fasta.check_files(paths)
+  return paths
+
+
+# ----------------------------------------------------------------------------- NPMI
+def npmi_lookup(config: ml_collections.ConfigDict, fasta_paths: list[str],
+                workdir: epath.Path) -> npmi_lib.NpmiLookup:
+  """The rank lookup the masking reads: computed from the corpus (cached) or loaded."""
+  source = config.npmi.source
+  if source == "authors":
+    data_dir = os.environ.get("GENEMASK_DATA_DIR")
+    if not data_dir:
+      raise UserError("config.npmi.source='authors' needs GENEMASK_DATA_DIR (the folder "
+                      f"holding {AUTHORS_NPMI_CSV})")
+    return npmi_lib.load_lookup(os.path.join(data_dir, AUTHORS_NPMI_CSV), k=config.data.k)
+  if source != "corpus":
+    return npmi_lib.load_lookup(source, k=config.data.k)
+  cache = workdir / "npmi" / "table.csv"
+  fingerprint = {"fasta": [(os.path.abspath(p), os.path.getsize(p)) for p in fasta_paths],
+                 "min_count": config.npmi.min_count, "k": config.data.k}
+  stamp = workdir / "npmi" / "source.json"
+  if cache.exists() and stamp.exists() and json.loads(stamp.read_text()) == fingerprint:
+    return npmi_lib.load_lookup(os.fspath(cache), k=config.data.k)
+  if jax.process_index() == 0:
+    t0 = time.time()
+    counts = npmi_lib.count_fasta(fasta_paths, k=config.data.k)
+    table = npmi_lib.score_counts(counts, min_count=config.npmi.min_count)
+    (workdir / "npmi").mkdir(parents=True, exist_ok=True)
+    lookup = npmi_lib.write_table(table, os.fspath(cache))
+    stamp.write_text(json.dumps(fingerprint))
+    logging.info("NPMI table from %d FASTA file(s) in %.1f s -> %s", len(fasta_paths),
+                 time.time() - t0, cache)
+  _sync("npmi")
+  return npmi_lib.load_lookup(os.fspath(cache), k=config.data.k)
+
+
+@contextlib.contextmanager
+def _quiet_tfds():
+  """TFDS logs every config it opens at WARNING level; keep the run's output readable."""
+  old = logging.get_verbosity()
+  logging.set_verbosity(min(old, logging.ERROR))  # absl: lower = quieter.
+  try:
+    yield
+  finally:
+    logging.set_verbosity(old)
+
+
+def _sync(name: str) -> None:
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices(name)
+
+
+# ----------------------------------------------------------------------------- eval data
+def fixed_eval_batches(config, eval_data, rank: np.ndarray) -> list[dict[str, np.ndarray]]:
+  """Masks the held-out batches once with fixed keys: every evaluation sees the same masks."""
+  key = jax.random.key(config.seed + 7919)
+  batches = []
+  for i, batch in enumerate(eval_data):
+    m = masking.mask_batch(jax.random.fold_in(key, i), jnp.asarray(batch["input_ids"]),
+                           jnp.asarray(rank), config.masking.strategy,
+                           max_predictions=config.masking.max_predictions,
+                           **masking_options(config))
+    m = jax.device_get(m)
+    batches.append({"input_ids": m.masked_ids, "masked_lm_positions": m.masked_lm_positions,
+                    "masked_lm_ids": m.masked_lm_ids, "masked_lm_weights": m.masked_lm_weights})
+  return batches
+
+
+def chunk_config_of(config: ml_collections.ConfigDict) -> genome.ChunkConfig:
+  """The paper's chunking for this block size: chunks of max_len - 1 bp (511 for 512)."""
+  d = config.data
+  return genome.ChunkConfig(
+      seed=config.seed, max_chunk_bp=d.max_len - 1, min_chunk_bp=d.min_chunk_bp,
+      p_max_chunk=d.long_chunk_prob, validation_fraction=d.validation_fraction,
+      join_across_n=d.join_across_n, k=d.k, max_len=d.max_len)
+
+
+def masking_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  m = config.masking
+  opts: dict[str, Any] = {"random_over": m.random_over}
+  if m.p is not None:
+    opts["p"] = m.p
+  if m.strategy == "genemask":
+    opts.update(rank_source=m.rank_source, all_high_if_few=m.all_high_if_few)
+  return opts
+
+
+# ----------------------------------------------------------------------------- helpers
+class _Preemption:
+  """SIGTERM/SIGINT set a flag; the loop saves a checkpoint and exits at the next step."""
+
+  def __init__(self):
+    self.requested = False
+    self._old = {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      try:
+        self._old[sig] = signal.signal(sig, self._handle)
+      except ValueError:  # Not the main thread (e.g. called from a test thread).
+        pass
+
+  def _handle(self, signum, frame):  # pylint: disable=unused-argument
+    logging.warning("signal %d received: saving a checkpoint and stopping", signum)
+    self.requested = True
+
+  def restore(self):
+    for sig, old in self._old.items():
+      signal.signal(sig, old)
+
+
+def _fmt_time(seconds: float) -> str:
+  if not math.isfinite(seconds):
+    return "?"
+  seconds = int(seconds)
+  return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def _per_device_bytes(tree: Any) -> int:
+  """Bytes of `tree` held on the first local device (from the shardings, not the allocator)."""
+  dev = jax.local_devices()[0]
+  total = 0
+  for x in jax.tree.leaves(tree):
+    for shard in x.addressable_shards:
+      if shard.device == dev:
+        total += shard.data.size * shard.data.dtype.itemsize
+  return total
+
+
+class NonFiniteLoss(RuntimeError):
+  """The loss became NaN or inf; the run stopped without saving the bad state."""
+
+
+def _check_finite(history: list[tuple[int, Any]]) -> None:
+  """Raises NonFiniteLoss naming the first step whose loss is not finite."""
+  for step, metrics in history:
+    loss = float(metrics["loss"])
+    if not math.isfinite(loss):
+      raise NonFiniteLoss(
+          f"loss is {loss} at step {step}; stopping. The last checkpoint (before step {step}) "
+          "is kept; lower config.optim.peak_lr or check the data")
+
+
+# ----------------------------------------------------------------------------- main
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       init_from_hf: str | None = None) -> dict[str, float]:
+  """Runs pretraining; returns the final evaluation metrics."""
+  # --- Setup: every check that can fail runs before anything is written. -----------------
+  validate_config(config)
+  cfg = model_config_of(config)
+  workdir = epath.Path(workdir)
+  resuming = check_workdir(workdir, config, cfg)
+  fasta_paths = fasta_paths_of(config)
+  is_main = jax.process_index() == 0
+
+  # --- Mesh. ----------------------------------------------------------------------------
+  mesh = sharding_lib.make_mesh(tuple(config.mesh.shape), tuple(config.mesh.axes))
+  rules = sharding_lib.rules_from_config(config.mesh.rules)
+  sharding_lib.validate(cfg, mesh, rules, global_batch_size=config.train.batch_size)
+
+  workdir.mkdir(parents=True, exist_ok=True)
+  if is_main:
+    (workdir / "config.json").write_text(json.dumps(
+        {"config": json.loads(config.to_json_best_effort()),
+         "model_signature": _model_signature(config, cfg)}, indent=2))
+
+  # --- Data: corpus -> TFDS array_record -> grain, each process its own rows. --------------
+  chunking = chunk_config_of(config)
+  tfds_dir = config.data.tfds_dir or os.fspath(workdir / "tfds")
+  with _quiet_tfds():
+    if is_main:  # One process builds; the others wait, then open the same build.
+      genome_tfds.build(tfds_dir, fasta_paths, chunking)
+    _sync("tfds")
+    builder = genome_tfds.build(tfds_dir, fasta_paths, chunking)
+  sources = genome_tfds.data_sources(builder)
+  local_batch = config.train.batch_size // jax.process_count()
+  data = pipeline.train_iterator(
+      sources["train"], local_batch_size=local_batch, seed=config.data.shuffle_seed,
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      worker_count=config.data.worker_count)
+  eval_data = pipeline.eval_dataset(
+      sources["validation"], local_batch_size=config.eval.batch_size // jax.process_count(),
+      num_examples=config.eval.num_examples, process_index=jax.process_index(),
+      process_count=jax.process_count())
+  if len(eval_data) == 0:
+    raise UserError(f"the validation split has {len(sources['validation'])} examples, fewer "
+                    f"than config.eval.batch_size={config.eval.batch_size}; use a larger corpus")
+
+  # --- NPMI lookup. -----------------------------------------------------------------------
+  lookup = npmi_lookup(config, fasta_paths, workdir)
+  rank = np.asarray(lookup.rank, np.int32)
+
+  # --- Model, optimizer, state created sharded. -------------------------------------------
+  model = model_lib.BertForMaskedLM(cfg)
+  schedule = optim.make_lr_schedule(total_steps=config.train.num_steps,
+                                    warmup_steps=config.optim.warmup_steps,
+                                    peak_learning_rate=config.optim.peak_lr)
+  tx = optim.make_optimizer(schedule, b1=config.optim.b1, b2=config.optim.b2,
+                            eps=config.optim.eps, weight_decay=config.optim.weight_decay,
+                            clip_norm=config.optim.clip_norm)
+  state, state_shardings = step_lib.create_train_state(
+      model, tx, jax.random.key(config.seed), mesh, rules, seq_len=config.data.max_len)
+  if init_from_hf:
+    from genemask_jax import hf  # pylint: disable=g-import-not-at-top
+    state = hf.init_state_from_hf(state, init_from_hf, cfg)
+  n_params = sum(x.size for x in jax.tree.leaves(state.params))
+
+  # --- Restore. ---------------------------------------------------------------------------
+  ckpt_dir = workdir / "checkpoints"
+  manager = ocp.CheckpointManager(
+      ckpt_dir, options=ocp.CheckpointManagerOptions(
+          max_to_keep=config.train.keep_checkpoints,
+          enable_async_checkpointing=config.train.async_checkpoint))
+  start_step = 0
+  if resuming and manager.latest_step() is not None:
+    last = manager.latest_step()
+    abstract = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, state_shardings)
+    try:
+      restored = manager.restore(last, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract),
+          data=grain.checkpoint.CheckpointRestore(data)))
+    except (ValueError, KeyError) as e:
+      raise UserError(f"{ckpt_dir}/{last}: cannot restore into this model: {e}") from e
+    state = restored.state
+    start_step = int(state.step)
+    if is_main:
+      print(f"resumed from {ckpt_dir / str(last)} at step {start_step}", flush=True)
+
+  # --- Steps. -----------------------------------------------------------------------------
+  mask_fn = masking.make_mask_fn(rank, config.masking.strategy,
+                                 config.masking.max_predictions, **masking_options(config))
+  train_step = step_lib.jit_train_step(
+      step_lib.make_mlm_train_step(model, tx, mask_fn, learning_rate_fn=schedule,
+                                   num_microbatches=config.train.grad_accum_steps),
+      mesh, rules, state_shardings)
+  eval_step = step_lib.jit_eval_step(step_lib.make_mlm_eval_step(model), mesh, rules,
+                                     state_shardings.params)
+  eval_batches = fixed_eval_batches(config, eval_data, rank)
+  key = jax.random.key(config.seed + 1)
+
+  def evaluate(params) -> dict[str, float]:
+    sums = {"loss_sum": 0.0, "weight_sum": 0.0, "correct": 0.0}
+    for b in eval_batches:
+      out = eval_step(params, sharding_lib.global_batch_from_local(b, mesh, rules))
+      for k in sums:
+        sums[k] += float(out[k])
+    loss = sums["loss_sum"] / max(sums["weight_sum"], 1.0)
+    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)),
+            "accuracy": sums["correct"] / max(sums["weight_sum"], 1.0)}
+
+  def save(step: int, wait: bool = False) -> None:
+    manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data)),
+        force=True)
+    if wait:
+      manager.wait_until_finished()
+
+  writer = metrics_writer.MetricWriter(os.fspath(workdir), enabled=is_main)
+  tokens_per_step = config.train.batch_size * config.data.max_len
+  if is_main:
+    mem = _per_device_bytes(state)
+    summary = (f"model {config.model.size}: {n_params:,} parameters; mesh "
+               f"{dict(mesh.shape)} over {jax.device_count()} {jax.devices()[0].platform} "
+               f"device(s) in {jax.process_count()} process(es); train state "
+               f"{mem / 2**20:.1f} MiB per device; masking {config.masking.strategy}; "
+               f"batch {config.train.batch_size} x {config.data.max_len} tokens; steps "
+               f"{start_step}..{config.train.num_steps}")
+    print(summary, flush=True)
+    writer.write_text("summary", summary)
+
+  # --- Loop. ------------------------------------------------------------------------------
+  preemption = _Preemption()
+  history: list[tuple[int, Any]] = []
+  step = start_step
+  t_last, step_last = time.time(), step
+  final_eval: dict[str, float] = {}
+  try:
+    while step < config.train.num_steps:
+      batch = sharding_lib.global_batch_from_local(next(data), mesh, rules)
+      state, metrics = train_step(state, batch, key)
+      step += 1
+      history.append((step, metrics))
+      preempted = preemption.requested or manager.reached_preemption(step)
+      if step % config.train.log_every == 0 or step == config.train.num_steps or preempted:
+        _check_finite(history)
+        now = time.time()
+        rate = (step - step_last) / max(now - t_last, 1e-9)
+        scalars = {k: float(v) for k, v in history[-1][1].items()}
+        scalars.update(steps_per_sec=rate, tokens_per_sec=rate * tokens_per_step)
+        writer.write_scalars(step, scalars, prefix="train/")
+        if is_main:
+          eta = (config.train.num_steps - step) / max(rate, 1e-9)
+          print(f"step {step}/{config.train.num_steps}  loss {scalars['loss']:.4f}  "
+                f"acc {scalars['accuracy']:.3f}  lr {scalars['learning_rate']:.2e}  "
+                f"{rate:.2f} steps/s  {rate * tokens_per_step:,.0f} tokens/s  "
+                f"ETA {_fmt_time(eta)}", flush=True)
+        history.clear()
+        t_last, step_last = time.time(), step
+      if step % config.eval.every == 0 or step == config.train.num_steps:
+        final_eval = evaluate(state.params)
+        writer.write_scalars(step, final_eval, prefix="eval/")
+        if is_main:
+          print(f"eval step {step}: loss {final_eval['loss']:.4f}  perplexity "
+                f"{final_eval['perplexity']:.1f}  masked accuracy "
+                f"{final_eval['accuracy']:.3f}", flush=True)
+      if step % config.train.checkpoint_every == 0 or step == config.train.num_steps or preempted:
+        _check_finite(history)
+        save(step, wait=preempted)
+      if preempted:
+        if is_main:
+          print(f"preempted: checkpoint saved at step {step}; rerun the same command to "
+                "resume", flush=True)
+        break
+  finally:
+    manager.wait_until_finished()
+    manager.close()
+    writer.close()
+    preemption.restore()
+  return final_eval
