@@ -248,7 +248,7 @@ def _kth_smallest(keys: jax.Array, k: jax.Array, bits: int) -> jax.Array:
     mid = lo + (hi - lo) // 2
     enough = jnp.sum(keys <= mid) >= k
     return jnp.where(enough, lo, mid + 1), jnp.where(enough, mid, hi)
-  lo, _ = lax.fori_loop(0, bits, body, (jnp.int32(0), jnp.int32((1 << bits) - 1)), unroll=True)
+  lo, _ = lax.fori_loop(0, bits, body, (jnp.int32(0), jnp.int32((1 << bits) - 1)))
   return lo
 
 

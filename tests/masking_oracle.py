@@ -34,7 +34,10 @@ def spans_from_centres(ids: Sequence[int], rank: Sequence[int], centres: Sequenc
     elig = eligible(ids, len(rank))
   cs = [c for c in range(n) if centres[c] and elig[c]]
   if strategy == "bert":
-    return [c in set(cs) for c in range(n)]
+    masked = [False] * n
+    for c in cs:
+      masked[c] = True
+    return masked
   masked = [False] * n
 
   def rank_at(i):

@@ -47,15 +47,22 @@ def _kmer_batch(rng, batch, kmers=506, length=512):
   return ids
 
 
-@pytest.mark.parametrize("strategy,options", [
-    ("genemask", {}),
-    ("genemask", {"rank_source": "position"}),
-    ("genemask", {"all_high_if_few": False}),
-    ("genemask", {"rank_source": "position", "all_high_if_few": False, "few_threshold": 3}),
-    ("dnabert", {}),
-    ("bert", {}),
+_GM_POSITION = {"rank_source": "position"}
+_GM_ALL_RANKED = {"all_high_if_few": False}
+_GM_POSITION_FEW3 = {"rank_source": "position", "all_high_if_few": False, "few_threshold": 3}
+
+
+@pytest.mark.parametrize("strategy,options,length,full", [
+    ("genemask", {}, 64, False),
+    ("genemask", _GM_POSITION, 64, False),
+    ("genemask", _GM_ALL_RANKED, 64, False),
+    ("genemask", _GM_POSITION_FEW3, 64, False),
+    ("dnabert", {}, 64, False),
+    ("bert", {}, 64, False),
+    ("genemask", {}, 512, True),
+    ("genemask", _GM_POSITION, 512, True),
+    ("genemask", _GM_ALL_RANKED, 512, False),
 ])
-@pytest.mark.parametrize("length,full", [(64, False), (512, True)])
 def test_identical_to_python_port_for_same_centres(strategy, options, length, full):
   rng = np.random.default_rng(hash((strategy, str(options), length)) % 2**32)
   batches = 120 if length == 64 else 30
