@@ -225,9 +225,10 @@ def script_b_hparams(shot: int, max_len: int) -> Hparams:
   return Hparams(batch_size=15, learning_rate=5e-5, epochs=5, max_len=max_len)
 
 
-def resolve_hparams(shot: int, max_len: int, **overrides: Any) -> Hparams:
-  """Script-B defaults for ``shot`` with every non-None override applied."""
-  base = script_b_hparams(shot, max_len)
+def resolve_hparams(shot: int, task_max_len: int, **overrides: Any) -> Hparams:
+  """Script-B defaults for ``shot`` (input length ``task_max_len``) with every non-None
+  override applied (``max_len`` among them)."""
+  base = script_b_hparams(shot, task_max_len)
   fields = {f.name for f in dataclasses.fields(Hparams)}
   unknown = sorted(set(overrides) - fields)
   if unknown:
@@ -302,7 +303,8 @@ class Progress:
     try:
       import tqdm  # pylint: disable=g-import-not-at-top
       self._bar = tqdm.tqdm(total=total, desc=desc, file=sys.stderr, leave=False,
-                            dynamic_ncols=True)
+                            dynamic_ncols=True,
+                            mininterval=0.1 if sys.stderr.isatty() else 5.0)
     except ImportError:
       self._bar = None
 
