@@ -788,99 +788,109 @@ def export_params(params: Mapping[str, Any], cfg: model_lib.ModelConfig, output:
 
 
 # ----------------------------------------------------------------------------- checkpoints
-def _find_checkpoints(path: pathlib.Path, step: int | None) -> tuple[pathlib.Path, int,
-                                                                      pathlib.Path | None]:
-  """(checkpoints dir, step, workdir or None) for a workdir / checkpoints dir / step dir."""
-  if (path / "checkpoints").is_dir():
-    workdir, ckpt_dir = path, path / "checkpoints"
-  elif path.name.isdigit() and path.parent.is_dir() and (path / "state").exists():
-    workdir, ckpt_dir = path.parent.parent, path.parent
-    if step is not None and step != int(path.name):
-      raise HFExportError(f"{path}: is step {path.name}, but step={step} was asked for")
-    step = int(path.name)
-  elif path.is_dir() and any(p.name.isdigit() for p in path.iterdir()):
-    workdir, ckpt_dir = path.parent, path
-  else:
-    raise HFExportError(f"{path}: not a genemask-jax workdir (expected checkpoints/<step>/)")
-  steps = sorted(int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit())
-  if not steps:
-    raise HFExportError(f"{ckpt_dir}: holds no checkpoint steps")
-  if step is None:
-    step = steps[-1]
-  elif step not in steps:
-    raise HFExportError(f"{ckpt_dir}: no step {step}; saved steps are {steps}")
-  if not (workdir / CONFIG_NAME).is_file():
-    workdir = None
-  return ckpt_dir, step, workdir
+def _resolve_step(checkpoint: PathLike, step: int | None) -> tuple[pathlib.Path, pathlib.Path]:
+  """(workdir, step dir): ``checkpoints.resolve_checkpoint``'s paths, or ``step`` of them."""
+  from genemask_jax import checkpoints  # pylint: disable=g-import-not-at-top
+  try:
+    workdir, step_dir = checkpoints.resolve_checkpoint(checkpoint)
+  except checkpoints.CheckpointError as e:
+    raise HFExportError(str(e)) from e
+  if step is None or int(step_dir.name) == step:
+    return workdir, step_dir
+  if pathlib.Path(checkpoint).name.isdigit():
+    raise HFExportError(f"{checkpoint}: is step {step_dir.name}, but step={step} was asked for")
+  wanted = step_dir.parent / str(step)
+  if not (wanted / "state").is_dir():
+    steps = sorted(int(p.name) for p in step_dir.parent.iterdir()
+                   if p.name.isdigit() and (p / "state").is_dir())
+    raise HFExportError(f"{step_dir.parent}: no step {step}; saved steps are {steps}")
+  return workdir, wanted
 
 
-def model_config_from_workdir(run_config: Mapping[str, Any],
-                              where: str = CONFIG_NAME) -> model_lib.ModelConfig:
-  """The ``ModelConfig`` recorded in a workdir's ``config.json``.
+def model_config_from_workdir(workdir: PathLike) -> tuple[model_lib.ModelConfig,
+                                                          dict[str, Any]]:
+  """(ModelConfig, parsed config.json) of a workdir.
 
-  Uses the full ``model_config`` dict when present (written by the import command),
-  else ``model_signature`` (size name + shape fields) with the run config's dtype/dropout.
+  The full ``model_config`` dict (written by the import command) wins; otherwise the
+  pretraining binary's ``model_signature`` is read by ``checkpoints.read_model_config``.
   """
-  fields = {f.name for f in dataclasses.fields(model_lib.ModelConfig)}
-  if "model_config" in run_config:
-    return model_lib.ModelConfig(**{k: v for k, v in run_config["model_config"].items()
-                                    if k in fields})
-  sig = run_config.get("model_signature")
-  if not sig:
-    raise HFExportError(f"{where}: has no model_signature; is it a genemask-jax workdir?")
-  model_sec = run_config.get("config", {}).get("model", {})
-  size = sig.get("size", model_sec.get("size"))
-  base = dict(model_lib.MODEL_SIZES.get(size, {}))
-  base.update({k: v for k, v in sig.items() if k in fields})
-  if model_sec.get("dropout_rate") is not None:
-    base["dropout_rate"] = model_sec["dropout_rate"]
-  return model_lib.ModelConfig(**base)
+  from genemask_jax import checkpoints  # pylint: disable=g-import-not-at-top
+  path = pathlib.Path(workdir) / CONFIG_NAME
+  try:
+    run_config = json.loads(path.read_text())
+  except FileNotFoundError as e:
+    raise HFExportError(f"{path}: missing; the pretraining binary records the model's "
+                        "shape there") from e
+  except json.JSONDecodeError as e:
+    raise HFExportError(f"{path}: not valid JSON ({e})") from e
+  if isinstance(run_config.get("model_config"), Mapping):
+    fields = {f.name for f in dataclasses.fields(model_lib.ModelConfig)}
+    try:
+      return model_lib.ModelConfig(**{k: v for k, v in run_config["model_config"].items()
+                                      if k in fields}), run_config
+    except (TypeError, ValueError) as e:
+      raise HFExportError(f"{path}: model_config does not make a model ({e})") from e
+  try:
+    cfg, _ = checkpoints.read_model_config(workdir)
+  except checkpoints.CheckpointError as e:
+    raise HFExportError(str(e)) from e
+  return cfg, run_config
 
 
 def restore_params(checkpoint: PathLike, step: int | None = None
                    ) -> tuple[model_lib.ModelConfig, dict[str, Any], dict[str, Any]]:
-  """Restores the MLM params of a pretraining checkpoint onto the host.
+  """Restores the MLM params of a pretraining (or imported) checkpoint onto the host.
 
   Args:
-    checkpoint: a workdir (with ``config.json`` and ``checkpoints/``), its ``checkpoints``
-      folder, or one step's folder.
-    step: the step; None = the latest (or the one named by a step folder).
+    checkpoint: WORKDIR, WORKDIR/checkpoints[/STEP] or WORKDIR/STEP (as the few-shot
+      binary's ``--init_from``).
+    step: the step; None = the latest (or the one the path names).
 
   Returns:
-    (ModelConfig, params as float32 numpy, info) where info holds ``step``, ``workdir``
-    and ``run_config`` (the parsed ``config.json``).
+    (ModelConfig, BertForMaskedLM params as float32 numpy, info) where info holds
+    ``step``, ``workdir`` and ``run_config`` (the parsed ``config.json``).
+
+  Raises:
+    HFExportError: no checkpoint there, or params that do not fit the recorded config.
   """
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  path = pathlib.Path(checkpoint)
-  if not path.exists():
-    raise HFExportError(f"{path}: does not exist")
-  ckpt_dir, step, workdir = _find_checkpoints(path, step)
-  if workdir is None:
-    raise HFExportError(f"{ckpt_dir.parent / CONFIG_NAME}: missing; the model's shape is "
-                        "recorded there by the pretraining binary")
+  workdir, step_dir = _resolve_step(checkpoint, step)
+  cfg, run_config = model_config_from_workdir(workdir)
+  state_dir = (step_dir / "state").absolute()
+  checkpointer = ocp.PyTreeCheckpointer()
   try:
-    run_config = json.loads((workdir / CONFIG_NAME).read_text())
-  except json.JSONDecodeError as e:
-    raise HFExportError(f"{workdir / CONFIG_NAME}: not valid JSON ({e})") from e
-  cfg = model_config_from_workdir(run_config, str(workdir / CONFIG_NAME))
-  handlers = {"state": ocp.StandardCheckpointHandler(), "data": ocp.JsonCheckpointHandler()}
-  with ocp.CheckpointManager(ckpt_dir.absolute(), item_handlers=handlers) as manager:
-    meta = manager.item_metadata(step)
-    state_meta = meta["state"] if meta is not None and "state" in meta else None
-    if state_meta is None:
-      raise HFExportError(f"{ckpt_dir / str(step)}: no 'state' item; not a pretraining "
-                          "checkpoint")
-    device = jax.local_devices()[0]
-    single = jax.sharding.SingleDeviceSharding(device)
-    tree = getattr(state_meta, "tree", state_meta)
-    abstract = jax.tree.map(
-        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=single), tree)
-    restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract)))
-  state = restored["state"]
-  params = state["params"] if isinstance(state, Mapping) else state.params
-  params = jax.tree.map(lambda x: np.asarray(x, np.float32), params)
-  return cfg, params, {"step": step, "workdir": workdir, "run_config": run_config}
+    meta = checkpointer.metadata(state_dir)
+  except Exception as e:  # pylint: disable=broad-except  (orbax raises many types)
+    raise HFExportError(f"{state_dir}: unreadable orbax checkpoint ({e})") from e
+  tree = getattr(meta, "item_metadata", meta)
+  tree = getattr(tree, "tree", tree)
+  if not isinstance(tree, Mapping) or "params" not in tree:
+    raise HFExportError(f"{state_dir}: no 'params' in the saved tree; expected "
+                        "TrainState(step, params, opt_state)")
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  want = nn.meta.unbox(jax.eval_shape(model_lib.BertForMaskedLM(cfg).init, jax.random.key(0),
+                                      jnp.zeros((1, 4), jnp.int32))["params"])
+  want_shapes = {jax.tree_util.keystr(p): tuple(x.shape)
+                 for p, x in jax.tree_util.tree_leaves_with_path(want)}
+  have_shapes = {jax.tree_util.keystr(p): tuple(x.shape)
+                 for p, x in jax.tree_util.tree_leaves_with_path(tree["params"])}
+  if want_shapes != have_shapes:
+    bad = sorted(k for k in set(want_shapes) | set(have_shapes)
+                 if want_shapes.get(k) != have_shapes.get(k))
+    raise HFExportError(
+        f"{state_dir}: saved params differ from the BertForMaskedLM that "
+        f"{workdir / CONFIG_NAME} describes ({len(bad)} leaves, e.g. "
+        + ", ".join(f"{k}: saved {have_shapes.get(k)}, config {want_shapes.get(k)}"
+                    for k in bad[:3]) + ")")
+  single = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = {"params": jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=single), want)}
+  restored = checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(
+      item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+      partial_restore=True))
+  params = jax.tree.map(lambda x: np.asarray(x, np.float32), restored["params"])
+  return cfg, params, {"step": int(step_dir.name), "workdir": workdir,
+                       "run_config": run_config}
 
 
 def _results_markdown(path: pathlib.Path) -> str:
@@ -994,7 +1004,8 @@ def import_to_checkpoint(hf_dir: PathLike, output: PathLike, *, k: int = 6,
   size = _size_name(cfg)
   signature = {"size": size, "vocab_size": cfg.vocab_size, "hidden_size": cfg.hidden_size,
                "num_layers": cfg.num_layers, "num_heads": cfg.num_heads,
-               "mlp_dim": cfg.mlp_dim, "max_len": cfg.max_len}
+               "mlp_dim": cfg.mlp_dim, "max_len": cfg.max_len,
+               "type_vocab_size": cfg.type_vocab_size, "layer_norm_eps": cfg.layer_norm_eps}
   run_config = {
       "config": {"model": {"size": size, "dtype": cfg.dtype,
                            "dropout_rate": cfg.dropout_rate},

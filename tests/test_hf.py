@@ -347,8 +347,10 @@ def test_init_state_from_hf_keeps_shardings_and_checks_the_shape(tmp_path):
 
 # ----------------------------------------------------------------------------- commands
 def test_import_and_export_commands_round_trip(tmp_path):
-  src_params = _our_params(model_lib.BertForMaskedLM(OUR_SMALL), seed=13)
-  src = hf.export_params(src_params, OUR_SMALL, tmp_path / "hf_in")
+  from genemask_jax import checkpoints  # pylint: disable=g-import-not-at-top
+  tiny = model_lib.model_config("tiny")
+  src_params = _our_params(model_lib.BertForMaskedLM(tiny), seed=13)
+  src = hf.export_params(src_params, tiny, tmp_path / "hf_in")
   results = tmp_path / "fewshot.csv"
   results.write_text("task,shots,mcc\nprom_core,10,0.41\n")
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
@@ -359,15 +361,14 @@ def test_import_and_export_commands_round_trip(tmp_path):
     r = subprocess.run([sys.executable, "-m", "genemask_jax.hf", *argv], cwd=REPO, env=env,
                        capture_output=True, text=True, timeout=120, check=False)
     assert r.returncode == 0, r.stderr[-3000:]
-  # The import wrote the pretraining layout.
+  # The import wrote the pretraining layout, which the few-shot loader accepts.
   run_config = json.loads((ckpt / "config.json").read_text())
-  assert run_config["model_signature"] == {
-      "size": "custom", "vocab_size": 4101, "hidden_size": 64, "num_layers": 2,
-      "num_heads": 4, "mlp_dim": 128, "max_len": 512}
-  assert (ckpt / "checkpoints" / "0").is_dir()
-  cfg, params, info = hf.restore_params(ckpt)
-  assert cfg == OUR_SMALL and info["step"] == 0
-  jax.tree.map(np.testing.assert_array_equal, params, src_params)
+  assert run_config["model_signature"]["size"] == "tiny"
+  assert (ckpt / "checkpoints" / "0" / "state").is_dir()
+  cfg, encoder, info = checkpoints.load_encoder(str(ckpt), model_size="tiny", vocab_size=4101)
+  assert cfg == tiny and info["step"] == 0
+  jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, encoder),
+               src_params["bert"])
   # The export reproduced every tensor, and the card carries the results.
   a = hf.read_safetensors(src / "model.safetensors")
   b = hf.read_safetensors(out / "model.safetensors")
@@ -382,4 +383,16 @@ def test_import_and_export_commands_round_trip(tmp_path):
                       f"--checkpoint={tmp_path / 'nope'}", f"--output={tmp_path / 'x'}"],
                      cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
                      check=False)
-  assert r.returncode == 1 and "nope: does not exist" in r.stderr
+  assert r.returncode == 1 and "nope' does not exist" in r.stderr, r.stderr[-2000:]
+
+
+def test_export_of_a_small_custom_model_restores_from_model_config(tmp_path):
+  src_params = _our_params(model_lib.BertForMaskedLM(OUR_SMALL), seed=14)
+  src = hf.export_params(src_params, OUR_SMALL, tmp_path / "hf_in")
+  ckpt = hf.import_to_checkpoint(src, tmp_path / "ckpt")
+  assert json.loads((ckpt / "config.json").read_text())["model_signature"]["size"] == "custom"
+  cfg, params, info = hf.restore_params(ckpt / "checkpoints" / "0")
+  assert cfg == OUR_SMALL and info["step"] == 0
+  jax.tree.map(np.testing.assert_array_equal, params, src_params)
+  with pytest.raises(hf.HFExportError, match=r"no step 7; saved steps are \[0\]"):
+    hf.restore_params(ckpt, step=7)
