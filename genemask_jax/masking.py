@@ -33,7 +33,8 @@ Randomness: one 32-bit word per position gives two 16-bit uniforms (centre and 8
 choice) and half a word per position gives the random replacement token, so probabilities
 are applied with 16-bit resolution (``p`` is used as ``round(p * 65536) / 65536``, e.g.
 0.017593 for 0.0176) and a random token over ``n`` candidates is ``floor(u16 * n / 65536)``,
-exactly uniform for the 4^k k-mers and within 1/16 relative of uniform for ``"vocab"``.
+exactly uniform over the 4^k k-mers; over the 4101-entry ``"vocab"`` each id gets 15 or 16
+of the 65536 values (at most 7% relative non-uniformity).
 
 Fixed-size outputs for a loss over the masked positions only (google-research/bert's
 ``masked_lm_positions / ids / weights``): ``P = max_predictions`` slots, the used ones first
@@ -188,7 +189,8 @@ def _check_shapes(ids: Any, npmi_rank: Any, cfg: _Config, max_predictions: int |
     return length
   if (isinstance(max_predictions, bool) or not isinstance(max_predictions, (int, np.integer))
       or not 1 <= max_predictions <= length):
-    raise ValueError(f"max_predictions must be an integer in [1, {length}], got {max_predictions!r}")
+    raise ValueError(
+        f"max_predictions must be an integer in [1, {length}], got {max_predictions!r}")
   return int(max_predictions)
 
 
@@ -486,7 +488,8 @@ def make_mask_fn(npmi_rank: np.ndarray | jax.Array, strategy: str = "genemask",
   """A masking function (key, ids) -> MaskedBatch to call inside a jit'd train step.
 
   Options are validated and the rank lookup checked (host side) once, here; shapes are
-  checked when the returned function is traced.
+  checked when the returned function is traced. In a train step call it as
+  ``mask_fn(step_key(key, step), ids)`` so that the masks are a function of (key, step, ids).
 
   Args:
     npmi_rank: (vocab,) int rank lookup, 1 = best.
