@@ -269,7 +269,8 @@ def global_batch_from_local(local_batch: Mapping[str, np.ndarray], mesh: jax.sha
 
 def create_sharded_state(init_fn: Callable[[jax.Array], Any], rng: jax.Array,
                          mesh: jax.sharding.Mesh, rules: LogicalRules,
-                         make_state: Callable[[Any], Any]) -> tuple[Any, Any]:
+                         make_state: Callable[[Any], Any], *,
+                         compiler_options: dict[str, Any] | None = None) -> tuple[Any, Any]:
   """Creates the train state directly sharded (never materialised on one device).
 
   Args:
@@ -280,6 +281,7 @@ def create_sharded_state(init_fn: Callable[[jax.Array], Any], rng: jax.Array,
     make_state: unboxed params -> state pytree whose ``params`` field holds them and whose
       other leaves are derived from them (e.g. ``train_step.init_train_state(tx)``). Its
       optimizer moments get their params' sharding; scalars are replicated.
+    compiler_options: XLA options for the init compile (``jax.jit(compiler_options=)``).
 
   Returns:
     (state, state_shardings) with matching structure.
@@ -287,13 +289,18 @@ def create_sharded_state(init_fn: Callable[[jax.Array], Any], rng: jax.Array,
   def init_params(key):
     return nn.unbox(init_fn(key)["params"])
 
+  def make(key):
+    return make_state(init_params(key))
+
   with axis_rules(mesh, rules):
     abstract_boxed = jax.eval_shape(lambda k: init_fn(k)["params"], rng)
     p_shard = param_shardings(abstract_boxed, mesh, rules)
-    abstract_params = jax.eval_shape(init_params, rng)
-    abstract_state = jax.eval_shape(lambda k: make_state(init_params(k)), rng)
+    abstract_params = jax.tree.map(
+        lambda x: x.value if isinstance(x, nn.Partitioned) else x, abstract_boxed,
+        is_leaf=lambda x: isinstance(x, nn.Partitioned))
+    abstract_state = jax.eval_shape(make, rng)
     shardings = state_shardings_like(abstract_state, abstract_params, p_shard, mesh)
-    state = jax.jit(lambda k: make_state(init_params(k)), out_shardings=shardings)(rng)
+    state = jax.jit(make, out_shardings=shardings, compiler_options=compiler_options)(rng)
   return state, shardings
 
 

@@ -164,7 +164,7 @@ def make_mlm_train_step(
     params = optax.apply_updates(state.params, updates)
     metrics = {
         "loss": _safe_div(loss_sum, weight_sum),
-        "grad_norm": optax.global_norm(grads).astype(jnp.float32),
+        "grad_norm": optax.tree.norm(grads).astype(jnp.float32),
         "accuracy": _safe_div(correct, weight_sum),
         "num_masked": weight_sum,
         "learning_rate": (jnp.asarray(learning_rate_fn(state.step), jnp.float32)
@@ -197,18 +197,22 @@ def make_mlm_eval_step(model: nn.Module) -> Callable[[Any, Mapping[str, jax.Arra
 
 
 def jit_train_step(step: Callable, mesh: jax.sharding.Mesh, rules: sharding_lib.LogicalRules,
-                   state_shardings: Any, *, donate: bool = True) -> Callable:
+                   state_shardings: Any, *, donate: bool = True,
+                   compiler_options: dict[str, Any] | None = None) -> Callable:
   """Compiles ``step`` with explicit shardings: state as ``state_shardings``, batch rows on
   the ``batch`` rule, key and metrics replicated; the input state is donated.
 
   The returned function traces inside ``sharding.axis_rules(mesh, rules)`` so the model's
-  activation constraints bind to ``mesh``.
+  activation constraints bind to ``mesh``. ``compiler_options`` go to ``jax.jit`` (e.g.
+  ``{"xla_backend_optimization_level": 0}`` halves CPU compile time in tests). The jitted
+  function is available as ``.jitted`` (for ``.lower``).
   """
   repl = sharding_lib.replicated(mesh)
   jitted = jax.jit(step,
                    in_shardings=(state_shardings, sharding_lib.batch_sharding(mesh, rules), repl),
                    out_shardings=(state_shardings, repl),
-                   donate_argnums=(0,) if donate else ())
+                   donate_argnums=(0,) if donate else (),
+                   compiler_options=compiler_options)
 
   def run(state, batch, key):
     with sharding_lib.axis_rules(mesh, rules):
@@ -236,8 +240,9 @@ def jit_eval_step(eval_step: Callable, mesh: jax.sharding.Mesh,
 
 def create_train_state(model: nn.Module, optimizer: optax.GradientTransformation,
                        rng: jax.Array, mesh: jax.sharding.Mesh,
-                       rules: sharding_lib.LogicalRules, *,
-                       seq_len: int = 8) -> tuple[TrainState, TrainState]:
+                       rules: sharding_lib.LogicalRules, *, seq_len: int = 8,
+                       compiler_options: dict[str, Any] | None = None,
+                       ) -> tuple[TrainState, TrainState]:
   """Initialises params and optimizer state directly sharded on ``mesh``.
 
   Args:
@@ -247,6 +252,7 @@ def create_train_state(model: nn.Module, optimizer: optax.GradientTransformation
     mesh, rules: the layout (check them first with ``sharding.validate``).
     seq_len: length of the dummy input used to trace ``init`` (parameter shapes do not
       depend on it).
+    compiler_options: XLA options for the init compile.
 
   Returns:
     (state, state_shardings): a ``TrainState`` of sharded arrays and the matching
@@ -256,4 +262,5 @@ def create_train_state(model: nn.Module, optimizer: optax.GradientTransformation
     return model.init(key, jnp.zeros((1, seq_len), jnp.int32))
 
   return sharding_lib.create_sharded_state(
-      init_fn, rng, mesh, rules, lambda params: init_train_state(params, optimizer))
+      init_fn, rng, mesh, rules, lambda params: init_train_state(params, optimizer),
+      compiler_options=compiler_options)
