@@ -915,7 +915,8 @@ def model_card(cfg: model_lib.ModelConfig, run_config: Mapping[str, Any], step: 
   data = conf.get("data", {}) or {}
   train = conf.get("train", {}) or {}
   source = run_config.get("source", {}) or {}
-  strategy = masking.get("strategy", "unknown")
+  strategy = masking.get("strategy") or ("not recorded (imported weights)"
+                                          if source.get("hf_dir") else "not recorded")
   strategy_text = {
       "genemask": "GeneMask (NPMI-guided span masking: high-PMI k-mer spans are masked "
                   "preferentially)",
@@ -1051,6 +1052,8 @@ _USAGE = ("usage: python -m genemask_jax.hf import --hf_dir=DIR --output=CKPT_DI
 def main(argv: Sequence[str]) -> int:
   """absl main: ``import`` or ``export`` (see module docstring)."""
   from absl import flags  # pylint: disable=g-import-not-at-top
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  logging.set_verbosity(logging.ERROR)  # Orbax logs every file it opens.
   f = flags.FLAGS
   if len(argv) != 2 or argv[1] not in ("import", "export"):
     print(_USAGE, file=sys.stderr)

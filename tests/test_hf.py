@@ -386,6 +386,20 @@ def test_import_and_export_commands_round_trip(tmp_path):
   assert r.returncode == 1 and "nope' does not exist" in r.stderr, r.stderr[-2000:]
 
 
+def test_model_card_states_masking_steps_data_and_results(tmp_path):
+  results = tmp_path / "results.md"
+  results.write_text("| task | mcc |\n|---|---|\n| splice | 0.30 |\n")
+  run_config = {"config": {"masking": {"strategy": "genemask", "p": 0.0176},
+                           "data": {"fasta": "hg38_chr1.fa.gz", "k": 6, "max_len": 512},
+                           "train": {"num_steps": 1200, "batch_size": 16}},
+                "model_signature": {"size": "tiny"}}
+  card = hf.model_card(model_lib.model_config("tiny"), run_config, 600,
+                       fewshot_results=results)
+  assert "Masking strategy: GeneMask" in card and "p=0.0176" in card
+  assert "Optimizer steps: 600 of 1200 planned, global batch 16" in card
+  assert "hg38_chr1.fa.gz" in card and "| splice | 0.30 |" in card
+
+
 def test_export_of_a_small_custom_model_restores_from_model_config(tmp_path):
   src_params = _our_params(model_lib.BertForMaskedLM(OUR_SMALL), seed=14)
   src = hf.export_params(src_params, OUR_SMALL, tmp_path / "hf_in")
