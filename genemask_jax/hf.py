@@ -100,18 +100,19 @@ def read_safetensors(path: PathLike) -> dict[str, np.ndarray]:
       and the tensor).
   """
   path = pathlib.Path(path)
-  data = path.read_bytes()
-  if len(data) < 8:
-    raise HFImportError(f"{path}: {len(data)} bytes; not a safetensors file")
-  (n,) = struct.unpack("<Q", data[:8])
-  if n > len(data) - 8:
-    raise HFImportError(f"{path}: header size {n} exceeds the file ({len(data)} bytes); "
+  size = path.stat().st_size
+  if size < 8:
+    raise HFImportError(f"{path}: {size} bytes; not a safetensors file")
+  data = np.memmap(path, dtype=np.uint8, mode="r")  # Only the copies below are resident.
+  (n,) = struct.unpack("<Q", data[:8].tobytes())
+  if n > size - 8:
+    raise HFImportError(f"{path}: header size {n} exceeds the file ({size} bytes); "
                         "not a safetensors file or truncated")
   try:
-    header = json.loads(data[8:8 + n])
+    header = json.loads(data[8:8 + n].tobytes())
   except (json.JSONDecodeError, UnicodeDecodeError) as e:
     raise HFImportError(f"{path}: safetensors header is not JSON ({e})") from e
-  body = memoryview(data)[8 + n:]
+  body = data[8 + n:]
   out = {}
   for name, info in header.items():
     if name == "__metadata__":
@@ -126,10 +127,10 @@ def read_safetensors(path: PathLike) -> dict[str, np.ndarray]:
     if end > len(body) or end - begin != count * np.dtype(dtype).itemsize:
       raise HFImportError(f"{path}: tensor {name!r} ({info['dtype']} {list(shape)}) has "
                           f"data_offsets {[begin, end]} that do not fit the file")
-    arr = np.frombuffer(body[begin:end], dtype=np.dtype(dtype).newbyteorder("<"))
+    arr = body[begin:end].view(np.dtype(dtype).newbyteorder("<"))
     if info["dtype"] == "BF16":
       arr = (arr.astype(np.uint32) << 16).view(np.float32)
-    out[name] = arr.astype(arr.dtype.newbyteorder("="), copy=True).reshape(shape)
+    out[name] = np.array(arr, dtype=arr.dtype.newbyteorder("=")).reshape(shape)
   return out
 
 
