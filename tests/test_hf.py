@@ -28,7 +28,14 @@ from genemask_jax import sharding
 from genemask_jax import tokenizer
 from genemask_jax import train_step
 
-_HAVE_HF = all(importlib.util.find_spec(m) is not None for m in ("torch", "transformers"))
+def _installed(name: str) -> bool:
+  try:
+    return importlib.util.find_spec(name) is not None
+  except (ImportError, ValueError):
+    return False
+
+
+_HAVE_HF = _installed("torch") and _installed("transformers")
 needs_torch = pytest.mark.skipif(
     not _HAVE_HF, reason="torch/transformers not installed: pip install '.[hf]' to run the "
     "HuggingFace equality tests")
