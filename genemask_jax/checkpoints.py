@@ -66,6 +66,11 @@ def resolve_checkpoint(path: str | os.PathLike) -> tuple[pathlib.Path, pathlib.P
   p = pathlib.Path(path).expanduser()
   if p.name.isdigit() and not p.exists() and (p.parent / CHECKPOINT_DIR / p.name).exists():
     p = p.parent / CHECKPOINT_DIR / p.name  # WORKDIR/STEP
+  if not p.exists() and p.name.isdigit() and p.parent.is_dir():
+    steps = _step_dirs(p.parent) or _step_dirs(p.parent / CHECKPOINT_DIR)
+    raise CheckpointError(
+        f"{p}: no checkpoint of step {p.name} (expected {p}/{STATE_ITEM}/); steps found: "
+        f"{steps or 'none'}")
   if not p.exists():
     raise CheckpointError(
         f"checkpoint path {str(p)!r} does not exist; expected a pretraining workdir (with "

@@ -10,11 +10,12 @@ Full fine-tuning (`finetune`) follows the GeneMask authors' Script-B: a
 embeddings only), linear warm-up then linear decay, global-norm clipping, dropout, a fixed
 number of epochs and no model selection: the test set is only scored once, at the end.
 
-Seeds are trained together: the parameters of S seeds are stacked on a leading axis and
+Seeds can be trained together: the parameters of S seeds are stacked on a leading axis and
 one jitted, `jax.vmap`-ed step updates all of them, each seed on its own shuffled batches
-and dropout key. For small models on CPU this amortises dispatch and makes larger matmuls
-(see ``benchmarks/bench_fewshot.py`` for the measured gain); `seeds_in_parallel` bounds the
-memory for large models.
+and dropout key (the same numbers as one seed at a time). On accelerators, where a batch
+of 5 short sequences leaves the device idle, that is the default; on a 2-core CPU the step
+is compute-bound and vmapping measured no gain (``benchmarks/bench_fewshot.py
+--compare_vmap``), so there seeds run one after another. `seeds_in_parallel` sets it.
 
 The linear probe (`linear_probe`, `make_in_training_probe`) freezes the encoder, takes the
 mean of the final hidden states over non-pad tokens (or the [CLS] state) and fits a
@@ -30,6 +31,7 @@ Metrics (`classification_metrics`) are plain numpy and agree with scikit-learn's
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import sys
 import time
@@ -409,6 +411,22 @@ def _epoch_batches(rng: np.random.Generator, n: int, batch_size: int) -> np.ndar
   return out.reshape(steps, batch_size)
 
 
+@functools.lru_cache(maxsize=8)
+def _compiled(cfg: model_lib.ModelConfig, num_classes: int, hp: Hparams, n: int):
+  """(init, optimizer init, train step, predict) jitted functions, shared by every call with
+  the same model, classes, hyper-parameters and train-set size (so by every model of one
+  size in a grid), so XLA compiles each once."""
+  total, warmup = num_train_steps(n, hp)
+  schedule = optim.make_lr_schedule(total_steps=total, warmup_steps=warmup,
+                                    peak_learning_rate=hp.learning_rate)
+  tx = optim.make_optimizer(schedule, b1=hp.b1, b2=hp.b2, eps=hp.eps,
+                            weight_decay=hp.weight_decay, clip_norm=hp.clip_norm)
+  model = model_lib.BertForSequenceClassification(classifier_config(cfg, hp.dropout),
+                                                  num_labels=num_classes)
+  init_fn = jax.jit(lambda key, enc: init_classifier_params(model, key, enc, 8))
+  return init_fn, jax.jit(jax.vmap(tx.init)), make_train_step(model, tx), make_predict_fn(model)
+
+
 def finetune(cfg: model_lib.ModelConfig,
              encoder_params: Params | None,
              train: tuple[np.ndarray, np.ndarray] | Sequence[tuple[np.ndarray, np.ndarray]],
@@ -433,7 +451,8 @@ def finetune(cfg: model_lib.ModelConfig,
     hp: hyper-parameters; ``hp.max_len`` must equal L.
     seeds: one run per seed; the seed sets the pooler/classifier init (all params for a
       random init), the batch order and the dropout.
-    seeds_in_parallel: train this many seeds together in one vmapped step (0 = all).
+    seeds_in_parallel: train this many seeds together in one vmapped step (0 = auto: one
+      at a time on CPU, all together on accelerators).
     eval_batch_size: test rows per jitted forward.
     progress: show a stderr progress bar.
     desc: the bar's label.
@@ -457,18 +476,15 @@ def finetune(cfg: model_lib.ModelConfig,
     raise ValueError("all per-seed train sets must have the same size")
   if hp.max_len > cfg.max_len:
     raise ValueError(f"max_len={hp.max_len} exceeds the model's {cfg.max_len} positions")
-  group = len(seeds) if seeds_in_parallel <= 0 else seeds_in_parallel
-  total, warmup = num_train_steps(n, hp)
-  schedule = optim.make_lr_schedule(total_steps=total, warmup_steps=warmup,
-                                    peak_learning_rate=hp.learning_rate)
-  tx = optim.make_optimizer(schedule, b1=hp.b1, b2=hp.b2, eps=hp.eps,
-                            weight_decay=hp.weight_decay, clip_norm=hp.clip_norm)
-  model = model_lib.BertForSequenceClassification(classifier_config(cfg, hp.dropout),
-                                                  num_labels=num_classes)
-  step_fn = make_train_step(model, tx)
-  predict_fn = make_predict_fn(model)
+  if seeds_in_parallel <= 0:
+    # Measured on a 2-core CPU (benchmarks/bench_fewshot.py): vmapping seeds gains nothing
+    # there (the step is compute-bound), so seeds run one after another on CPU and together
+    # on accelerators, where a batch of 5 leaves the device mostly idle.
+    seeds_in_parallel = 1 if jax.default_backend() == "cpu" else len(seeds)
+  group = seeds_in_parallel
+  total, _ = num_train_steps(n, hp)
+  init_fn, opt_init_fn, step_fn, predict_fn = _compiled(cfg, num_classes, hp, n)
   steps_per_epoch = -(-n // hp.batch_size)
-  init_fn = jax.jit(lambda key, enc: init_classifier_params(model, key, enc, hp.max_len))
 
   probs_all, losses_all = [], []
   bar = Progress(total * len(seeds), desc, enabled=progress)
@@ -479,7 +495,7 @@ def finetune(cfg: model_lib.ModelConfig,
       gseeds = seeds[g0:g0 + group]
       gtrains = trains[g0:g0 + group]
       params = stack_trees([init_fn(jax.random.key(s), encoder_params) for s in gseeds])
-      opt_state = jax.jit(jax.vmap(tx.init))(params)
+      opt_state = opt_init_fn(params)
       rngs = [np.random.default_rng([s, 1]) for s in gseeds]
       keys = jnp.stack([jax.random.key(s + 1_000_003) for s in gseeds])
       epoch_loss = np.zeros(len(gseeds), np.float64)

@@ -1,0 +1,259 @@
+"""Few-shot evaluation: learning a motif, checkpoint loading, clear early errors, the binary.
+
+The checkpoint here is written exactly as the pretraining binary writes one: a tiny
+`BertForMaskedLM`, `TrainState` saved with an orbax `CheckpointManager` as
+``Composite(state=StandardSave, data=JsonSave)`` under WORKDIR/checkpoints/STEP, and
+WORKDIR/config.json with the model signature.
+"""
+
+import csv
+import json
+import pathlib
+import shutil
+import subprocess
+import sys
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from genemask_jax import checkpoints
+from genemask_jax import fewshot
+from genemask_jax import finetune
+from genemask_jax import model as model_lib
+from genemask_jax import optim
+from genemask_jax import tokenizer
+from genemask_jax import train_step
+from genemask_jax.data import tasks
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+# A small model for the learning tests (tiny's shape, narrower), so they stay fast on CPU.
+MICRO = dict(num_layers=1, hidden_size=64, num_heads=4, mlp_dim=128)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+  """A real pretraining workdir with a tiny checkpoint at step 7."""
+  wd = tmp_path_factory.mktemp("pretrain")
+  cfg = model_lib.model_config("tiny")
+  model = model_lib.BertForMaskedLM(cfg)
+  params = nn.unbox(jax.jit(model.init)(jax.random.key(3),
+                                        jnp.zeros((1, 8), jnp.int32))["params"])
+  state = train_step.init_train_state(params, optim.make_optimizer(1e-3))
+  manager = ocp.CheckpointManager(wd / "checkpoints")
+  manager.save(7, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                          data=ocp.args.JsonSave({"position": 0})))
+  manager.wait_until_finished()
+  (wd / "config.json").write_text(json.dumps({
+      "config": {"model": {"size": "tiny", "dtype": "float32"}},
+      "model_signature": {"size": "tiny", "vocab_size": 4101, "hidden_size": 256,
+                          "num_layers": 2, "num_heads": 8, "mlp_dim": 1024}}))
+  return wd, params
+
+
+def _motif_data(n, rng, motif="GATTACA", length=40):
+  """Label 1 iff ``motif`` occurs in a random sequence (half the rows)."""
+  seqs, labels = [], []
+  while len(seqs) < n:
+    s = "".join(rng.choice(list("ACGT"), length))
+    if motif in s:
+      continue
+    y = len(seqs) % 2
+    if y:
+      p = int(rng.integers(0, length - len(motif) + 1))
+      s = s[:p] + motif + s[p + len(motif):]
+    seqs.append(s)
+    labels.append(y)
+  return tokenizer.pack([tokenizer.encode(s) for s in seqs], length - 3), np.array(labels,
+                                                                                 np.int32)
+
+
+def test_finetune_learns_a_motif_for_every_seed():
+  rng = np.random.default_rng(0)
+  train, test = _motif_data(200, rng), _motif_data(200, rng)
+  cfg = model_lib.model_config("tiny", **MICRO)
+  hp = finetune.Hparams(batch_size=20, learning_rate=2e-3, epochs=12, max_len=37, dropout=0.0)
+  t0 = time.time()
+  res = finetune.finetune(cfg, None, train, test, 2, hp, [0, 1], progress=False)
+  assert time.time() - t0 < 60
+  assert res.probs.shape == (2, 200, 2)
+  for m in res.metrics:
+    assert m["accuracy"] >= 0.9, res.metrics
+  # The reported metrics are those of the returned probabilities.
+  assert res.metrics[1] == finetune.classification_metrics(test[1], res.probs[1])
+
+
+def test_vmapped_seeds_equal_seeds_one_at_a_time():
+  rng = np.random.default_rng(1)
+  train, test = _motif_data(24, rng), _motif_data(16, rng)
+  cfg = model_lib.model_config("tiny", **MICRO)
+  hp = finetune.Hparams(batch_size=5, learning_rate=1e-3, epochs=1, max_len=37)
+  together = finetune.finetune(cfg, None, train, test, 2, hp, [0, 1], seeds_in_parallel=2,
+                               progress=False)
+  alone = finetune.finetune(cfg, None, train, test, 2, hp, [0, 1], seeds_in_parallel=1,
+                            progress=False)
+  np.testing.assert_allclose(together.probs, alone.probs, rtol=1e-4, atol=1e-5)
+  assert together.steps == 5  # ceil(24 / 5): the partial last batch is a step.
+
+
+def test_script_b_defaults_and_overrides():
+  assert finetune.resolve_hparams(10, 67) == finetune.Hparams(5, 1e-4, 20, max_len=67)
+  assert finetune.resolve_hparams(100, 67).batch_size == 5
+  hp = finetune.resolve_hparams(500, 37, epochs=2, learning_rate=None)
+  assert (hp.batch_size, hp.learning_rate, hp.epochs, hp.max_len) == (15, 5e-5, 2, 37)
+  assert (hp.warmup_frac, hp.weight_decay, hp.dropout, hp.clip_norm) == (0.1, 0.01, 0.1, 1.0)
+  assert finetune.num_train_steps(1000, hp) == (2 * 67, 13)
+
+
+def test_load_pretrained_restores_the_saved_params(workdir):
+  wd, params = workdir
+  for path in (wd, wd / "checkpoints", wd / "checkpoints" / "7", wd / "7"):
+    assert checkpoints.resolve_checkpoint(path) == (wd, wd / "checkpoints" / "7")
+  cfg, enc, info = checkpoints.load_encoder(str(wd / "7"), model_size="tiny", vocab_size=4101)
+  assert info["step"] == 7 and cfg.hidden_size == 256
+  assert set(enc) == {"embeddings", "encoder"}
+  jax.tree.map(np.testing.assert_array_equal, enc, params["bert"])
+  # The classifier built on it starts from exactly these encoder weights.
+  clf = model_lib.BertForSequenceClassification(cfg, num_labels=3)
+  p = finetune.init_classifier_params(clf, jax.random.key(0), enc, 37)
+  np.testing.assert_array_equal(p["bert"]["encoder"]["layer_1"]["output_dense"]["kernel"],
+                                params["bert"]["encoder"]["layer_1"]["output_dense"]["kernel"])
+  assert p["classifier"]["kernel"].shape == (256, 3) and "pooler" in p["bert"]
+
+
+def test_checkpoint_errors_are_clear(workdir, tmp_path):
+  wd, _ = workdir
+  with pytest.raises(checkpoints.CheckpointError, match="does not exist"):
+    checkpoints.load_encoder(str(tmp_path / "nope"))
+  with pytest.raises(checkpoints.CheckpointError, match="no checkpoint found"):
+    checkpoints.load_encoder(str(tmp_path))
+  with pytest.raises(checkpoints.CheckpointError, match="step 9.*steps found: \\[7\\]"):
+    checkpoints.resolve_checkpoint(wd / "checkpoints" / "9")
+  with pytest.raises(checkpoints.CheckpointError, match="step 9.*steps found: \\[7\\]"):
+    checkpoints.resolve_checkpoint(wd / "9")
+  with pytest.raises(checkpoints.CheckpointError, match="--model_size=logo"):
+    checkpoints.load_encoder(str(wd), model_size="logo")
+  # A checkpoint whose config says another vocabulary (k = 5) than the tasks need.
+  other = tmp_path / "k5"
+  shutil.copytree(wd, other)
+  sig = json.loads((wd / "config.json").read_text())
+  sig["model_signature"]["vocab_size"] = 1029
+  (other / "config.json").write_text(json.dumps(sig))
+  with pytest.raises(checkpoints.CheckpointError, match="vocabulary of 1029.*need 4101"):
+    checkpoints.load_encoder(str(other), vocab_size=4101)
+  # config.json and stored arrays that disagree (another size's config next to it).
+  sig["model_signature"].update(vocab_size=4101, hidden_size=128, num_heads=4)
+  (other / "config.json").write_text(json.dumps(sig))
+  with pytest.raises(checkpoints.CheckpointError, match="stored shapes differ"):
+    checkpoints.load_encoder(str(other))
+  (other / "config.json").write_text("{not json")
+  with pytest.raises(checkpoints.CheckpointError, match="config.json: not valid JSON"):
+    checkpoints.load_encoder(str(other))
+  (other / "config.json").unlink()
+  with pytest.raises(checkpoints.CheckpointError, match="config.json: missing"):
+    checkpoints.load_encoder(str(other))
+
+
+def _rc(tmp_path, data_dir, **kw):
+  base = dict(models=(("random", "random"),), model_size="tiny", tasks=("prom_core",),
+              shots=(10,), seeds=(0,), resample=False, data_dir=str(data_dir), mode="finetune",
+              output_dir=str(tmp_path / "out"), overrides={}, max_test_examples=8,
+              progress=False)
+  base.update(kw)
+  return fewshot.RunConfig(**base)
+
+
+def test_bad_requests_fail_before_training(tmp_path, data_dir, workdir):
+  wd, _ = workdir
+  out = tmp_path / "out"
+  with pytest.raises(tasks.FewShotDataError, match="cohn_enh has no 1000-shot set; shots: "
+                     "10, 50, 100, 500"):
+    fewshot.run(_rc(tmp_path, data_dir, tasks=("prom_core", "cohn_enh"), shots=(10, 1000)))
+  with pytest.raises(tasks.FewShotDataError, match="unknown few-shot task 'prom_500'"):
+    fewshot.run(_rc(tmp_path, data_dir, tasks=("prom_500",)))
+  with pytest.raises(checkpoints.CheckpointError, match="does not exist"):
+    fewshot.run(_rc(tmp_path, data_dir, models=(("a", str(tmp_path / "missing")),)))
+  with pytest.raises(checkpoints.CheckpointError, match="--model_size=dnabert_base"):
+    fewshot.run(_rc(tmp_path, data_dir, models=(("a", str(wd)),), model_size="dnabert_base"))
+  with pytest.raises(fewshot.FewShotError, match="learning_rate must be > 0"):
+    fewshot.run(_rc(tmp_path, data_dir, overrides={"learning_rate": -1.0}))
+  assert not out.exists()  # Nothing was trained or written.
+  with pytest.raises(fewshot.FewShotError, match="NAME=PATH"):
+    fewshot.parse_models(["a=", "b=x"], "pretrained")
+  assert fewshot.parse_models(["g=/w/a", "b=random"], "pretrained") == (
+      ("g", "/w/a"), ("b", "random"))
+  assert fewshot.parse_models(["/w/run1/checkpoints/200"], "pretrained") == (
+      ("run1@200", "/w/run1/checkpoints/200"),)
+
+
+def test_test_set_is_deduplicated_against_the_train_set(tmp_path, data_dir):
+  rc = _rc(tmp_path, data_dir, tasks=("splice_40",), shots=(500,), max_test_examples=None)
+  (job,) = fewshot.prepare_jobs(rc)
+  assert job.removed_overlaps == 8  # The data README's count for Splice-40 500-shot.
+  train_rows = {r.tobytes() for r in job.train[0][0]}
+  assert not any(r.tobytes() in train_rows for r in job.test[0])
+  assert len(job.test[0]) == job.n_test_full == 3000 - 8
+  # --resample: a new draw per seed, same size per class, test disjoint from every draw.
+  rc = _rc(tmp_path, data_dir, tasks=("splice_40",), shots=(10,), seeds=(0, 1),
+           resample=True, max_test_examples=None)
+  (job,) = fewshot.prepare_jobs(rc)
+  (a_ids, a_y), (b_ids, b_y) = job.train
+  assert np.bincount(a_y).tolist() == np.bincount(b_y).tolist() == [100, 100, 100]
+  assert {r.tobytes() for r in a_ids} != {r.tobytes() for r in b_ids}
+  drawn = {r.tobytes() for r in np.concatenate([a_ids, b_ids])}
+  assert not any(r.tobytes() in drawn for r in job.test[0])
+
+
+def test_binary_end_to_end_on_a_checkpoint(tmp_path, data_dir, workdir):
+  wd, _ = workdir
+  out = tmp_path / "out"
+  argv = ["fewshot", f"--checkpoint=genemask={wd}", "--tasks=prom_core,splice_40",
+          "--shots=10", "--seeds=1", "--epochs=1", "--max_test_examples=16",
+          f"--data_dir={data_dir}", f"--output_dir={out}", "--noprogress"]
+  fewshot.flags.FLAGS(argv)
+  try:
+    fewshot.main(["fewshot"])
+  finally:
+    fewshot.flags.FLAGS.unparse_flags()
+  with open(out / "results.csv") as f:
+    rows = list(csv.DictReader(f))
+  assert {(r["model"], r["task"], r["shot"], r["seed"]) for r in rows} == {
+      ("genemask", "prom_core", "10", "0"), ("genemask", "splice_40", "10", "0")}
+  assert {r["metric"] for r in rows} == set(finetune.METRICS)
+  for r in rows:
+    assert r["n_test"] == "16" and 0.0 <= float(r["value"]) <= 1.0 or r["metric"] == "mcc"
+  assert {r["n_train"] for r in rows if r["task"] == "splice_40"} == {"300"}
+  md = (out / "results.md").read_text()
+  assert "| genemask | Prom-core | 10 |" in md and "| genemask | Splice-40 | 10 |" in md
+  assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  run = json.loads((out / "run.json").read_text())
+  assert run["jobs"][0]["hparams"]["epochs"] == 1 and run["jobs"][0]["hparams"]["batch_size"] == 5
+
+
+def test_cli_reports_a_bad_task_in_one_line(tmp_path, data_dir):
+  proc = subprocess.run(
+      [sys.executable, "-m", "genemask_jax.fewshot", "--init=random", "--tasks=enhancers",
+       f"--data_dir={data_dir}", f"--output_dir={tmp_path / 'o'}"],
+      capture_output=True, text=True, cwd=REPO, timeout=120)
+  assert proc.returncode == 2
+  assert "fewshot: error: unknown few-shot task 'enhancers'; known tasks: prom_core" in (
+      proc.stderr)
+  assert "Traceback" not in proc.stderr
+
+
+def test_linear_probe_separates_a_motif_and_runs_as_an_in_training_probe():
+  rng = np.random.default_rng(2)
+  train, test = _motif_data(100, rng), _motif_data(100, rng)
+  cfg = model_lib.model_config("tiny", **MICRO)
+  params = nn.unbox(model_lib.BertForMaskedLM(cfg).init(
+      jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"])
+  probe = finetune.make_in_training_probe(
+      cfg, [finetune.ProbeTask("motif", train, test, 2)], metrics=("accuracy", "mcc"))
+  out = probe(params)
+  assert set(out) == {"fewshot/motif/accuracy", "fewshot/motif/mcc"}
+  # Features of a random encoder already carry the motif's k-mers: well above chance.
+  assert out["fewshot/motif/accuracy"] >= 0.7

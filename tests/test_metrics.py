@@ -1,0 +1,85 @@
+"""The few-shot metrics equal scikit-learn's on random and degenerate predictions."""
+
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+
+from genemask_jax import finetune
+
+
+def _sklearn(y, probs):
+  pred = probs.argmax(1)
+  c = probs.shape[1]
+  auc = (skm.roc_auc_score(y, probs[:, 1]) if c == 2 else
+         skm.roc_auc_score(y, probs, multi_class="ovo", average="macro"))
+  return {
+      "accuracy": skm.accuracy_score(y, pred),
+      "f1": skm.f1_score(y, pred, average="macro", zero_division=0),
+      "precision": skm.precision_score(y, pred, average="macro", zero_division=0),
+      "recall": skm.recall_score(y, pred, average="macro", zero_division=0),
+      "mcc": skm.matthews_corrcoef(y, pred),
+      "roc_auc": auc,
+  }
+
+
+def _random_probs(rng, n, c, *, quantize=None):
+  logits = rng.normal(size=(n, c))
+  p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+  if quantize:  # Coarse scores make many ties, which the AUC must average.
+    p = np.round(p * quantize) / quantize
+    p[:, -1] = 1.0 - p[:, :-1].sum(1)
+  return p
+
+
+@pytest.mark.parametrize("num_classes", [2, 3])
+@pytest.mark.parametrize("seed", range(4))
+def test_metrics_match_sklearn_on_random_predictions(num_classes, seed):
+  rng = np.random.default_rng(seed)
+  n = int(rng.integers(20, 400))
+  y = rng.integers(0, num_classes, n)
+  # Predictions correlated with the labels, so the metrics are away from chance.
+  probs = _random_probs(rng, n, num_classes)
+  probs[np.arange(n), y] += rng.uniform(0, 1, n)
+  probs /= probs.sum(1, keepdims=True)
+  ours = finetune.classification_metrics(y, probs)
+  ref = _sklearn(y, probs)
+  assert set(ours) == set(finetune.METRICS)
+  for k in ref:
+    np.testing.assert_allclose(ours[k], ref[k], rtol=1e-10, atol=1e-12, err_msg=k)
+
+
+@pytest.mark.parametrize("num_classes", [2, 3])
+def test_auc_with_tied_scores_matches_sklearn(num_classes):
+  rng = np.random.default_rng(7)
+  y = rng.integers(0, num_classes, 300)
+  probs = _random_probs(rng, 300, num_classes, quantize=4)
+  ours = finetune.classification_metrics(y, probs)
+  np.testing.assert_allclose(ours["roc_auc"], _sklearn(y, probs)["roc_auc"], rtol=1e-12)
+
+
+@pytest.mark.parametrize("num_classes", [2, 3])
+def test_constant_prediction_gives_sklearn_zero_division_values(num_classes):
+  # A collapsed classifier (every row predicted class 0): precision of the other classes is
+  # undefined (0 in the macro average), MCC has a zero denominator (0).
+  rng = np.random.default_rng(1)
+  y = rng.integers(0, num_classes, 50)
+  probs = np.tile(np.eye(num_classes)[0] * 0.5 + 0.5 / num_classes, (50, 1))
+  ours = finetune.classification_metrics(y, probs)
+  ref = _sklearn(y, probs)
+  for k in ("accuracy", "f1", "precision", "recall", "mcc", "roc_auc"):
+    np.testing.assert_allclose(ours[k], ref[k], atol=1e-12, err_msg=k)
+  assert ours["mcc"] == 0.0 and ours["roc_auc"] == 0.5
+
+
+def test_perfect_and_inverted_binary_predictions():
+  y = np.array([0, 1, 1, 0, 1])
+  good = np.stack([1 - y * 0.9 - 0.05, y * 0.9 + 0.05], 1)
+  m = finetune.classification_metrics(y, good)
+  assert m["accuracy"] == 1.0 and m["mcc"] == pytest.approx(1.0) and m["roc_auc"] == 1.0
+  m = finetune.classification_metrics(y, good[:, ::-1])
+  assert m["accuracy"] == 0.0 and m["mcc"] == pytest.approx(-1.0) and m["roc_auc"] == 0.0
+
+
+def test_bad_shapes_raise():
+  with pytest.raises(ValueError, match="probs must be"):
+    finetune.classification_metrics(np.zeros(3, int), np.zeros((4, 2)))
