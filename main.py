@@ -60,7 +60,7 @@ def main(argv):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   from genemask_jax import train  # pylint: disable=g-import-not-at-top
   tfds.disable_progress_bar()
-  logging.info("%s", distributed.banner())
+  print(distributed.banner(), flush=True)
   try:
     train.train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir,
                              init_from_hf=flags.FLAGS.init_from_hf)

@@ -23,7 +23,6 @@ import signal
 import time
 from typing import Any
 
-import grain
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -174,6 +173,16 @@ def npmi_lookup(config: ml_collections.ConfigDict, fasta_paths: list[str],
   return npmi_lib.load_lookup(os.fspath(cache), k=config.data.k)
 
 
+def _build_corpus(tfds_dir: str, fasta_paths: list[str], chunking: genome.ChunkConfig):
+  try:
+    return genome_tfds.build(tfds_dir, fasta_paths, chunking)
+  except AssertionError as e:  # TFDS refuses to finalise an empty split.
+    if "No examples were yielded" not in str(e):
+      raise
+    raise UserError(f"{', '.join(fasta_paths)}: the corpus yields no training chunk (it needs "
+                    f"runs of A/C/G/T of at least {chunking.min_chunk_bp} bp): {e}") from e
+
+
 @contextlib.contextmanager
 def _quiet_tfds():
   """TFDS logs every config it opens at WARNING level; keep the run's output readable."""
@@ -308,15 +317,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   tfds_dir = config.data.tfds_dir or os.fspath(workdir / "tfds")
   with _quiet_tfds():
     if is_main:  # One process builds; the others wait, then open the same build.
-      genome_tfds.build(tfds_dir, fasta_paths, chunking)
+      _build_corpus(tfds_dir, fasta_paths, chunking)
     _sync("tfds")
-    builder = genome_tfds.build(tfds_dir, fasta_paths, chunking)
+    builder = _build_corpus(tfds_dir, fasta_paths, chunking)
   sources = genome_tfds.data_sources(builder)
   local_batch = config.train.batch_size // jax.process_count()
-  data = pipeline.train_iterator(
-      sources["train"], local_batch_size=local_batch, seed=config.data.shuffle_seed,
-      process_index=jax.process_index(), process_count=jax.process_count(),
-      worker_count=config.data.worker_count)
+  # Fails early if the corpus is smaller than one batch; the reading iterator is made
+  # after the restore, at the restored step.
+  pipeline.train_dataset(sources["train"], local_batch_size=local_batch,
+                         seed=config.data.shuffle_seed, process_index=jax.process_index(),
+                         process_count=jax.process_count())
   eval_data = pipeline.eval_dataset(
       sources["validation"], local_batch_size=config.eval.batch_size // jax.process_count(),
       num_examples=config.eval.num_examples, process_index=jax.process_index(),
@@ -357,14 +367,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, state_shardings)
     try:
       restored = manager.restore(last, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract),
-          data=grain.checkpoint.CheckpointRestore(data)))
+          state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()))
     except (ValueError, KeyError) as e:
       raise UserError(f"{ckpt_dir}/{last}: cannot restore into this model: {e}") from e
     state = restored.state
     start_step = int(state.step)
+    if restored.data.get("global_batch_size") != config.train.batch_size:
+      logging.warning("checkpoint was written with global batch %s, now %d: the data order "
+                      "continues at batch %d of the new size", restored.data.get(
+                          "global_batch_size"), config.train.batch_size, start_step)
     if is_main:
       print(f"resumed from {ckpt_dir / str(last)} at step {start_step}", flush=True)
+
+  # The data position is the step: global batch s is the same on any process count.
+  data = pipeline.train_iterator(
+      sources["train"], local_batch_size=local_batch, seed=config.data.shuffle_seed,
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      worker_count=config.data.worker_count, start_batch=start_step)
 
   # --- Steps. -----------------------------------------------------------------------------
   mask_fn = masking.make_mask_fn(rank, config.masking.strategy,
@@ -390,7 +409,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   def save(step: int, wait: bool = False) -> None:
     manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data)),
+        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave({
+            "next_batch": step, "global_batch_size": config.train.batch_size,
+            "shuffle_seed": config.data.shuffle_seed})),
         force=True)
     if wait:
       manager.wait_until_finished()

@@ -192,3 +192,18 @@ def test_prepare_rejects_bad_input_before_building(small_fasta, tmp_path):
 def test_tensorflow_never_imported():
   """Building, reading, grain and the orbax round trip above all ran without TensorFlow."""
   assert "tensorflow" not in sys.modules
+
+
+def test_start_batch_resumes_at_a_step_on_any_process_count(built):
+  """Batch s from a fresh iterator started at s equals batch s of a running one."""
+  _, _, sources = built
+  src = sources["train"]
+  run = pipeline.train_iterator(src, local_batch_size=8, seed=5)
+  batches = [next(run)["input_ids"] for _ in range(len(src) // 8 + 3)]  # Past an epoch.
+  s = len(batches) - 2
+  again = pipeline.train_iterator(src, local_batch_size=8, seed=5, start_batch=s)
+  np.testing.assert_array_equal(next(again)["input_ids"], batches[s])
+  halves = [pipeline.train_iterator(src, local_batch_size=4, seed=5, process_index=i,
+                                    process_count=2, start_batch=s) for i in range(2)]
+  np.testing.assert_array_equal(np.concatenate([next(h)["input_ids"] for h in halves]),
+                                batches[s])

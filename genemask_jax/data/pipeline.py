@@ -87,8 +87,8 @@ def train_dataset(source: Any, *, local_batch_size: int, seed: int, process_inde
 
 def train_iterator(source: Any, *, local_batch_size: int, seed: int, process_index: int = 0,
                    process_count: int = 1, worker_count: int = 0,
-                   features: Sequence[str] = FEATURES, prefetch: int = 2
-                   ) -> grain.DatasetIterator:
+                   features: Sequence[str] = FEATURES, prefetch: int = 2,
+                   start_batch: int = 0) -> grain.DatasetIterator:
   """Iterator over training batches {"input_ids": int32 (local_batch_size, L)}.
 
   Args:
@@ -100,6 +100,8 @@ def train_iterator(source: Any, *, local_batch_size: int, seed: int, process_ind
       ``__main__`` guard, as grain spawns them).
     features: which features to keep.
     prefetch: batches read ahead by threads (worker_count == 0).
+    start_batch: the global batch to start at. Batch s is the same for every process
+      count, so a run resumes at batch = its step on any number of processes.
 
   Returns:
     a grain.DatasetIterator; ``get_state()`` / ``set_state(state)`` save and restore its
@@ -108,6 +110,8 @@ def train_iterator(source: Any, *, local_batch_size: int, seed: int, process_ind
   ds = train_dataset(source, local_batch_size=local_batch_size, seed=seed,
                      process_index=process_index, process_count=process_count,
                      features=features)
+  if start_batch:
+    ds = ds[start_batch:]
   read = grain.ReadOptions(num_threads=max(prefetch, 1), prefetch_buffer_size=prefetch)
   it_ds = ds.to_iter_dataset(read)
   if worker_count > 0:
