@@ -10,11 +10,14 @@ dimension replicated), so ``embed -> fsdp`` on parameters coexists with
 
 Typical use (the pretraining binary):
 
-  mesh = make_mesh({"data": -1, "model": 1})
-  rules = DEFAULT_RULES
-  validate(model_cfg, mesh, rules)                      # clear errors, nothing compiled
-  state, state_shardings = create_sharded_state(init_fn, rng, mesh, rules, make_state)
-  batch = global_batch_from_local(local_np_batch, mesh, rules)
+  mesh = make_mesh({"data": -1, "model": 1})          # -1 = the rest of the devices
+  rules = rules_from_config(config.rules)             # or DEFAULT_RULES / FSDP_RULES
+  validate(model_cfg, mesh, rules, global_batch_size=B)   # clear errors, nothing compiled
+  state, state_shardings = train_step.create_train_state(model, tx, rng, mesh, rules)
+  step = train_step.jit_train_step(train_step.make_mlm_train_step(...), mesh, rules,
+                                   state_shardings)
+  batch = global_batch_from_local({"input_ids": local_rows}, mesh, rules)
+  state, metrics = step(state, batch, key)
 """
 
 from __future__ import annotations
@@ -235,8 +238,9 @@ def replicated(mesh: jax.sharding.Mesh) -> jax.sharding.NamedSharding:
 
 
 def batch_sharding(mesh: jax.sharding.Mesh, rules: LogicalRules,
-                   ndim: int = 2) -> jax.sharding.NamedSharding:
-  """Sharding of a (batch, length, ...) input array: leading dim on the ``batch`` rule."""
+                   ndim: int = 1) -> jax.sharding.NamedSharding:
+  """Sharding of a (batch, ...) input array: leading dim on the ``batch`` rule, the rest
+  replicated (with the default ndim=1 the spec fits arrays of any rank)."""
   spec = nn.logical_to_mesh_axes(("batch",) + (None,) * (ndim - 1), rules_from_config(rules))
   return jax.sharding.NamedSharding(mesh, spec)
 
