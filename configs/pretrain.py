@@ -62,7 +62,7 @@ def _base() -> ml_collections.ConfigDict:
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 16  # Global sequences per optimizer step.
   c.train.grad_accum_steps = 1  # Micro-batches per optimizer step.
-  c.train.num_steps = 1200
+  c.train.num_steps = 1000
   c.train.log_every = 20
   c.train.checkpoint_every = 200
   c.train.keep_checkpoints = 3
@@ -88,6 +88,7 @@ def _base() -> ml_collections.ConfigDict:
   c.probe.tasks = "prom_core"
   c.probe.shots = "10,100"
   c.probe.data_dir = ""  # "" = GENEMASK_DATA_DIR.
+  c.probe.max_test_examples = 1000  # A fixed subset of each test set, for speed.
 
   # Device mesh: sizes may be -1 ("the rest of the devices").
   c.mesh = ml_collections.ConfigDict()

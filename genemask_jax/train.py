@@ -301,6 +301,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   fasta_paths = fasta_paths_of(config)
   is_main = jax.process_index() == 0
 
+  # --- In-training few-shot probe (linear probe on frozen features), data checked now. ----
+  probe = None
+  if config.probe.every > 0:
+    from genemask_jax import finetune  # pylint: disable=g-import-not-at-top
+    from genemask_jax.data import tasks  # pylint: disable=g-import-not-at-top
+    shots = [int(x) for x in str(config.probe.shots).split(",") if x.strip()]
+    specs = {t.strip(): shots for t in config.probe.tasks.split(",") if t.strip()}
+    try:
+      probe_data = finetune.probe_tasks_from_data(
+          specs, tasks.resolve_data_dir(config.probe.data_dir or None),
+          max_test_examples=config.probe.max_test_examples)
+    except ValueError as e:
+      raise UserError(f"config.probe: {e}") from e
+    probe = finetune.make_in_training_probe(cfg, probe_data)
+
   # --- Mesh. ----------------------------------------------------------------------------
   mesh = sharding_lib.make_mesh(tuple(config.mesh.shape), tuple(config.mesh.axes))
   rules = sharding_lib.rules_from_config(config.mesh.rules)
@@ -464,6 +479,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           print(f"eval step {step}: loss {final_eval['loss']:.4f}  perplexity "
                 f"{final_eval['perplexity']:.1f}  masked accuracy "
                 f"{final_eval['accuracy']:.3f}", flush=True)
+      if probe is not None and (step % config.probe.every == 0 or
+                                step == config.train.num_steps):
+        scores = probe(state.params)
+        writer.write_scalars(step, scores)
+        if is_main:
+          print(f"probe step {step}: " + "  ".join(
+              f"{k.removeprefix('fewshot/')} {v:.3f}" for k, v in scores.items()), flush=True)
       if step % config.train.checkpoint_every == 0 or step == config.train.num_steps or preempted:
         _check_finite(history)
         save(step, wait=preempted)

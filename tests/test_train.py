@@ -30,11 +30,17 @@ def env(tmp_path_factory, data_dir):
           break
       out.write(line)
   e = dict(os.environ)
-  e.update(JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1",
+  e.update(JAX_PLATFORMS="cpu", XLA_FLAGS=_xla_flags(1),
            JAX_COMPILATION_CACHE_DIR=str(base / "jax_cache"),
            JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", PYTHONUNBUFFERED="1")
   flags = [f"--config.data.fasta={corpus}", f"--config.data.tfds_dir={base / 'tfds'}"]
   return {"env": e, "flags": flags, "base": base, "corpus": corpus}
+
+
+def _xla_flags(devices):
+  # Unoptimised CPU code compiles about twice as fast; these runs are a few steps long.
+  return (f"--xla_force_host_platform_device_count={devices} "
+          "--xla_backend_optimization_level=0")
 
 
 def _cmd(env, workdir, *extra, preset="test"):
@@ -43,7 +49,7 @@ def _cmd(env, workdir, *extra, preset="test"):
 
 
 def _run(env, workdir, *extra, preset="test", devices=1, timeout=300):
-  e = dict(env["env"], XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  e = dict(env["env"], XLA_FLAGS=_xla_flags(devices))
   return subprocess.run(_cmd(env, workdir, *extra, preset=preset), cwd=ROOT, env=e,
                         capture_output=True, text=True, timeout=timeout)
 
@@ -59,9 +65,14 @@ _STEPS = ["--config.train.num_steps=8", "--config.train.checkpoint_every=4",
 
 @pytest.fixture(scope="module")
 def straight(env):
-  """An uninterrupted 8-step run on 2 simulated devices: the reference for the others."""
+  """An uninterrupted 8-step run on 2 simulated devices: the reference for the others.
+
+  It also runs the in-training few-shot probe, which reads params only, so its losses
+  stay comparable with the runs without it.
+  """
   workdir = env["base"] / "straight"
-  r = _run(env, workdir, *_STEPS, devices=2)
+  r = _run(env, workdir, *_STEPS, "--config.probe.every=4", "--config.probe.shots=10",
+           "--config.probe.max_test_examples=64", devices=2)
   assert r.returncode == 0, r.stderr[-3000:]
   return workdir, r
 
@@ -78,6 +89,10 @@ def test_run_writes_checkpoint_events_and_jsonl(straight):
   assert sorted(losses) == list(range(1, 9))
   assert all(7.0 < v < 9.0 for v in losses.values())  # ln(4101) = 8.32 at the start.
   assert any("eval/perplexity" in r for r in rows)
+  probe_rows = [r for r in rows if "fewshot/prom_core_10shot/accuracy" in r]
+  assert [r["step"] for r in probe_rows] == [4, 8]
+  assert all(0.0 <= r["fewshot/prom_core_10shot/accuracy"] <= 1.0 for r in probe_rows)
+  assert "probe step 8: prom_core_10shot/accuracy" in r.stdout
   cfg = json.loads((workdir / "config.json").read_text())
   assert cfg["model_signature"]["hidden_size"] == 256
   assert cfg["config"]["masking"]["strategy"] == "genemask"
@@ -87,7 +102,7 @@ def test_run_writes_checkpoint_events_and_jsonl(straight):
 def test_sigterm_then_resume_matches_uninterrupted_run(env, straight):
   expected = _losses(straight[0])
   interrupted = env["base"] / "interrupted"
-  e = dict(env["env"], XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  e = dict(env["env"], XLA_FLAGS=_xla_flags(2))
   p = subprocess.Popen(_cmd(env, interrupted, *_STEPS), cwd=ROOT, env=e,
                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
   out = []
