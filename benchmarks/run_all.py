@@ -1,0 +1,376 @@
+r"""Runs every benchmark script and writes `docs/benchmarks.md` from what they print.
+
+    python benchmarks/run_all.py                      # modest settings, ~10-15 min on 2 cores
+    python benchmarks/run_all.py --full               # each script's own defaults + few-shot grid
+    python benchmarks/run_all.py --only=masking,npmi --output=/tmp/b.md
+
+Each benchmark runs as its own subprocess (so one crash or one slow import does not
+touch the others), in the order below, with its output captured verbatim into the doc
+with a one-line reading drawn from the printed figures. The doc states the machine (CPU
+model, cores, memory, library versions, date) and the 1-minute load average before and
+after each script, because on a shared 2-core machine other work changes every timing.
+
+Modest settings (the default), chosen so that the whole run fits ~15 minutes:
+  tokenizer    defaults (--repeats=5)
+  masking      --batch=64 --length=512 --rounds=5 --train_step --step_rounds=3
+  npmi         defaults (the whole 88 Mbp shared genome; child process per input size)
+  pipeline     --batches=200
+  train_step   --sizes=tiny,logo,dnabert_base --repeats=5 (per-size default shapes:
+               tiny/logo 8x512, dnabert_base 8x128), HF PyTorch side by side if installed
+  fewshot      --seeds=3 --compare_vmap --max_test_examples=500 (one 10-shot fine-tune)
+`--full` drops these overrides (scripts' defaults) and adds the few-shot default grid
+(`bench_fewshot.py --grid --seeds=3 --max_test_examples=500`: hours on a 2-core CPU).
+
+Data: `--data_dir` or $GENEMASK_DATA_DIR (the folder holding genome/, fewshot/, npmi/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import importlib.metadata
+import os
+import pathlib
+import platform
+import re
+import subprocess
+import sys
+import time
+from typing import Callable, Sequence
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
+
+@dataclasses.dataclass(frozen=True)
+class Bench:
+  """One benchmark script.
+
+  Attributes:
+    name: short name (for --only).
+    script: file in benchmarks/.
+    title: section title.
+    what: one sentence on what is compared.
+    modest: extra arguments for the default (modest) run.
+    full: extra arguments for --full.
+    reading: output text -> one-line reading (may return None: no reading found).
+  """
+  name: str
+  script: str
+  title: str
+  what: str
+  modest: Callable[[str], list[str]]
+  full: Callable[[str], list[str]]
+  reading: Callable[[str], str | None]
+
+
+def _num(pattern: str, text: str, group: int = 1) -> str | None:
+  m = re.search(pattern, text, re.MULTILINE)
+  return m.group(group) if m else None
+
+
+def _read_tokenizer(out: str) -> str | None:
+  ours = _num(r"tokenizer\.encode.*?:\s+([\d.]+) M bases/s", out)
+  ref = _num(r"plain-Python per-k-mer loop:\s+([\d.]+) M bases/s", out)
+  up = _num(r"speed-up: (\d+)x; issue target 20 M bases/s: (met|NOT met)", out)
+  met = _num(r"issue target 20 M bases/s: (met|NOT met)", out)
+  if not ours:
+    return None
+  return (f"`tokenizer.encode` runs at {ours} M bases/s on one core, {up}x the plain-Python "
+          f"loop ({ref} M bases/s); the 20 M bases/s target is {met}.")
+
+
+def _read_masking(out: str) -> str | None:
+  lines = [l for l in out.splitlines() if "x /" in l or re.search(r"\d+\.\d+x", l)]
+  gm = next((l for l in out.splitlines()
+             if l.strip().lower().startswith(("jax genemask", "genemask"))), None)
+  share = _num(r"masking alone \(jit, B=8\).*=\s*([\d.]+%) of the step", out)
+  parts = []
+  if gm:
+    ratios = re.findall(r"([\d.]+)x", gm)
+    if ratios:
+      parts.append(f"jit'd GeneMask masking is {ratios[0]}x the plain-Python port "
+                   "(best round; median in the table)")
+  if share:
+    parts.append(f"masking alone is {share} of a tiny 8x512 train step")
+  if not parts and lines:
+    parts.append("speed-ups over the port are in the last column")
+  return ("; ".join(parts) + ".") if parts else None
+
+
+def _read_npmi(out: str) -> str | None:
+  whole = _num(r"whole genome -> CSV \+ lookup: ([\d.]+ s wall.*?Mbp/s)", out)
+  peak = _num(r"peak RSS: (chrX \d+ MB vs both \d+ MB)", out)
+  ref = _num(r"reference, plain-Python Counter.*\((\d+x)\)", out)
+  rho = _num(r"Spearman ([\d.]+), top-100 overlap (\d+)/100", out)
+  if not whole:
+    return None
+  s = f"The whole 88 Mbp genome becomes an NPMI table in {whole}"
+  if peak:
+    s += f"; peak memory {peak} (flat in the input size)"
+  if ref:
+    s += f"; counting is {ref} a plain-Python Counter"
+  if rho:
+    s += f"; Spearman {rho} with the authors' GRCh38 table"
+  return s + "."
+
+
+def _read_pipeline(out: str) -> str | None:
+  m = re.findall(r"grain train_iterator \(batch (\d+), workers 0, prefetch (\d+)\):\s+(\d+) "
+                 r"examples/s = (\d+)x", out)
+  build = _num(r"TFDS build \(2 passes \+ write\):\s+(\d+) examples/s", out)
+  if not m:
+    return None
+  best = max(m, key=lambda r: int(r[2]))
+  s = (f"grain delivers {best[2]} examples/s in the training process (prefetch {best[1]}), "
+       f"{best[3]}x what the tiny model's train step consumes, so input is not the bottleneck")
+  if build:
+    s += f"; building the TFDS array_record dataset runs at {build} examples/s"
+  return s + "."
+
+
+def _read_train_step(out: str) -> str | None:
+  rows = re.findall(r"^(\w+)\s+(\d+x\d+)\s+\d+\s+(\d+)\s+(\d+)\s+([\d.]+)x", out, re.MULTILINE)
+  if rows:
+    return ("JAX vs HF PyTorch tokens/s, same shapes and optimizer: " + "; ".join(
+        f"{size} {shape}: {jax_t} vs {torch_t} ({ratio}x)"
+        for size, shape, jax_t, torch_t, ratio in rows) + ".")
+  rows = re.findall(r"^(\w+)\s+(\d+x\d+)\s+\d+\s+(\d+)", out, re.MULTILINE)
+  if rows:
+    return "JAX tokens/s (no PyTorch side): " + "; ".join(
+        f"{size} {shape}: {t}" for size, shape, t in rows) + "."
+  return None
+
+
+def _read_fewshot(out: str) -> str | None:
+  one = _num(r"prom_core 10-shot Script-B \((\d+ steps).*?: total ([\d.]+)s", out)
+  total = _num(r"prom_core 10-shot Script-B .*?: total ([\d.]+)s", out)
+  ratio = _num(r"vmapped/loop = ([\d.]+)", out)
+  grid = _num(r"default grid: .*?: (\d+)s \(([\d.]+) min\)", out, 2)
+  if not total:
+    return None
+  s = f"One Script-B 10-shot Prom-core fine-tune of the tiny model (3 seeds) takes {total} s"
+  if ratio:
+    s += f"; vmapping the seeds takes {ratio}x the time of running them one after another"
+  if grid:
+    s += f"; the default grid takes {grid} min"
+  return s + "."
+
+
+def benches(data_dir: str) -> list[Bench]:
+  d = [f"--data_dir={data_dir}"] if data_dir else []
+  npmi_csv = os.path.join(data_dir, "npmi", "genemask_grch38_chr1-3_6mer_npmi.csv")
+  npmi = [f"--npmi={npmi_csv}"] if data_dir and os.path.exists(npmi_csv) else []
+  return [
+      Bench("tokenizer", "bench_tokenizer.py", "Tokenizer",
+            "`tokenizer.encode` (numpy) vs a plain-Python per-k-mer dictionary loop.",
+            lambda _: [], lambda _: [], _read_tokenizer),
+      Bench("masking", "bench_masking.py", "Masking",
+            "jit'd GeneMask/DNABERT/BERT masking vs the plain-Python port of the authors' "
+            "per-sequence loop (alternating rounds), plus masking's share of a train step.",
+            lambda _: ["--batch=64", "--length=512", "--rounds=5", "--train_step",
+                       "--step_rounds=3"] + npmi,
+            lambda _: ["--train_step"] + npmi, _read_masking),
+      Bench("npmi", "bench_npmi.py", "NPMI statistics",
+            "Mbp/s and peak memory at two corpus sizes, vs plain-Python counting.",
+            lambda _: d, lambda _: d, _read_npmi),
+      Bench("pipeline", "bench_pipeline.py", "Input pipeline",
+            "chunking, TFDS array_record build and grain examples/s vs the train step's needs.",
+            lambda _: ["--batches=200"], lambda _: [], _read_pipeline),
+      Bench("train_step", "bench_train_step.py", "Train step",
+            "JAX BERT train step vs HF transformers `BertForMaskedLM` in PyTorch, same sizes, "
+            "batch and optimizer, interleaved, median of several steps.",
+            lambda _: ["--sizes=tiny,logo,dnabert_base", "--repeats=5"], lambda _: [],
+            _read_train_step),
+      Bench("fewshot", "bench_fewshot.py", "Few-shot fine-tuning",
+            "wall time of one Script-B fine-tune (seeds vmapped vs one after another); the "
+            "full grid with --full.",
+            lambda _: d + ["--seeds=3", "--compare_vmap", "--max_test_examples=500"],
+            lambda _: d + ["--seeds=3", "--compare_vmap", "--grid", "--max_test_examples=500"],
+            _read_fewshot),
+  ]
+
+
+def _version(dist: str) -> str:
+  try:
+    return importlib.metadata.version(dist)
+  except importlib.metadata.PackageNotFoundError:
+    return "not installed"
+
+
+def machine() -> dict[str, str]:
+  """CPU model, cores, memory, OS, library versions, git commit (no jax import here)."""
+  cpu = "unknown"
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+      cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), cpu)
+  except OSError:
+    pass
+  mem = "unknown"
+  try:
+    with open("/proc/meminfo", encoding="utf-8") as f:
+      kb = int(next(l for l in f if l.startswith("MemTotal")).split()[1])
+      mem = f"{kb / 2**20:.1f} GiB"
+  except (OSError, StopIteration):
+    pass
+  try:
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, text=True,
+                            capture_output=True, check=True).stdout.strip()
+  except (OSError, subprocess.CalledProcessError):
+    commit = "unknown"
+  return {"CPU": cpu, "cores": str(os.cpu_count()), "memory": mem,
+          "OS": platform.platform(), "python": platform.python_version(),
+          "jax": _version("jax"), "jaxlib": _version("jaxlib"), "flax": _version("flax"),
+          "torch": _version("torch"), "transformers": _version("transformers"),
+          "git commit": commit}
+
+
+def accelerator(env: dict[str, str]) -> str:
+  """The platform jax sees in a fresh process ("cpu", "gpu", "tpu")."""
+  try:
+    out = subprocess.run([sys.executable, "-c", "import jax; print(jax.devices()[0].platform)"],
+                         env=env, text=True, capture_output=True, timeout=120, check=True)
+    return out.stdout.strip().splitlines()[-1]
+  except (OSError, subprocess.SubprocessError, IndexError):
+    return "unknown"
+
+
+def _clean(text: str) -> str:
+  """Drops progress-bar redraws and absl/jax warnings noise, keeps printed figures."""
+  keep = []
+  for line in text.replace("\r\n", "\n").split("\n"):
+    if "\r" in line:
+      line = line.rsplit("\r", 1)[-1]
+    if re.match(r"^[IWE]\d{4} \d\d:\d\d:\d\d", line) or "WARNING: All log messages" in line:
+      continue
+    keep.append(line.rstrip())
+  return "\n".join(keep).strip("\n")
+
+
+def run_one(b: Bench, args: list[str], env: dict[str, str], timeout: int) -> tuple[str, str, float, int]:
+  """Runs one script; returns (cleaned stdout, stderr tail, wall seconds, return code)."""
+  cmd = [sys.executable, str(REPO / "benchmarks" / b.script)] + args
+  print(f"[run_all] {' '.join(cmd)}", flush=True)
+  t0 = time.time()
+  try:
+    p = subprocess.run(cmd, cwd=REPO, env=env, text=True, capture_output=True, timeout=timeout)
+    out, err, rc = p.stdout, p.stderr, p.returncode
+  except subprocess.TimeoutExpired as e:
+    out = (e.stdout or b"").decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+    err, rc = f"timed out after {timeout} s", -1
+  wall = time.time() - t0
+  print(_clean(out), flush=True)
+  print(f"[run_all] {b.name}: exit {rc}, {wall:.0f} s", flush=True)
+  return _clean(out), _clean(err)[-3000:], wall, rc
+
+
+def main(argv: Sequence[str]) -> None:
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--data_dir", default=os.environ.get("GENEMASK_DATA_DIR", ""),
+                 help="Folder holding genome/, fewshot/, npmi/ (default $GENEMASK_DATA_DIR).")
+  p.add_argument("--output", default=str(REPO / "docs" / "benchmarks.md"))
+  p.add_argument("--only", default="", help="Comma-separated benchmark names (default all).")
+  p.add_argument("--full", action="store_true",
+                 help="The scripts' own defaults and the few-shot grid (hours on 2 cores).")
+  p.add_argument("--timeout", type=int, default=1800, help="Seconds per script.")
+  a = p.parse_args(argv)
+
+  env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  if a.data_dir:
+    env["GENEMASK_DATA_DIR"] = a.data_dir
+  all_b = benches(a.data_dir)
+  chosen = [b for b in all_b if not a.only or b.name in a.only.split(",")]
+  unknown = set(filter(None, a.only.split(","))) - {b.name for b in all_b}
+  if unknown:
+    p.error(f"--only: unknown benchmark(s) {sorted(unknown)}; known: "
+            f"{[b.name for b in all_b]}")
+
+  started = datetime.datetime.now(datetime.timezone.utc)
+  load0 = os.getloadavg()
+  info = machine()
+  platform_ = accelerator(env)
+  results = []
+  for b in chosen:
+    extra = (b.full if a.full else b.modest)(a.data_dir)
+    l_before = os.getloadavg()[0]
+    out, err, wall, rc = run_one(b, extra, env, a.timeout)
+    results.append((b, extra, out, err, wall, rc, l_before, os.getloadavg()[0]))
+  load1 = os.getloadavg()
+  total = (datetime.datetime.now(datetime.timezone.utc) - started).total_seconds()
+
+  L = ["# Benchmarks", ""]
+  L.append(f"Generated by `python benchmarks/run_all.py{' --full' if a.full else ''}"
+           f"{' --only=' + a.only if a.only else ''}` on "
+           f"{started:%Y-%m-%d %H:%M} UTC in {total / 60:.1f} min. Every figure below is "
+           "printed by the script named in its section and copied verbatim; each script "
+           "runs its reference side by side in the same process, so the ratios are fairer "
+           "than the absolute numbers on a shared machine.")
+  L.append("")
+  L.append("## Machine")
+  L.append("")
+  L.append("| | |")
+  L.append("|---|---|")
+  for k, v in info.items():
+    L.append(f"| {k} | {v} |")
+  L.append(f"| jax platform | {platform_} |")
+  L.append(f"| load average (1, 5, 15 min) at start | {load0[0]:.2f}, {load0[1]:.2f}, {load0[2]:.2f} |")
+  L.append(f"| load average at end | {load1[0]:.2f}, {load1[1]:.2f}, {load1[2]:.2f} |")
+  L.append("")
+  L.append(f"This is the 2-core CPU dev machine. A load average above {info['cores']} means "
+           "other processes (other sessions' tests and runs) shared the cores during the "
+           "measurement, which slows every absolute figure below; the per-section load is "
+           "given with each.")
+  L.append("")
+  L.append("**GPU.** " + (
+      "No GPU was available in this run (jax platform: "
+      f"{platform_}). " if platform_ not in ("gpu", "cuda", "rocm") else
+      f"A GPU was available (jax platform {platform_}). ") +
+      "The GPU figures the issue asks for (`dnabert_base` at 512 tokens in bfloat16: "
+      "tokens/s and MFU per GPU) are printed by `bench_train_step.py` only when a GPU is "
+      "present" + ("" if "mfu" in (REPO / "benchmarks" / "bench_train_step.py").read_text().lower()
+                   else "; note that the `bench_train_step.py` of this commit does not yet "
+                        "contain that GPU section") + ", so this document has none.")
+  L.append("")
+  for b, extra, out, err, wall, rc, lb, la in results:
+    L.append(f"## {b.title} (`benchmarks/{b.script}`)")
+    L.append("")
+    L.append(f"What: {b.what}")
+    L.append("")
+    L.append(f"Command: `{' '.join(['python', 'benchmarks/' + b.script] + extra)}`" +
+             f" — {wall:.0f} s wall, load average {lb:.1f} before / {la:.1f} after.")
+    L.append("")
+    if rc != 0:
+      L.append(f"**The script failed (exit {rc}).** Last lines of its stderr:")
+      L.append("")
+      L.append("```")
+      L.append(err.strip()[-2000:] or "(empty)")
+      L.append("```")
+      L.append("")
+    L.append("```")
+    L.append(out or "(no output)")
+    L.append("```")
+    L.append("")
+    reading = b.reading(out) if rc == 0 else None
+    L.append("Reading: " + (reading or "see the figures above (no summary line could be "
+                                       "extracted automatically)."))
+    L.append("")
+  L.append("## Reproduce")
+  L.append("")
+  L.append("```bash")
+  L.append("GENEMASK_DATA_DIR=../shared/data python benchmarks/run_all.py          # this document")
+  L.append("GENEMASK_DATA_DIR=../shared/data python benchmarks/run_all.py --full   # scripts' defaults + few-shot grid (hours on CPU)")
+  L.append("```")
+  L.append("")
+  L.append("The reproduction study (what GeneMask buys in few-shot accuracy) is in "
+           "[results.md](results.md), from `benchmarks/study.py`.")
+  out_path = pathlib.Path(a.output)
+  out_path.parent.mkdir(parents=True, exist_ok=True)
+  out_path.write_text("\n".join(L) + "\n", encoding="utf-8")
+  print(f"[run_all] wrote {out_path} ({total / 60:.1f} min)", flush=True)
+  if any(r[5] != 0 for r in results):
+    sys.exit(1)
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])
