@@ -38,6 +38,7 @@ CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
 STATE_ITEM = "state"
 RANDOM = "random"
+HF_PREFIX = "hf:"  # --checkpoint=NAME=hf:DIR evaluates a HuggingFace BERT directory.
 
 # model_signature keys that are not ModelConfig fields under the same name.
 _SIGNATURE_ALIASES = {"max_position": "max_len", "max_position_embeddings": "max_len"}
@@ -133,7 +134,10 @@ def read_model_config(workdir: str | os.PathLike) -> tuple[model_lib.ModelConfig
   if model_cfg.get("dropout_rate") is not None:
     overrides["dropout_rate"] = model_cfg["dropout_rate"]
   try:
-    cfg = model_lib.model_config(sig["size"], **overrides)
+    if sig["size"] in model_lib.MODEL_SIZES:
+      cfg = model_lib.model_config(sig["size"], **overrides)
+    else:  # An imported model of no named size ("custom"): the signature says it all.
+      cfg = model_lib.ModelConfig(**overrides)
   except (ValueError, TypeError) as e:
     raise CheckpointError(f"{path}: model_signature {sig} does not make a model: {e}") from e
   return cfg, sig
@@ -253,7 +257,8 @@ def load_encoder(source: str, *, model_size: str | None = None,
   """(ModelConfig, encoder params or None, info) for one model source.
 
   Args:
-    source: a checkpoint path (see `load_pretrained`), or ``"random"`` for a randomly
+    source: a checkpoint path (see `load_pretrained`), ``"hf:DIR"`` for a HuggingFace
+      BERT directory (e.g. DNABERT's published weights), or ``"random"`` for a randomly
       initialised model of ``model_size`` (default "tiny").
     model_size: required size; for "random" the size to build.
     vocab_size: required vocabulary size.
@@ -261,6 +266,15 @@ def load_encoder(source: str, *, model_size: str | None = None,
   Returns:
     The encoder params are the MLM model's ``bert`` subtree (None for "random").
   """
+  if source.startswith(HF_PREFIX):
+    from genemask_jax import hf  # pylint: disable=g-import-not-at-top
+    hf_dir = source[len(HF_PREFIX):]
+    try:
+      cfg, params = hf.load_hf_encoder(hf_dir)
+    except ValueError as e:
+      raise CheckpointError(str(e)) from e
+    check_against(cfg, model_size=None, vocab_size=vocab_size, where=hf_dir)
+    return cfg, params["bert"], {"source": "hf", "hf_dir": hf_dir, "size": "hf"}
   if source == RANDOM:
     size = model_size or "tiny"
     if size not in model_lib.MODEL_SIZES:

@@ -49,7 +49,11 @@ _MODES = ("finetune", "linear_probe")
 flags.DEFINE_list("checkpoint", [],
                   "Model(s) to evaluate: PATH, or NAME=PATH,... to compare several. PATH is a "
                   "pretraining WORKDIR (latest step), WORKDIR/checkpoints/STEP or WORKDIR/STEP; "
-                  "the word 'random' gives a randomly initialised model of --model_size.")
+                  "the word 'random' gives a randomly initialised model of --model_size; "
+                  "hf:DIR a HuggingFace BERT directory (e.g. DNABERT-6's weights).")
+flags.DEFINE_string("init_from_hf", None,
+                    "A HuggingFace BERT directory to evaluate (added as model 'hf'; same as "
+                    "--checkpoint=hf=hf:DIR).")
 flags.DEFINE_enum("init", "pretrained", ["pretrained", "random"],
                   "pretrained: the --checkpoint models; random: one randomly initialised "
                   "model of --model_size (no-pretraining baseline).")
@@ -182,7 +186,10 @@ def config_from_flags(fl: flags.FlagValues) -> RunConfig:
       "batch_size", "learning_rate", "epochs", "warmup_frac", "weight_decay", "dropout",
       "max_len")}
   return RunConfig(
-      models=parse_models(fl.checkpoint, fl.init), model_size=fl.model_size,
+      models=parse_models(
+          list(fl.checkpoint) + ([f"hf=hf:{fl.init_from_hf}"]
+                                 if fl.init_from_hf else []), fl.init),
+      model_size=fl.model_size,
       tasks=tuple(fl.tasks), shots=parse_shots(fl.shots),
       seeds=tuple(range(fl.seed_offset, fl.seed_offset + fl.seeds)), resample=fl.resample,
       data_dir=fl.data_dir, mode=fl.mode, output_dir=fl.output_dir, overrides=overrides,

@@ -417,3 +417,21 @@ def test_export_of_a_small_custom_model_restores_from_model_config(tmp_path):
   jax.tree.map(np.testing.assert_array_equal, params, src_params)
   with pytest.raises(hf.HFExportError, match=r"no step 7; saved steps are \[0\]"):
     hf.restore_params(ckpt, step=7)
+
+
+@needs_torch
+def test_fewshot_binary_evaluates_an_hf_directory(tmp_path, data_dir):
+  """--init_from_hf: DNABERT-style weights go straight into the few-shot binary."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  hf_dir = _save_hf(_hf_mlm(seed=3), tmp_path / "hf")
+  out = tmp_path / "out"
+  r = subprocess.run(
+      [sys.executable, "-m", "genemask_jax.fewshot", f"--init_from_hf={hf_dir}",
+       "--tasks=splice_40", "--shots=10", "--seeds=1", "--epochs=1",
+       "--max_test_examples=32", f"--data_dir={data_dir}", f"--output_dir={out}",
+       "--noprogress"],
+      capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0, r.stderr[-3000:]
+  csv_text = (out / "results.csv").read_text()
+  assert "\nhf,splice_40,10,0," in csv_text
