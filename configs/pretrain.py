@@ -16,6 +16,8 @@ schedule with DNABERT's span masking (the baseline of the paper's comparison).
 import ml_collections
 from ml_collections import config_dict
 
+from genemask_jax import sharding
+
 
 def _base() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
@@ -26,6 +28,9 @@ def _base() -> ml_collections.ConfigDict:
   c.model.size = "tiny"
   c.model.dtype = "float32"  # Activations; parameters stay float32. "bfloat16" on accelerators.
   c.model.dropout_rate = config_dict.placeholder(float)  # None: the size's default.
+  # Pad the 4101-row vocabulary to a multiple of this so "vocab" can be split over a
+  # model axis > 1 (4101 is odd); padded rows are never produced and are sliced off.
+  c.model.vocab_pad_multiple = 1
 
   # Corpus: FASTA files (empty = the human-genome sample embedded in the package), chunked
   # as the paper's data preparation did, built into a TFDS array_record dataset.
@@ -94,16 +99,10 @@ def _base() -> ml_collections.ConfigDict:
   c.mesh = ml_collections.ConfigDict()
   c.mesh.shape = (-1, 1)
   c.mesh.axes = ("data", "model")
-  # Logical axis -> mesh axis (None = replicated), as MaxText/T5X rules tables.
-  c.mesh.rules = (
-      ("batch", "data"),
-      ("length", None),
-      ("embed", None),
-      ("heads", "model"),
-      ("kv", None),
-      ("mlp", "model"),
-      ("vocab", "model"),
-  )
+  # Logical axis -> mesh axis (None = replicated), as MaxText/T5X rules tables:
+  # batch->data, heads/mlp/vocab->model, the rest replicated. sharding.FSDP_RULES adds an
+  # "fsdp" axis (set mesh.axes = ("data", "fsdp", "model") with it).
+  c.mesh.rules = sharding.DEFAULT_RULES
   return c
 
 

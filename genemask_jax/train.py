@@ -55,7 +55,8 @@ USER_ERRORS = (UserError, fasta.FastaError, npmi_lib.NpmiError, tokenizer.Tokeni
                pipeline.PipelineError)
 
 AUTHORS_NPMI_CSV = "npmi/genemask_grch38_chr1-3_6mer_npmi.csv"
-_MODEL_KEYS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "mlp_dim", "max_len")
+_MODEL_KEYS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "mlp_dim", "max_len",
+               "vocab_pad_multiple")
 
 
 # ----------------------------------------------------------------------------- setup
@@ -88,7 +89,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 
 
 def model_config_of(config: ml_collections.ConfigDict) -> model_lib.ModelConfig:
-  overrides = {"dtype": config.model.dtype}
+  overrides = {"dtype": config.model.dtype,
+               "vocab_pad_multiple": config.model.vocab_pad_multiple}
   if config.model.dropout_rate is not None:
     overrides["dropout_rate"] = config.model.dropout_rate
   cfg = model_lib.model_config(config.model.size, **overrides)
