@@ -16,11 +16,18 @@ from typing import Any, Mapping
 import numpy as np
 
 
+def is_remote(path: str) -> bool:
+  """True for cloud paths (gs://, s3://, ...), which cannot be appended to in place."""
+  return "://" in os.fspath(path)
+
+
 class MetricWriter:
   """Writes scalars to `workdir/tb` (event files) and `workdir/log.jsonl`.
 
   Args:
-    workdir: a local directory (event files and the JSONL log are local files).
+    workdir: a local directory, or a cloud path (gs://...): then both files are written
+      to a local staging directory and copied to the workdir (through etils.epath) at
+      every `flush` and at `close`, since object stores do not append.
     enabled: False on every process but 0, so a multi-host run writes one copy.
   """
 
@@ -28,12 +35,19 @@ class MetricWriter:
     self.enabled = enabled
     self._tb = None
     self._jsonl = None
+    self._remote = None
     if not enabled:
       return
     from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-    os.makedirs(workdir, exist_ok=True)
-    self._tb = SummaryWriter(logdir=os.path.join(workdir, "tb"))
-    self._jsonl = open(os.path.join(workdir, "log.jsonl"), "a", encoding="utf-8")
+    local = workdir
+    if is_remote(workdir):
+      import tempfile  # pylint: disable=g-import-not-at-top
+      self._remote = workdir
+      local = tempfile.mkdtemp(prefix="genemask-logs-")
+    self._local = local
+    os.makedirs(local, exist_ok=True)
+    self._tb = SummaryWriter(logdir=os.path.join(local, "tb"))
+    self._jsonl = open(os.path.join(local, "log.jsonl"), "a", encoding="utf-8")
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any], prefix: str = "") -> None:
     if not self.enabled:
@@ -55,12 +69,26 @@ class MetricWriter:
     if self.enabled:
       self._tb.flush()
       self._jsonl.flush()
+      self._sync()
 
   def close(self) -> None:
     if self.enabled:
       self._tb.close()
       self._jsonl.close()
+      self._sync()
       self.enabled = False
+
+  def _sync(self) -> None:
+    """Copies the staged files to a cloud workdir (no-op for a local one)."""
+    if self._remote is None:
+      return
+    from etils import epath  # pylint: disable=g-import-not-at-top
+    for root, _, files in os.walk(self._local):
+      for name in files:
+        src = os.path.join(root, name)
+        dst = epath.Path(self._remote) / os.path.relpath(src, self._local)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        dst.write_bytes(open(src, "rb").read())
 
 
 def read_jsonl(path: str) -> list[dict[str, Any]]:

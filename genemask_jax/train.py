@@ -156,23 +156,39 @@ def npmi_lookup(config: ml_collections.ConfigDict, fasta_paths: list[str],
     return npmi_lib.load_lookup(os.path.join(data_dir, AUTHORS_NPMI_CSV), k=config.data.k)
   if source != "corpus":
     return npmi_lib.load_lookup(source, k=config.data.k)
-  cache = workdir / "npmi" / "table.csv"
   fingerprint = {"fasta": [(os.path.abspath(p), os.path.getsize(p)) for p in fasta_paths],
                  "min_count": config.npmi.min_count, "k": config.data.k}
-  stamp = workdir / "npmi" / "source.json"
-  if cache.exists() and stamp.exists() and json.loads(stamp.read_text()) == fingerprint:
-    return npmi_lib.load_lookup(os.fspath(cache), k=config.data.k)
-  if jax.process_index() == 0:
+  remote = workdir / "npmi"
+  # The table is computed and read on local disk; a cloud workdir gets a copy.
+  local = (epath.Path(os.path.expanduser("~/.cache/genemask_jax/npmi")) /
+           _hash(fingerprint) if metrics_writer.is_remote(os.fspath(workdir)) else remote)
+  cache, stamp = local / "table.csv", local / "source.json"
+  fresh = not (cache.exists() and stamp.exists() and
+               json.loads(stamp.read_text()) == fingerprint)
+  if fresh and jax.process_index() == 0:
     t0 = time.time()
     counts = npmi_lib.count_fasta(fasta_paths, k=config.data.k)
     table = npmi_lib.score_counts(counts, min_count=config.npmi.min_count)
-    (workdir / "npmi").mkdir(parents=True, exist_ok=True)
-    lookup = npmi_lib.write_table(table, os.fspath(cache))
+    local.mkdir(parents=True, exist_ok=True)
+    npmi_lib.write_table(table, os.fspath(cache))
     stamp.write_text(json.dumps(fingerprint))
+    if local != remote:
+      remote.mkdir(parents=True, exist_ok=True)
+      for f in local.iterdir():
+        (remote / f.name).write_bytes(f.read_bytes())
     logging.info("NPMI table from %d FASTA file(s) in %.1f s -> %s", len(fasta_paths),
-                 time.time() - t0, cache)
+                 time.time() - t0, remote)
   _sync("npmi")
+  if not cache.exists():  # Another host's local cache, next to a cloud workdir.
+    local.mkdir(parents=True, exist_ok=True)
+    for f in remote.iterdir():
+      (local / f.name).write_bytes(f.read_bytes())
   return npmi_lib.load_lookup(os.fspath(cache), k=config.data.k)
+
+
+def _hash(obj: Any) -> str:
+  import hashlib  # pylint: disable=g-import-not-at-top
+  return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _build_corpus(tfds_dir: str, fasta_paths: list[str], chunking: genome.ChunkConfig):
@@ -432,6 +448,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         force=True)
     if wait:
       manager.wait_until_finished()
+    writer.flush()  # Also copies the logs to a cloud workdir.
 
   writer = metrics_writer.MetricWriter(os.fspath(workdir), enabled=is_main)
   tokens_per_step = config.train.batch_size * config.data.max_len
