@@ -500,6 +500,14 @@ def write_report(a: argparse.Namespace, timings: dict[str, Any], command: str) -
 
   L.append("## Results: mean ± sample std over seeds")
   L.append("")
+  missing = [f"{task}@{shot} ({', '.join(m for m in ORDER if (m, task, shot, 'mcc') not in summary)})"
+             for shot, ts in eval_plan(a) for task in ts
+             if any((m, task, shot, "mcc") not in summary for m in ORDER)]
+  if missing:
+    L.append("**Not evaluated in this run** (the run was stopped at its time budget; rerun "
+             "the same command to add them, finished cells are kept): " + "; ".join(missing)
+             + ".")
+    L.append("")
   for task in tasks:
     shots = sorted({s for (m, t, s, met) in summary if t == task})
     first = meta[(task, shots[0])]
