@@ -436,6 +436,27 @@ def write_report(a: argparse.Namespace, timings: dict[str, Any], command: str) -
            f"(2-core CPU dev machine, no GPU). Regenerate with the same command; the "
            f"full-size command is at the end.")
   L.append("")
+  L.append("## Summary")
+  L.append("")
+  key_pairs = [("genemask", "dnabert"), ("genemask", "genemask_position"), ("genemask", "bert"),
+               ("genemask", RANDOM), ("dnabert", RANDOM)]
+  for x, y in key_pairs:
+    if x not in models or y not in models:
+      continue
+    c = compare(summary, x, y, "mcc")
+    up = sum(r["exceeds"] and r["diff"] > 0 for r in c)
+    down = sum(r["exceeds"] and r["diff"] < 0 for r in c)
+    wins = sum(r["diff"] > 0 for r in c)
+    L.append(f"- {LABELS[x]} vs {LABELS[y]}: higher mean MCC in {wins} of {len(c)} "
+             f"task × shot cells; the difference exceeds 2 × the pooled seed std in {up} "
+             f"cell(s) in favour of {x} and {down} in favour of {y}; the other "
+             f"{len(c) - up - down} are within the seed-to-seed spread.")
+  L.append(f"- Scale: {a.steps} pretraining steps of a {a.model_size} model is a tiny fraction of "
+           "the paper's pretraining, and the evaluation is a frozen-encoder linear probe"
+           if a.mode == "linear_probe" else f"- Scale: {a.steps} pretraining steps")
+  L[-1] += ("; read the numbers as what this budget shows, not as a test of the paper's "
+            "full-scale claims.")
+  L.append("")
   L.append("## What was run")
   L.append("")
   L.append(f"- Pretraining, identical for every variant except the masking: model "
@@ -537,7 +558,9 @@ def write_report(a: argparse.Namespace, timings: dict[str, Any], command: str) -
   L.append("")
   L.append("Rule: a difference of means counts only if |mean diff| > 2 × pooled std, "
            "pooled = sqrt((s₁² + s₂²)/2) over the seeds of each cell (sample stds). With "
-           f"{a.seeds} seeds this is a rough screen, not a significance test.")
+           f"{a.seeds} seeds this is a rough screen, not a significance test; every model is "
+           "scored on the same fixed test subset, so test-sampling noise is not in the "
+           "spread.")
   L.append("")
   pairs = [("genemask", "dnabert"), ("genemask", "genemask_position"), ("genemask", "bert"),
            ("dnabert", "bert"), ("genemask", RANDOM), ("dnabert", RANDOM),
@@ -618,8 +641,15 @@ def write_report(a: argparse.Namespace, timings: dict[str, Any], command: str) -
   L.append(f"GENEMASK_DATA_DIR=../shared/data {command}")
   L.append("```")
   L.append("")
-  L.append("Full size (the issue's \"about 2 hours of CPU\" on 2 cores; more steps, more "
-           "seeds, larger test subsets; resumable, rerun the same command after a crash):")
+  pre = sum(v["seconds"] for k, v in timings.items() if k.startswith("pretrain/"))
+  ev = sum(v["seconds"] for k, v in timings.items() if k.startswith("fewshot/"))
+  L.append(f"This run's stages took {pre / 60:.0f} min of pretraining and {ev / 60:.0f} min of "
+           f"few-shot evaluation, {(pre + ev) / 60:.0f} min together (wall, on a machine shared "
+           "with other work; the issue's budget is about 2 hours of CPU). A larger run (more steps, seeds and "
+           "test rows; resumable, rerun the same command after a crash) — by the stage times "
+           f"above roughly {(pre * 2000 / max(a.steps, 1) + ev * 5 / a.seeds * 1.5) / 3600:.0f} "
+           "hours here (pretraining scales with steps, evaluation with seeds and, partly, test "
+           "rows; an estimate, not a measurement):")
   L.append("")
   L.append("```bash")
   L.append("GENEMASK_DATA_DIR=../shared/data python benchmarks/study.py --steps=2000 "
@@ -635,8 +665,9 @@ def write_report(a: argparse.Namespace, timings: dict[str, Any], command: str) -
 
 def main(argv: Sequence[str]) -> None:
   a = parse_args(argv)
-  command = "python benchmarks/study.py " + " ".join(shlex.quote(x) for x in argv
-                                                      if not x.startswith("--data_dir"))
+  command = "python benchmarks/study.py " + " ".join(
+      shlex.quote(x) for x in argv
+      if not x.startswith(("--data_dir", "--report_only", "--docs_dir")))
   timings = {}
   if not a.report_only:
     _log(f"study in {a.workdir}: {a.steps} steps x {a.batch_size} x {a.max_len}, "
