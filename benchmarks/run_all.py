@@ -17,7 +17,7 @@ Modest settings (the default), chosen so that the whole run fits ~15 minutes:
   pipeline     --batches=200
   train_step   --sizes=tiny,logo,dnabert_base --repeats=5 (per-size default shapes:
                tiny/logo 8x512, dnabert_base 8x128), HF PyTorch side by side if installed
-  fewshot      --seeds=3 --compare_vmap --max_test_examples=500 (one 10-shot fine-tune)
+  fewshot      --seeds=3 --max_test_examples=500 (one 10-shot fine-tune, 3 seeds)
 `--full` drops these overrides (scripts' defaults) and adds the few-shot default grid
 (`bench_fewshot.py --grid --seeds=3 --max_test_examples=500`: hours on a 2-core CPU).
 
@@ -183,9 +183,10 @@ def benches(data_dir: str) -> list[Bench]:
             lambda _: ["--sizes=tiny,logo,dnabert_base", "--repeats=5"], lambda _: [],
             _read_train_step),
       Bench("fewshot", "bench_fewshot.py", "Few-shot fine-tuning",
-            "wall time of one Script-B fine-tune (seeds vmapped vs one after another); the "
-            "full grid with --full.",
-            lambda _: d + ["--seeds=3", "--compare_vmap", "--max_test_examples=500"],
+            "wall time of one Script-B fine-tune; with --full also seeds vmapped vs one after "
+            "another and the whole default grid. The linear-probe grid's measured wall time "
+            "and the fine-tune grid's extrapolated cost are in results.md.",
+            lambda _: d + ["--seeds=3", "--max_test_examples=500"],
             lambda _: d + ["--seeds=3", "--compare_vmap", "--grid", "--max_test_examples=500"],
             _read_fewshot),
   ]
