@@ -149,7 +149,9 @@ def _read_fewshot(out: str) -> str | None:
   grid = _num(r"default grid: .*?: (\d+)s \(([\d.]+) min\)", out, 2)
   if not total:
     return None
-  s = f"One Script-B 10-shot Prom-core fine-tune of the tiny model (3 seeds) takes {total} s"
+  seeds = _num(r"(\d+) seed\(s\)", out) or "?"
+  s = (f"One Script-B 10-shot Prom-core fine-tune of the tiny model ({one}, {seeds} seed(s) "
+       f"vmapped) takes {total} s including compilation")
   if ratio:
     s += f"; vmapping the seeds takes {ratio}x the time of running them one after another"
   if grid:
