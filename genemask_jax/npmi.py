@@ -56,7 +56,7 @@ an ``.npz`` holding ``rank`` and ``score``, our CSV or the authors' CSV.
 Command (counts, scores, writes the CSV and the two .npy files, prints the top/bottom 10)::
 
     python -m genemask_jax.npmi \
-        --fasta=../shared/data/genome/GRCh37_chrX_1-70M.fa.gz,../shared/data/genome/GRCh37_chr22_blocks.fa.gz \
+        --fasta=$GENEMASK_DATA_DIR/genome/GRCh37_chrX_1-70M.fa.gz,$GENEMASK_DATA_DIR/genome/GRCh37_chr22_blocks.fa.gz \
         --output=/tmp/npmi/table.csv
 """
 

@@ -9,7 +9,7 @@ Matplotlib draws through its Agg canvas directly (no pyplot state, no display ne
 Command::
 
     python -m genemask_jax.npmi_plot --table=/tmp/npmi/table.csv \
-        --reference=../shared/data/npmi/genemask_grch38_chr1-3_6mer_npmi.csv \
+        --reference=$GENEMASK_DATA_DIR/npmi/genemask_grch38_chr1-3_6mer_npmi.csv \
         --output_dir=/tmp/npmi/plots
 
 writes ``npmi_scatter.png`` (only with --reference) and ``npmi_distribution.png``.

@@ -2,7 +2,7 @@
 
   python -m genemask_jax.data.prepare --tfds_dir=~/tensorflow_datasets            # embedded genome
   python -m genemask_jax.data.prepare --tfds_dir=DIR --fasta=chr1.fa.gz,chr2.fa.gz
-  GENEMASK_DATA_DIR=../shared/data genemask-data --tfds_dir=DIR   # plus the four benchmarks
+  GENEMASK_DATA_DIR=/path/to/data genemask-data --tfds_dir=DIR   # plus the four benchmarks
 
 The genome dataset comes from ``--fasta`` (default: the human genome slice shipped in the
 package); the few-shot datasets are built when ``--fewshot_data_dir`` is given or
