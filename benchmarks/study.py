@@ -59,6 +59,7 @@ VARIANTS: dict[str, tuple[str, str, bool]] = {
 RANDOM = "random"
 LABELS = {**{k: v[0] for k, v in VARIANTS.items()}, RANDOM: "(e) no pretraining"}
 ORDER = ["genemask", "genemask_position", "dnabert", "bert", RANDOM]
+COLORS = dict(zip(ORDER, ["C0", "C1", "C2", "C3", "C4"]))  # Same colour per model in every plot.
 TASKS = ["prom_core", "prom_300", "cohn_enh", "splice_40"]
 TASK_DIRS = {"prom_core": "Prom-core", "prom_300": "Prom-300", "cohn_enh": "Cohn-enh",
              "splice_40": "Splice-40"}
@@ -363,16 +364,17 @@ def plot_fewshot(summary, tasks: Sequence[str], metric: str, path: pathlib.Path)
       if not pts:
         continue
       x, y, e = zip(*pts)
-      ax.errorbar(x, y, yerr=e, marker="o", capsize=3, label=LABELS[model],
+      ax.errorbar(x, y, yerr=e, marker="o", capsize=3, label=LABELS[model], color=COLORS[model],
                   linestyle="--" if model == RANDOM else "-")
     ax.set_xscale("log")
     ax.set_xlabel("shots (Splice-40: x10 per class)" if task == "splice_40" else "shots")
     ax.set_title(task + (" (GUE proxy test)" if task == "prom_300" else ""))
     ax.set_ylabel(metric)
     ax.grid(alpha=0.3)
-  axes[0][0].legend(fontsize=7)
+  handles, labels = axes[0][0].get_legend_handles_labels()
+  fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8)
   fig.suptitle(f"Few-shot {metric} (mean ± sample std over seeds)")
-  fig.tight_layout()
+  fig.tight_layout(rect=(0, 0.07, 1, 1))
   fig.savefig(path, dpi=110)
   plt.close(fig)
 
@@ -387,7 +389,7 @@ def plot_training(logs: dict[str, list], probe_keys: Sequence[str], path: pathli
   for name, log in logs.items():
     pts = series(log, "eval/loss")
     if pts:
-      ax.plot(*zip(*pts), marker=".", label=LABELS[name])
+      ax.plot(*zip(*pts), marker=".", label=LABELS[name], color=COLORS[name])
   ax.set_title("held-out MLM loss (own masking)")
   ax.set_xlabel("pretraining step")
   ax.legend(fontsize=7)
@@ -396,7 +398,7 @@ def plot_training(logs: dict[str, list], probe_keys: Sequence[str], path: pathli
     for name, log in logs.items():
       pts = series(log, key)
       if pts:
-        ax.plot(*zip(*pts), marker="o", label=LABELS[name])
+        ax.plot(*zip(*pts), marker="o", label=LABELS[name], color=COLORS[name])
     ax.set_title(key.removeprefix("fewshot/"))
     ax.set_xlabel("pretraining step")
     ax.grid(alpha=0.3)
