@@ -453,6 +453,15 @@ def write_report(a: argparse.Namespace, timings: dict[str, Any], command: str) -
              f"task × shot cells; the difference exceeds 2 × the pooled seed std in {up} "
              f"cell(s) in favour of {x} and {down} in favour of {y}; the other "
              f"{len(c) - up - down} are within the seed-to-seed spread.")
+  if "bert" in models and "genemask" in models:
+    c = compare(summary, "genemask", "bert", "mcc")
+    if sum(r["exceeds"] and r["diff"] < 0 for r in c) > sum(r["exceeds"] and r["diff"] > 0
+                                                            for r in c):
+      L.append("- BERT token masking gives the best frozen features at this budget. A single "
+               "masked overlapping 6-mer is fully determined by its unmasked neighbours (the "
+               "reason DNABERT masks 6-token spans), so BERT's objective is the easiest one "
+               "to learn in a few hundred steps; this run does not show whether that ordering "
+               "survives longer pretraining or fine-tuning.")
   L.append(f"- Scale: {a.steps} pretraining steps of a {a.model_size} model is a tiny fraction of "
            "the paper's pretraining, and the evaluation is a frozen-encoder linear probe"
            if a.mode == "linear_probe" else f"- Scale: {a.steps} pretraining steps")
