@@ -67,7 +67,7 @@ def _base() -> ml_collections.ConfigDict:
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 16  # Global sequences per optimizer step.
   c.train.grad_accum_steps = 1  # Micro-batches per optimizer step.
-  c.train.num_steps = 1000
+  c.train.num_steps = 800
   c.train.log_every = 20
   c.train.checkpoint_every = 200
   c.train.keep_checkpoints = 3
