@@ -34,7 +34,7 @@ def env(tmp_path_factory, data_dir):
            JAX_COMPILATION_CACHE_DIR=str(base / "jax_cache"),
            JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", PYTHONUNBUFFERED="1")
   flags = [f"--config.data.fasta={corpus}", f"--config.data.tfds_dir={base / 'tfds'}"]
-  return {"env": e, "flags": flags, "base": base, "corpus": corpus}
+  return {"env": e, "flags": flags, "base": base, "corpus": corpus, "data_dir": data_dir}
 
 
 def _xla_flags(devices):
@@ -72,7 +72,8 @@ def straight(env):
   """
   workdir = env["base"] / "straight"
   r = _run(env, workdir, *_STEPS, "--config.probe.every=4", "--config.probe.shots=10",
-           "--config.probe.max_test_examples=64", devices=2)
+           "--config.probe.max_test_examples=64",
+           f"--config.probe.data_dir={env['data_dir']}", devices=2)
   assert r.returncode == 0, r.stderr[-3000:]
   return workdir, r
 
