@@ -593,7 +593,7 @@ def write_report(a: argparse.Namespace, timings: dict[str, Any], command: str) -
   L.append("")
   L += details
   L.append("")
-  L.append(f"(Prom-300 cells are on the GUE proxy test set.)")
+  L.append("(Prom-300 cells are on the GUE proxy test set.)")
   L.append("")
 
   if probe_keys:

@@ -47,7 +47,6 @@ subset of ``P`` of them fills the slots (each masked position is kept with proba
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from typing import Any, Callable, NamedTuple
 
@@ -56,12 +55,9 @@ from jax import lax
 import jax.numpy as jnp
 import numpy as np
 
-from genemask_jax.tokenizer import CLS_ID
 from genemask_jax.tokenizer import IGNORE_LABEL
 from genemask_jax.tokenizer import MASK_ID
 from genemask_jax.tokenizer import NUM_SPECIAL
-from genemask_jax.tokenizer import PAD_ID
-from genemask_jax.tokenizer import SEP_ID
 from genemask_jax.tokenizer import UNK_ID
 
 STRATEGIES = ("genemask", "dnabert", "bert")

@@ -390,7 +390,6 @@ def score_counts(counts: NgramCounts, *, log_z: float | None = None,
   Returns:
     The table over the 4^k k-mers.
   """
-  k = counts.k
   if true_splits not in TRUE_SPLITS:
     raise NpmiError(f"true_splits must be one of {TRUE_SPLITS}, got {true_splits!r}")
   if segmentation not in SEGMENTATIONS:

@@ -6,7 +6,6 @@ import sys
 import jax
 import jax.numpy as jnp
 import pytest
-from ml_collections import config_flags  # noqa: F401  (the loader main.py uses)
 
 from genemask_jax import model as model_lib
 

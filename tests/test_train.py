@@ -6,7 +6,6 @@ import pathlib
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -120,7 +119,7 @@ def test_sigterm_then_resume_matches_uninterrupted_run(env, straight):
 
   r = _run(env, interrupted, *_STEPS, devices=2)
   assert r.returncode == 0, r.stderr[-3000:]
-  assert f"resumed from" in r.stdout and f"at step {stopped}" in r.stdout
+  assert "resumed from" in r.stdout and f"at step {stopped}" in r.stdout
   resumed = _losses(interrupted)
   assert sorted(resumed) == list(range(1, 9))
   for step in range(1, 9):  # Same data order, masks and dropout after resumption.
