@@ -44,12 +44,13 @@ zeros, an export slices ``[:vocab_size]``.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from genemask_jax import attention as attention_lib
 
 PAD_ID = 0  # Same as genemask_jax.tokenizer.PAD_ID; the attention mask is ids != PAD_ID.
 
@@ -77,6 +78,8 @@ class ModelConfig:
     vocab_pad_multiple: Pad the vocabulary rows to a multiple of this, so the ``vocab``
       axis can be sharded (4101 is odd) and matmuls tile well on accelerators.
     pad_id: Token id that is masked out of attention.
+    attention_impl: "auto" (blockwise on CPU, ``jax.nn.dot_product_attention`` elsewhere),
+      "blockwise" or "xla"; see ``genemask_jax.attention``. Numerics are the same.
   """
   vocab_size: int = 4101
   hidden_size: int = 768
@@ -93,6 +96,7 @@ class ModelConfig:
   param_dtype: str = "float32"
   vocab_pad_multiple: int = 1
   pad_id: int = PAD_ID
+  attention_impl: str = "auto"
 
   def __post_init__(self):
     for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "mlp_dim",
@@ -107,6 +111,9 @@ class ModelConfig:
       if getattr(self, name) not in _DTYPES:
         raise ValueError(
             f"ModelConfig.{name}={getattr(self, name)!r}; expected one of {sorted(_DTYPES)}")
+    if self.attention_impl not in attention_lib.IMPLEMENTATIONS:
+      raise ValueError(f"ModelConfig.attention_impl={self.attention_impl!r}; expected one "
+                       f"of {attention_lib.IMPLEMENTATIONS}")
     for name in ("dropout_rate", "attention_dropout_rate"):
       if not 0.0 <= getattr(self, name) < 1.0:
         raise ValueError(f"ModelConfig.{name} must be in [0, 1), got {getattr(self, name)}")
@@ -197,6 +204,22 @@ def _layer_norm(cfg: ModelConfig, name: str) -> nn.LayerNorm:
       scale_init=_ones(("embed",)), bias_init=_zeros(("embed",)), name=name)
 
 
+class Dropout(nn.Module):
+  """Inverted dropout like ``nn.Dropout`` (same "dropout" rng collection).
+
+  The mask comes from ``attention.keep_mask`` (a hash of the element index seeded from the
+  rng), not from ``jax.random`` bits, which cost more than the layer itself on CPU.
+  """
+  rate: float
+
+  @nn.compact
+  def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
+    if deterministic or self.rate == 0.0:
+      return x
+    return attention_lib.dropout(x, self.rate, attention_lib.dropout_seed(
+        self.make_rng("dropout")))
+
+
 def _gelu(x: jax.Array) -> jax.Array:
   return nn.gelu(x, approximate=False)
 
@@ -245,7 +268,7 @@ class BertEmbeddings(nn.Module):
           cfg.type_vocab_size, cfg.hidden_size, dtype=cfg.jnp_dtype,
           param_dtype=cfg.jnp_param_dtype, embedding_init=_dense_init(cfg, (None, "embed")))
     self.LayerNorm = _layer_norm(cfg, "LayerNorm")  # pylint: disable=invalid-name
-    self.dropout = nn.Dropout(cfg.dropout_rate)
+    self.dropout = Dropout(cfg.dropout_rate)
 
   def __call__(self, input_ids: jax.Array, token_type_ids: jax.Array | None,
                deterministic: bool) -> jax.Array:
@@ -273,22 +296,18 @@ class BertEmbeddings(nn.Module):
     return self.word_embeddings.attend(x)
 
 
-def _attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
-               dropout: nn.Dropout, deterministic: bool) -> jax.Array:
-  """Scaled dot-product attention; q, k, v (B, L, N, D), mask (B, 1, 1, L) bool.
+def _attention(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array,
+               module: nn.Module, cfg: ModelConfig, deterministic: bool) -> jax.Array:
+  """Scaled dot-product attention; q, k, v (B, L, N, D), key_mask (B, L) bool.
 
-  Without attention dropout this is ``jax.nn.dot_product_attention`` (fused kernels on
-  GPU). With dropout on the probabilities (HF semantics in training) it is the same math
-  written out, since the fused call has no dropout.
+  ``cfg.attention_impl`` chooses blockwise (CPU) or ``jax.nn.dot_product_attention``
+  (fused kernels on GPU); attention dropout (HF semantics) draws a hashed mask from the
+  module's "dropout" rng.
   """
-  if deterministic or dropout.rate == 0.0:
-    return jax.nn.dot_product_attention(q, k, v, mask=mask)
-  scale = 1.0 / math.sqrt(q.shape[-1])
-  logits = jnp.einsum("bqnd,bknd->bnqk", q, k).astype(jnp.float32) * scale
-  logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-  probs = jax.nn.softmax(logits, axis=-1).astype(q.dtype)
-  probs = dropout(probs, deterministic=False)
-  return jnp.einsum("bnqk,bknd->bqnd", probs, v)
+  rate = 0.0 if deterministic else cfg.attention_dropout_rate
+  seed = attention_lib.dropout_seed(module.make_rng("dropout")) if rate > 0.0 else None
+  return attention_lib.dot_product_attention(
+      q, k, v, key_mask, dropout_rate=rate, seed=seed, implementation=cfg.attention_impl)
 
 
 class BertSelfAttention(nn.Module):
@@ -296,18 +315,21 @@ class BertSelfAttention(nn.Module):
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, x: jax.Array, mask: jax.Array, deterministic: bool) -> jax.Array:
+  def __call__(self, x: jax.Array, mask: jax.Array, deterministic: bool,
+               x_query: jax.Array | None = None) -> jax.Array:
+    """x (B, L, E) keys/values (and queries unless ``x_query`` (B, P, E) is given)."""
     cfg = self.config
 
-    def proj(name):
+    def proj(name, inputs):
       return _DenseGeneral((cfg.hidden_size,), (cfg.num_heads, cfg.head_dim),
-                           ("embed", "heads", "kv"), cfg, name=name)(x)
+                           ("embed", "heads", "kv"), cfg, name=name)(inputs)
 
-    q, k, v = proj("query"), proj("key"), proj("value")
+    q = proj("query", x if x_query is None else x_query)
+    k, v = proj("key", x), proj("value", x)
     q = nn.with_logical_constraint(q, ("batch", "length", "heads", "kv"))
     k = nn.with_logical_constraint(k, ("batch", "length", "heads", "kv"))
     v = nn.with_logical_constraint(v, ("batch", "length", "heads", "kv"))
-    out = _attention(q, k, v, mask, nn.Dropout(cfg.attention_dropout_rate), deterministic)
+    out = _attention(q, k, v, mask, self, cfg, deterministic)
     return nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
 
 
@@ -320,8 +342,13 @@ class BertAttention(nn.Module):
     self.self = BertSelfAttention(cfg)
     self.output = _AttentionOutput(cfg)
 
-  def __call__(self, x: jax.Array, mask: jax.Array, deterministic: bool) -> jax.Array:
-    return self.output(self.self(x, mask, deterministic), x, deterministic)
+  def __call__(self, x: jax.Array, mask: jax.Array, deterministic: bool,
+               query_positions: jax.Array | None = None) -> jax.Array:
+    """(B, L, E) -> (B, L, E), or (B, P, E) at ``query_positions`` (B, P) when given."""
+    if query_positions is None:
+      return self.output(self.self(x, mask, deterministic), x, deterministic)
+    x_query = gather_positions(x, query_positions)
+    return self.output(self.self(x, mask, deterministic, x_query), x_query, deterministic)
 
 
 class _AttentionOutput(nn.Module):
@@ -332,19 +359,24 @@ class _AttentionOutput(nn.Module):
     cfg = self.config
     y = _DenseGeneral((cfg.num_heads, cfg.head_dim), (cfg.hidden_size,),
                       ("heads", "kv", "embed"), cfg, name="dense")(a)
-    y = nn.Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
+    y = Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
     y = _layer_norm(cfg, "LayerNorm")(y + residual)
     return nn.with_logical_constraint(y, ("batch", "length", "embed"))
 
 
 class BertLayer(nn.Module):
-  """One post-LN encoder block: attention, then GELU MLP; (B, L, E) -> (B, L, E)."""
+  """One post-LN encoder block: attention, then GELU MLP; (B, L, E) -> (B, L, E).
+
+  With ``query_positions`` (B, P) only those rows are computed (attending to all L keys):
+  (B, L, E) -> (B, P, E), the same numbers as the full block's output at those rows.
+  """
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, x: jax.Array, mask: jax.Array, deterministic: bool) -> jax.Array:
+  def __call__(self, x: jax.Array, mask: jax.Array, deterministic: bool,
+               query_positions: jax.Array | None = None) -> jax.Array:
     cfg = self.config
-    x = BertAttention(cfg, name="attention")(x, mask, deterministic)
+    x = BertAttention(cfg, name="attention")(x, mask, deterministic, query_positions)
     h = nn.Dense(cfg.mlp_dim, dtype=cfg.jnp_dtype, param_dtype=cfg.jnp_param_dtype,
                  kernel_init=_dense_init(cfg, ("embed", "mlp")), bias_init=_zeros(("mlp",)),
                  name="intermediate_dense")(x)
@@ -352,7 +384,7 @@ class BertLayer(nn.Module):
     y = nn.Dense(cfg.hidden_size, dtype=cfg.jnp_dtype, param_dtype=cfg.jnp_param_dtype,
                  kernel_init=_dense_init(cfg, ("mlp", "embed")), bias_init=_zeros(("embed",)),
                  name="output_dense")(h)
-    y = nn.Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
+    y = Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
     y = _layer_norm(cfg, "output_LayerNorm")(y + x)
     return nn.with_logical_constraint(y, ("batch", "length", "embed"))
 
@@ -362,9 +394,17 @@ class BertEncoder(nn.Module):
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, x: jax.Array, mask: jax.Array, deterministic: bool) -> jax.Array:
-    for i in range(self.config.num_layers):
-      x = BertLayer(self.config, name=f"layer_{i}")(x, mask, deterministic)
+  def __call__(self, x: jax.Array, mask: jax.Array, deterministic: bool,
+               output_positions: jax.Array | None = None) -> jax.Array:
+    """(B, L, E) -> (B, L, E), or (B, P, E) at ``output_positions`` (B, P) when given.
+
+    With ``output_positions`` the last layer computes only those rows (its other rows feed
+    nothing): for a 2-layer model at 20% masked positions that skips ~40% of the encoder.
+    """
+    n = self.config.num_layers
+    for i in range(n):
+      last = output_positions if i == n - 1 else None
+      x = BertLayer(self.config, name=f"layer_{i}")(x, mask, deterministic, last)
     return x
 
 
@@ -381,14 +421,19 @@ class BertModel(nn.Module):
       self.pooler = _Pooler(cfg)
 
   def __call__(self, input_ids: jax.Array, token_type_ids: jax.Array | None = None,
-               deterministic: bool = True) -> jax.Array:
-    """(B, L) int32 ids -> (B, L, E) final hidden states in ``config.dtype``."""
+               deterministic: bool = True,
+               output_positions: jax.Array | None = None) -> jax.Array:
+    """(B, L) int32 ids -> (B, L, E) final hidden states in ``config.dtype``.
+
+    With ``output_positions`` (B, P) int32: (B, P, E), the final hidden states at those
+    positions only (see ``BertEncoder``).
+    """
     cfg = self.config
     if input_ids.ndim != 2:
       raise ValueError(f"input_ids must be (batch, length), got shape {input_ids.shape}")
-    mask = (input_ids != cfg.pad_id)[:, None, None, :]  # (B, 1, 1, L): keys that count.
+    mask = input_ids != cfg.pad_id  # (B, L): keys that count.
     x = self.embeddings(input_ids, token_type_ids, deterministic)
-    return self.encoder(x, mask, deterministic)
+    return self.encoder(x, mask, deterministic, output_positions)
 
   def pool(self, hidden: jax.Array) -> jax.Array:
     """(B, L, E) hidden -> (B, E) tanh(dense(hidden[:, 0])) (needs ``add_pooling_layer``)."""
@@ -448,7 +493,8 @@ class BertForMaskedLM(nn.Module):
     Args:
       input_ids: (B, L) int32 token ids (already masked for training).
       masked_positions: optional (B, P) int32 positions; when given only those positions
-        go through the MLM head (cheaper: P << L), else all L positions.
+        go through the last encoder layer and the MLM head (cheaper: P << L), else all L
+        positions.
       token_type_ids: optional (B, L) int32.
       deterministic: False enables dropout (needs a "dropout" rng).
       return_hidden: also return the (B, L, E) encoder output.
@@ -457,8 +503,11 @@ class BertForMaskedLM(nn.Module):
       logits (B, P, vocab_size) or (B, L, vocab_size) in ``config.dtype``, and with
       ``return_hidden`` the tuple (logits, hidden).
     """
-    hidden = self.bert(input_ids, token_type_ids, deterministic)
-    x = hidden if masked_positions is None else gather_positions(hidden, masked_positions)
+    if return_hidden or masked_positions is None:
+      hidden = self.bert(input_ids, token_type_ids, deterministic)
+      x = hidden if masked_positions is None else gather_positions(hidden, masked_positions)
+    else:  # The last layer only at the masked positions: same logits, less work.
+      x = self.bert(input_ids, token_type_ids, deterministic, masked_positions)
     logits = self.cls(x, self.bert.attend)
     return (logits, hidden) if return_hidden else logits
 
@@ -479,7 +528,7 @@ class BertForSequenceClassification(nn.Module):
   def setup(self):
     cfg = self.config
     self.bert = BertModel(cfg, add_pooling_layer=True)
-    self.dropout = nn.Dropout(cfg.dropout_rate)
+    self.dropout = Dropout(cfg.dropout_rate)
     self.classifier = nn.Dense(
         self.num_labels, dtype=cfg.jnp_dtype, param_dtype=cfg.jnp_param_dtype,
         kernel_init=_dense_init(cfg, ("embed", None)), bias_init=_zeros((None,)))
@@ -487,11 +536,16 @@ class BertForSequenceClassification(nn.Module):
   def __call__(self, input_ids: jax.Array, *, token_type_ids: jax.Array | None = None,
                deterministic: bool = True) -> jax.Array:
     """(B, L) int32 ids -> (B, num_labels) logits in ``config.dtype``."""
-    hidden = self.bert(input_ids, token_type_ids, deterministic)
-    pooled = self.bert.pool(hidden)
+    pooled = self.bert.pool(self._cls_hidden(input_ids, token_type_ids, deterministic))
     return self.classifier(self.dropout(pooled, deterministic=deterministic))
 
   def pooled_features(self, input_ids: jax.Array, *,
                       token_type_ids: jax.Array | None = None) -> jax.Array:
     """(B, L) ids -> (B, E) pooled [CLS] features (deterministic), for linear probes."""
-    return self.bert.pool(self.bert(input_ids, token_type_ids, True))
+    return self.bert.pool(self._cls_hidden(input_ids, token_type_ids, True))
+
+  def _cls_hidden(self, input_ids: jax.Array, token_type_ids: jax.Array | None,
+                  deterministic: bool) -> jax.Array:
+    """(B, 1, E) final hidden state at [CLS]: the last layer runs for that row only."""
+    cls_position = jnp.zeros((input_ids.shape[0], 1), jnp.int32)
+    return self.bert(input_ids, token_type_ids, deterministic, cls_position)

@@ -90,7 +90,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 
 def model_config_of(config: ml_collections.ConfigDict) -> model_lib.ModelConfig:
   overrides = {"dtype": config.model.dtype,
-               "vocab_pad_multiple": config.model.vocab_pad_multiple}
+               "vocab_pad_multiple": config.model.vocab_pad_multiple,
+               "attention_impl": config.model.get("attention_impl", "auto")}
   if config.model.dropout_rate is not None:
     overrides["dropout_rate"] = config.model.dropout_rate
   cfg = model_lib.model_config(config.model.size, **overrides)

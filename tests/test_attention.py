@@ -1,0 +1,143 @@
+"""Blockwise attention and hashed dropout: same numbers as the textbook computation."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from genemask_jax import attention
+from genemask_jax import model as model_lib
+
+
+def _qkv(b, lq, lk, n, d, seed=0, dtype=np.float32):
+  rng = np.random.default_rng(seed)
+  q = rng.standard_normal((b, lq, n, d)).astype(dtype)
+  k = rng.standard_normal((b, lk, n, d)).astype(dtype)
+  v = rng.standard_normal((b, lk, n, d)).astype(dtype)
+  return jnp.asarray(q), jnp.asarray(k), jnp.asarray(v)
+
+
+def _key_mask(b, lk):
+  mask = np.ones((b, lk), bool)
+  mask[0, lk // 2:] = False  # padded tail
+  mask[1, 0] = False  # a hole
+  return jnp.asarray(mask)
+
+
+@pytest.mark.parametrize("lq,lk,block", [(50, 50, 16), (64, 64, 64), (7, 40, 4), (33, 33, 200)])
+def test_blockwise_equals_dot_product_attention_forward_and_gradients(lq, lk, block):
+  q, k, v = _qkv(3, lq, lk, 4, 8)
+  mask = _key_mask(3, lk)
+  w = jnp.cos(jnp.arange(8.0))
+
+  def loss(fn):
+    return lambda q, k, v: (fn(q, k, v) * w).sum()
+
+  blockwise = lambda q, k, v: attention.blockwise_attention(q, k, v, mask, block_q=block)
+  reference = lambda q, k, v: jax.nn.dot_product_attention(q, k, v,
+                                                            mask=mask[:, None, None, :])
+  np.testing.assert_allclose(blockwise(q, k, v), reference(q, k, v), atol=2e-6, rtol=1e-5)
+  got = jax.grad(loss(blockwise), argnums=(0, 1, 2))(q, k, v)
+  want = jax.grad(loss(reference), argnums=(0, 1, 2))(q, k, v)
+  for g, r in zip(got, want):
+    np.testing.assert_allclose(g, r, atol=5e-6, rtol=1e-4)
+
+
+def test_masked_keys_get_no_weight_and_all_masked_rows_attend_uniformly():
+  q, k, v = _qkv(2, 6, 6, 1, 4)
+  mask = jnp.asarray([[True, True, False, False, False, False], [False] * 6])
+  out = attention.blockwise_attention(q, k, v, mask, block_q=4)
+  # Changing a masked key/value changes nothing.
+  k2 = k.at[0, 3].add(100.0)
+  v2 = v.at[0, 3].add(100.0)
+  np.testing.assert_allclose(attention.blockwise_attention(q, k2, v2, mask, block_q=4)[0],
+                             out[0], atol=1e-6)
+  np.testing.assert_allclose(out[1], jnp.broadcast_to(v[1].mean(0), out[1].shape), atol=1e-5)
+  assert np.isfinite(np.asarray(out)).all()
+
+
+def test_bfloat16_inputs_keep_their_dtype_and_stay_close():
+  q, k, v = _qkv(2, 32, 32, 2, 16)
+  mask = _key_mask(2, 32)
+  want = attention.blockwise_attention(q, k, v, mask, block_q=8)
+  got = attention.blockwise_attention(*(x.astype(jnp.bfloat16) for x in (q, k, v)), mask,
+                                      block_q=8)
+  assert got.dtype == jnp.bfloat16
+  np.testing.assert_allclose(got.astype(np.float32), want, atol=5e-2)
+
+
+def test_keep_mask_rate_blocks_and_seeds():
+  seed = attention.dropout_seed(jax.random.key(0))
+  full = attention.keep_mask(seed, (4, 3, 64, 50), 0.1)
+  n = full.size
+  # Binomial(n, 0.9): 6 standard deviations.
+  assert abs(float(full.mean()) - 0.9) < 6 * np.sqrt(0.09 / n)
+  block = attention.keep_mask(seed, (4, 3, 16, 50), 0.1, (0, 0, 32, 0), (4, 3, 64, 50))
+  np.testing.assert_array_equal(block, full[:, :, 32:48])
+  other = attention.keep_mask(attention.dropout_seed(jax.random.key(1)), (4, 3, 64, 50), 0.1)
+  agreement = float((other == full).mean())
+  assert abs(agreement - (0.9**2 + 0.1**2)) < 0.01  # independent masks, not the same one
+  assert bool(attention.keep_mask(seed, (1000,), 0.0).all())
+  # Neighbouring elements are not correlated (a weak mixer would show it here).
+  bits = np.asarray(full, np.float64).ravel()
+  assert abs(np.corrcoef(bits[:-1], bits[1:])[0, 1]) < 0.02
+
+
+def test_dropout_keeps_the_expectation():
+  x = jnp.ones((200_000,))
+  y = attention.dropout(x, 0.25, attention.dropout_seed(jax.random.key(3)))
+  assert set(np.unique(np.asarray(y)).tolist()) <= {0.0, float(np.float32(4.0 / 3.0))}
+  assert abs(float(y.mean()) - 1.0) < 0.01
+  np.testing.assert_array_equal(attention.dropout(x, 0.25, None), x)
+
+
+def test_blockwise_dropout_equals_reference_with_the_same_mask():
+  q, k, v = _qkv(2, 40, 40, 3, 8, seed=4)
+  mask = _key_mask(2, 40)
+  seed = attention.dropout_seed(jax.random.key(7))
+  w = jnp.sin(jnp.arange(8.0))
+  blockwise = lambda q, k, v: (attention.blockwise_attention(
+      q, k, v, mask, dropout_rate=0.2, seed=seed, block_q=16) * w).sum()
+  reference = lambda q, k, v: (attention.reference_attention(
+      q, k, v, mask, dropout_rate=0.2, seed=seed) * w).sum()
+  np.testing.assert_allclose(blockwise(q, k, v), reference(q, k, v), rtol=1e-5)
+  got = jax.grad(blockwise, argnums=(0, 1, 2))(q, k, v)
+  want = jax.grad(reference, argnums=(0, 1, 2))(q, k, v)
+  for g, r in zip(got, want):
+    np.testing.assert_allclose(g, r, atol=5e-6, rtol=1e-4)
+  no_dropout = attention.blockwise_attention(q, k, v, mask, block_q=16)
+  assert not np.allclose(attention.blockwise_attention(
+      q, k, v, mask, dropout_rate=0.2, seed=seed, block_q=16), no_dropout)
+
+
+def test_bad_implementation_and_missing_seed_are_errors():
+  with pytest.raises(ValueError, match="attention implementation 'flash'"):
+    attention.resolve_implementation("flash")
+  with pytest.raises(ValueError, match="attention_impl"):
+    model_lib.model_config("tiny", attention_impl="flash")
+  q, k, v = _qkv(1, 4, 4, 1, 2)
+  with pytest.raises(ValueError, match="needs a seed"):
+    attention.blockwise_attention(q, k, v, jnp.ones((1, 4), bool), dropout_rate=0.1)
+
+
+@pytest.mark.parametrize("impl", ["blockwise", "xla"])
+def test_model_implementations_agree_and_last_layer_shortcut_is_exact(impl):
+  cfg = model_lib.model_config("tiny", num_layers=2, hidden_size=32, num_heads=4, mlp_dim=64,
+                               max_len=64, attention_impl=impl)
+  ref_cfg = model_lib.model_config("tiny", num_layers=2, hidden_size=32, num_heads=4,
+                                   mlp_dim=64, max_len=64, attention_impl="xla")
+  rng = np.random.default_rng(0)
+  ids = rng.integers(5, 4101, (3, 40)).astype(np.int32)
+  ids[0, 30:] = 0
+  positions = jnp.asarray(rng.integers(0, 40, (3, 6)), jnp.int32)
+  model = model_lib.BertForMaskedLM(cfg)
+  params = model.init(jax.random.key(0), ids)["params"]
+  full = model_lib.BertForMaskedLM(ref_cfg).apply({"params": params}, ids)
+  picked = model.apply({"params": params}, ids, masked_positions=positions)
+  np.testing.assert_allclose(picked, jnp.take_along_axis(full, positions[..., None], 1),
+                             atol=2e-4, rtol=1e-4)
+  # Training mode: the dropout masks depend only on the rng, and gradients are finite.
+  grad = jax.grad(lambda p: model.apply({"params": p}, ids, masked_positions=positions,
+                                        deterministic=False,
+                                        rngs={"dropout": jax.random.key(1)}).sum())(params)
+  assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grad))
