@@ -1,16 +1,31 @@
 """Train-step throughput of the JAX BERT vs HF transformers BertForMaskedLM (PyTorch).
 
     python benchmarks/bench_train_step.py                       # tiny, logo, dnabert_base
-    python benchmarks/bench_train_step.py --sizes=tiny --batch=8 --length=512 --repeats=7
+    python benchmarks/bench_train_step.py --sizes=tiny --batch=8 --length=512 --rounds=6
     python benchmarks/bench_train_step.py --full_head            # also JAX with all-L MLM head
+    python benchmarks/bench_train_step.py --gpu                 # + dnabert_base 512 bf16, MFU
 
 For each size both sides run the same model shape in float32 with the same optimizer
 (AdamW, betas (0.9, 0.98), eps 1e-6, weight decay 0.01 off biases/LayerNorm, clip 1.0),
 dropout as the size's config says, on the same batch. The JAX step includes the on-device
-DNABERT masking (``masking.make_mask_fn``) and projects only the masked positions
-(``max_predictions`` = 20% of L); the PyTorch step gets pre-masked ids and labels
-(-100 elsewhere), as HF's Trainer does. Steps are interleaved (JAX, torch, JAX, ...) after
-warm-up; the median step time gives tokens/s = batch * length / time.
+DNABERT masking (``masking.make_mask_fn``) and computes the last encoder layer and the MLM
+head only at the masked positions (``max_predictions`` = 20% of L; the loss and gradients
+are the same as computing every position); the PyTorch step gets pre-masked ids and labels
+(-100 elsewhere), as HF's Trainer does, and uses its default attention (SDPA).
+
+Timing: ``--rounds`` rounds, each running ``--steps_per_round`` steps of JAX then the same
+of PyTorch; the first step of every round on each side is a switch-over warm-up and is not
+counted (the other framework's threads and memory traffic were still winding down). The
+median of the remaining steps gives tokens/s = batch * length / time. Interleaving rounds
+keeps slow drifts of a shared machine's load from favouring either side.
+
+``--gpu`` (default: on when JAX sees a GPU) adds ``dnabert_base`` at L=512 in bfloat16
+(activations; float32 parameters and optimizer) with batch ``--gpu_batch``, PyTorch under
+``torch.autocast(bfloat16)`` on the same GPU, and prints tokens/s and MFU per GPU: model
+FLOPs of a standard step (6 x matmul parameters x tokens + 12 x layers x L^2 x hidden
+per sequence for attention + the MLM decoder at the masked positions) over the chip's
+dense bf16 peak (``PEAK_BF16``). The JAX step does fewer FLOPs than that (last layer at
+the masked positions only), so its MFU is "useful model FLOPs", comparable across both.
 
 torch/transformers are optional (the ``hf`` extra); without them only JAX is timed.
 """
@@ -33,6 +48,30 @@ from genemask_jax import sharding
 from genemask_jax import train_step as ts
 
 DEFAULT_SHAPES = {"tiny": (8, 512), "logo": (8, 512), "dnabert_base": (8, 128), "large": (8, 128)}
+
+# Dense bfloat16 peak FLOP/s per chip (vendor datasheets, no sparsity), by device_kind.
+PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "GH200": 989e12, "A100": 312e12, "L4": 121e12,
+             "A10": 125e12, "V100": 125e12, "TPU v4": 275e12, "TPU v5 lite": 197e12,
+             "TPU v5e": 197e12, "TPU v5p": 459e12, "TPU v6 lite": 918e12}
+
+
+def peak_flops(device_kind: str) -> float | None:
+  """Dense bf16 peak of a device_kind such as "NVIDIA H100 80GB HBM3"; None if unknown."""
+  best = None
+  for name, peak in PEAK_BF16.items():
+    if name.lower() in device_kind.lower() and (best is None or len(name) > len(best[0])):
+      best = (name, peak)
+  return best[1] if best else None
+
+
+def model_flops_per_step(cfg, batch: int, length: int, num_predictions: int) -> float:
+  """Training FLOPs of a standard BERT MLM step (forward + backward = 3 x forward)."""
+  e, m, v = cfg.hidden_size, cfg.mlp_dim, cfg.vocab_size
+  layer_matmul_params = 4 * e * e + 2 * e * m
+  per_seq = 2 * length * cfg.num_layers * layer_matmul_params  # forward matmuls
+  per_seq += 2 * cfg.num_layers * 2 * length * length * e  # scores + weighted sum
+  per_seq += 2 * num_predictions * (e * e + e * v)  # MLM transform + decoder
+  return 3.0 * batch * per_seq
 
 
 def _ids(batch: int, length: int, seed: int = 0) -> np.ndarray:
@@ -83,7 +122,7 @@ def _jax_side(cfg, ids, num_predictions, full_head):
   return run, masks
 
 
-def _torch_side(cfg, masks):
+def _torch_side(cfg, masks, device: str = "cpu", bf16: bool = False):
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
   hf_cfg = transformers.BertConfig(
@@ -94,7 +133,7 @@ def _torch_side(cfg, masks):
       attention_probs_dropout_prob=cfg.attention_dropout_rate,
       layer_norm_eps=cfg.layer_norm_eps, hidden_act="gelu", pad_token_id=0)
   torch.manual_seed(0)
-  model = transformers.BertForMaskedLM(hf_cfg).train()
+  model = transformers.BertForMaskedLM(hf_cfg).to(device).train()
   no_decay = ("bias", "LayerNorm.weight")
   groups = [
       {"params": [p for n, p in model.named_parameters()
@@ -103,17 +142,18 @@ def _torch_side(cfg, masks):
                   if any(s in n for s in no_decay)], "weight_decay": 0.0},
   ]
   opt = torch.optim.AdamW(groups, lr=4e-4, betas=(0.9, 0.98), eps=1e-6)
-  input_ids = torch.tensor(np.asarray(masks.masked_ids), dtype=torch.long)
+  input_ids = torch.tensor(np.asarray(masks.masked_ids), dtype=torch.long, device=device)
   attention_mask = (input_ids != 0).long()
   labels = np.full(masks.masked_ids.shape, -100, np.int64)
   rows = np.arange(labels.shape[0])[:, None]
   w = np.asarray(masks.masked_lm_weights) > 0
   labels[np.broadcast_to(rows, w.shape)[w], np.asarray(masks.masked_lm_positions)[w]] = (
       np.asarray(masks.masked_lm_ids)[w])
-  labels = torch.tensor(labels)
+  labels = torch.tensor(labels, device=device)
 
   def run():
-    loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
+    with torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=bf16):
+      loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     opt.step()
@@ -129,17 +169,83 @@ def _time(fn) -> float:
   return time.perf_counter() - t
 
 
+def measure(runners: dict, *, rounds: int, steps_per_round: int, warmup: int) -> dict:
+  """Median seconds per step of each runner, interleaved in rounds (see module doc)."""
+  for run in runners.values():
+    for _ in range(warmup):
+      run()
+  times = {k: [] for k in runners}
+  for _ in range(rounds):
+    for k, run in runners.items():
+      run()  # switch-over warm-up, not counted
+      for _ in range(max(1, steps_per_round - 1)):
+        times[k].append(_time(run))
+  return {k: statistics.median(v) for k, v in times.items()}
+
+
+def _row(size, b, length, p, med, extra=""):
+  tok = {k: b * length / v for k, v in med.items()}
+  line = f"{size:<13}{f'{b}x{length}':>10}{p:>5}{tok['jax']:>12.0f}"
+  if "jax_full" in tok:
+    line += f"{tok['jax_full']:>12.0f}"
+  if "torch" in tok:
+    line += f"{tok['torch']:>13.0f}{tok['jax'] / tok['torch']:>10.2f}x"
+  detail = ", ".join(f"{k} {1e3 * v:.0f} ms" for k, v in med.items())
+  return line + f"   ({detail}{extra})"
+
+
+def gpu_section(args, have_torch: bool) -> None:
+  """dnabert_base at L=512 in bfloat16 on the first GPU: tokens/s and MFU, JAX vs torch."""
+  size, length, b = args.gpu_size, args.gpu_length, args.gpu_batch
+  cfg = model_lib.model_config(size, dtype="bfloat16", attention_impl=args.attention_impl)
+  p = max(1, int(round(args.prediction_fraction * length)))
+  ids = _ids(b, length)
+  dev = jax.devices()[0]
+  kind = getattr(dev, "device_kind", dev.platform)
+  peak = peak_flops(kind)
+  runners = {}
+  runners["jax"], masks = _jax_side(cfg, ids, p, full_head=False)
+  torch_device = None
+  if have_torch:
+    import torch  # pylint: disable=g-import-not-at-top
+    if torch.cuda.is_available():
+      torch_device = "cuda"
+    elif dev.platform == "cpu":
+      torch_device = "cpu"  # --gpu forced on a CPU machine: a smoke run of the section
+    if torch_device:
+      runners["torch"], _ = _torch_side(cfg, masks, torch_device, bf16=True)
+  med = measure(runners, rounds=args.rounds, steps_per_round=args.steps_per_round,
+                warmup=args.warmup)
+  flops = model_flops_per_step(cfg, b, length, p)
+  print(f"\n{size} {b}x{length} bfloat16 on {kind} (1 device; torch on "
+        f"{torch_device or 'n/a'}); model FLOPs per step {flops / 1e12:.2f} T; "
+        f"peak {'%.0f TFLOP/s' % (peak / 1e12) if peak else 'unknown for this device'}")
+  for k, sec in med.items():
+    mfu = f"{100 * flops / sec / peak:5.1f}%" if peak else "  n/a"
+    print(f"  {k:<6} {b * length / sec:>10.0f} tokens/s per device   MFU {mfu}   "
+          f"({1e3 * sec:.1f} ms/step)")
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--sizes", default="tiny,logo,dnabert_base")
   parser.add_argument("--batch", type=int, default=None, help="default: per size")
   parser.add_argument("--length", type=int, default=None, help="default: per size")
-  parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--rounds", type=int, default=4)
+  parser.add_argument("--steps_per_round", type=int, default=3,
+                      help="steps per side per round; the first of each is not counted")
   parser.add_argument("--warmup", type=int, default=2)
   parser.add_argument("--prediction_fraction", type=float, default=0.2)
   parser.add_argument("--full_head", action="store_true",
                       help="also time JAX with the MLM head over all L positions")
   parser.add_argument("--no_torch", action="store_true")
+  parser.add_argument("--attention_impl", default="auto",
+                      help="auto (blockwise on CPU), blockwise or xla")
+  parser.add_argument("--gpu", default=None, action=argparse.BooleanOptionalAction,
+                      help="the bfloat16 MFU section (default: when JAX sees a GPU)")
+  parser.add_argument("--gpu_size", default="dnabert_base")
+  parser.add_argument("--gpu_length", type=int, default=512)
+  parser.add_argument("--gpu_batch", type=int, default=32)
   args = parser.parse_args()
 
   try:
@@ -154,19 +260,21 @@ def main():
     have_torch = False
 
   load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+  counted = args.rounds * max(1, args.steps_per_round - 1)
   print(f"{os.cpu_count()} CPUs, 1-min load average {load:.1f} before the run")
   print(f"jax {jax.__version__} on {jax.devices()[0].platform} x{jax.device_count()}, "
-        "float32, AdamW, median of", args.repeats, "interleaved steps")
+        f"float32, AdamW, median of {counted} steps per side ({args.rounds} interleaved "
+        f"rounds of {args.steps_per_round}, first of each round not counted)")
   header = f"{'size':<13}{'B x L':>10}{'P':>5}{'jax tok/s':>12}"
   if args.full_head:
     header += f"{'jax all-L':>12}"
   if have_torch:
     header += f"{'torch tok/s':>13}{'jax/torch':>11}"
-  rows = []
-  for size in args.sizes.split(","):
+  sizes = [x for x in args.sizes.split(",") if x]
+  for i, size in enumerate(sizes):
     b, length = DEFAULT_SHAPES.get(size, (8, 128))
     b, length = args.batch or b, args.length or length
-    cfg = model_lib.model_config(size)
+    cfg = model_lib.model_config(size, attention_impl=args.attention_impl)
     p = max(1, int(round(args.prediction_fraction * length)))
     ids = _ids(b, length)
     runners = {}
@@ -174,29 +282,23 @@ def main():
     runners["jax"], masks = _jax_side(cfg, ids, p, full_head=False)
     if args.full_head:
       runners["jax_full"], _ = _jax_side(cfg, ids, p, full_head=True)
+    threads = None
     if have_torch:
       runners["torch"], threads = _torch_side(cfg, masks)
-    for run in runners.values():
-      for _ in range(args.warmup):
-        run()
-    setup_s = time.perf_counter() - t0
-    times = {k: [] for k in runners}
-    for _ in range(args.repeats):
-      for k, run in runners.items():
-        times[k].append(_time(run))
-    med = {k: statistics.median(v) for k, v in times.items()}
-    tok = {k: b * length / v for k, v in med.items()}
-    line = f"{size:<13}{f'{b}x{length}':>10}{p:>5}{tok['jax']:>12.0f}"
-    if args.full_head:
-      line += f"{tok['jax_full']:>12.0f}"
-    if have_torch:
-      line += f"{tok['torch']:>13.0f}{tok['jax'] / tok['torch']:>10.2f}x"
-    detail = ", ".join(f"{k} {1e3 * v:.0f} ms" for k, v in med.items())
-    rows.append(line + f"   ({detail}; setup+compile {setup_s:.0f} s)")
-    print(header if len(rows) == 1 else "", end="\n" if len(rows) == 1 else "")
-    print(rows[-1], flush=True)
-  if have_torch:
+    med = measure(runners, rounds=args.rounds, steps_per_round=args.steps_per_round,
+                  warmup=args.warmup)
+    if i == 0:
+      print(header)
+    print(_row(size, b, length, p, med, f"; setup+compile+measure "
+               f"{time.perf_counter() - t0:.0f} s"), flush=True)
+  if have_torch and sizes:
     print(f"torch threads: {threads}")
+  gpu = args.gpu if args.gpu is not None else jax.default_backend() == "gpu"
+  if gpu:
+    gpu_section(args, have_torch)
+  else:
+    print("\nNo GPU: the bfloat16 dnabert_base tokens/s and MFU section was not run "
+          "(--gpu forces it).")
 
 
 if __name__ == "__main__":

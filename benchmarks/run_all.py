@@ -15,7 +15,7 @@ Modest settings (the default), chosen so that the whole run fits ~15 minutes:
   masking      --batch=64 --length=512 --rounds=5 --train_step --step_rounds=3
   npmi         defaults (the whole 88 Mbp shared genome; child process per input size)
   pipeline     --batches=200
-  train_step   --sizes=tiny,logo,dnabert_base --repeats=5 (per-size default shapes:
+  train_step   --sizes=tiny,logo,dnabert_base --rounds=4 (per-size default shapes:
                tiny/logo 8x512, dnabert_base 8x128), HF PyTorch side by side if installed
   fewshot      --seeds=3 --max_test_examples=500 (one 10-shot fine-tune, 3 seeds)
 `--full` drops these overrides (scripts' defaults) and adds the few-shot default grid
@@ -131,10 +131,14 @@ def _read_pipeline(out: str) -> str | None:
 
 def _read_train_step(out: str) -> str | None:
   rows = re.findall(r"^(\w+)\s+(\d+x\d+)\s+\d+\s+(\d+)\s+(\d+)\s+([\d.]+)x", out, re.MULTILINE)
+  gpu = re.findall(r"^\s+(jax|torch)\s+(\d+) tokens/s per device\s+MFU\s+([\d.]+%|n/a)", out,
+                   re.MULTILINE)
+  gpu_text = ("; GPU bfloat16 " + ", ".join(f"{k} {t} tokens/s (MFU {m})" for k, t, m in gpu)
+              if gpu else "")
   if rows:
     return ("JAX vs HF PyTorch tokens/s, same shapes and optimizer: " + "; ".join(
         f"{size} {shape}: {jax_t} vs {torch_t} ({ratio}x)"
-        for size, shape, jax_t, torch_t, ratio in rows) + ".")
+        for size, shape, jax_t, torch_t, ratio in rows) + gpu_text + ".")
   rows = re.findall(r"^(\w+)\s+(\d+x\d+)\s+\d+\s+(\d+)", out, re.MULTILINE)
   if rows:
     return "JAX tokens/s (no PyTorch side): " + "; ".join(
@@ -182,7 +186,7 @@ def benches(data_dir: str) -> list[Bench]:
       Bench("train_step", "bench_train_step.py", "Train step",
             "JAX BERT train step vs HF transformers `BertForMaskedLM` in PyTorch, same sizes, "
             "batch and optimizer, interleaved, median of several steps.",
-            lambda _: ["--sizes=tiny,logo,dnabert_base", "--repeats=5"], lambda _: [],
+            lambda _: ["--sizes=tiny,logo,dnabert_base", "--rounds=4"], lambda _: [],
             _read_train_step),
       Bench("fewshot", "bench_fewshot.py", "Few-shot fine-tuning",
             "wall time of one Script-B fine-tune; with --full also seeds vmapped vs one after "
