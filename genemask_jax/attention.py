@@ -32,7 +32,8 @@ import jax.numpy as jnp
 IMPLEMENTATIONS = ("auto", "blockwise", "xla")
 
 # Queries per block of the blockwise attention: 8 x 8 heads x 64 x 512 float32 scores is
-# 8 MB, which stays in this CPU's 32 MB L3 (measured fastest of 16, 32, 64, 128, 512).
+# 8 MB, which stays in this CPU's 32 MB L3 (64 was at or near the fastest of 32, 64, 128
+# and 512 in noisy measurements on the 2-core dev machine).
 DEFAULT_BLOCK_Q = 64
 
 
