@@ -2,17 +2,22 @@ r"""Wall time of few-shot fine-tuning with the `tiny` model on this machine.
 
     python benchmarks/bench_fewshot.py --data_dir=/path/to/data              # one 10-shot run
     python benchmarks/bench_fewshot.py --seeds=3 --compare_vmap               # + vmap vs loop
-    python benchmarks/bench_fewshot.py --grid --seeds=3 --max_test_examples=500  # default grid
+    python benchmarks/bench_fewshot.py --grid --seeds=3 --max_test_examples=500 \
+        --grid_log=docs/fewshot_grid.txt                                      # default grid
 
 Prints, for one Script-B 10-shot Prom-core fine-tune (20 epochs, batch 5, 80 steps):
 train time (compilation included) and test-set time; with ``--compare_vmap`` the same
 ``--seeds`` trained together in one vmapped step and one after another, side by side;
 with ``--grid`` the whole default grid (4 tasks x every shipped shot x ``--seeds``) through
 `genemask_jax.fewshot.run`, i.e. what the binary does. A random-init tiny model costs the
-same as a pretrained one. What was run is printed with every figure.
+same as a pretrained one. What was run is printed with every figure. ``--grid_log`` also
+writes the printed figures with the command, date, load and versions to a file, which
+``run_all.py`` copies into docs/benchmarks.md (the grid takes too long to rerun there).
 """
 
+import datetime
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -26,6 +31,16 @@ from genemask_jax import fewshot  # pylint: disable=g-import-not-at-top,wrong-im
 FLAGS = flags.FLAGS
 _VMAP = flags.DEFINE_bool("compare_vmap", False, "Also time seeds one at a time.")
 _GRID = flags.DEFINE_bool("grid", False, "Also time the whole default grid.")
+_GRID_LOG = flags.DEFINE_string("grid_log", "", "Write the figures + provenance here.")
+
+
+def _commit() -> str:
+  try:
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], text=True, check=True,
+                          capture_output=True,
+                          cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+  except (OSError, subprocess.CalledProcessError):
+    return "unknown"
 
 
 def main(argv):
@@ -35,8 +50,16 @@ def main(argv):
   from genemask_jax import model as model_lib  # pylint: disable=g-import-not-at-top
   from genemask_jax.data import tasks  # pylint: disable=g-import-not-at-top
 
+  lines = []
+  started = datetime.datetime.now(datetime.timezone.utc)
+  load0 = os.getloadavg()[0]
+
+  def say(text):
+    print(text, flush=True)
+    lines.append(text)
+
   data_dir = tasks.resolve_data_dir(FLAGS.data_dir)
-  print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} CPU cores; "
+  say(f"jax {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} CPU cores; "
         f"model {(FLAGS.model_size or 'tiny')}, random init")
   data = tasks.load_task("prom_core", 10, data_dir)
   spec = data.task
@@ -54,14 +77,14 @@ def main(argv):
     return time.time() - t0, res
 
   wall, res = one(len(seeds))
-  print(f"prom_core 10-shot Script-B ({res.steps} steps, batch {hp.batch_size}, "
+  say(f"prom_core 10-shot Script-B ({res.steps} steps, batch {hp.batch_size}, "
         f"{len(train[0])} train rows, {len(test[0])} test rows, {len(seeds)} seed(s) "
         f"vmapped): total {wall:.1f}s = train {res.train_seconds:.1f}s (incl. compile) + "
         f"test {res.eval_seconds:.1f}s; accuracy "
         f"{[round(m['accuracy'], 4) for m in res.metrics]}")
   if _VMAP.value and len(seeds) > 1:
     wall1, res1 = one(1)
-    print(f"  same {len(seeds)} seeds one after another: total {wall1:.1f}s = train "
+    say(f"  same {len(seeds)} seeds one after another: total {wall1:.1f}s = train "
           f"{res1.train_seconds:.1f}s + test {res1.eval_seconds:.1f}s "
           f"(vmapped/loop = {wall / wall1:.2f})")
   if _GRID.value:
@@ -76,9 +99,16 @@ def main(argv):
       fewshot.run(rc)
       grid = time.time() - t0
     runs = sum(len(s.shots) for s in tasks.TASKS.values())
-    print(f"default grid: 4 tasks x every shipped shot ({runs} (task, shot) runs) x "
+    say(f"default grid: 4 tasks x every shipped shot ({runs} (task, shot) runs) x "
           f"{len(seeds)} seed(s), test rows {FLAGS.max_test_examples or 'all'}: {grid:.0f}s "
           f"({grid / 60:.1f} min)")
+  if _GRID_LOG.value:
+    head = [f"command: python benchmarks/bench_fewshot.py {' '.join(sys.argv[1:])}",
+            f"started {started:%Y-%m-%d %H:%M} UTC, git commit {_commit()}, "
+            f"{os.cpu_count()} CPU cores, 1-min load average {load0:.2f} before / "
+            f"{os.getloadavg()[0]:.2f} after"]
+    with open(_GRID_LOG.value, "w", encoding="utf-8") as f:
+      f.write("\n".join(head + lines) + "\n")
 
 
 if __name__ == "__main__":

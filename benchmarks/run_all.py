@@ -40,6 +40,9 @@ import time
 from typing import Callable, Sequence
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
+# The whole few-shot grid takes an hour or more on the CPU, so it is measured separately
+# (`bench_fewshot.py --grid ... --grid_log=docs/fewshot_grid.txt`) and copied in here.
+GRID_LOG = REPO / "docs" / "fewshot_grid.txt"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -362,6 +365,22 @@ def main(argv: Sequence[str]) -> None:
     L.append("Reading: " + (reading or "see the figures above (no summary line could be "
                                        "extracted automatically)."))
     L.append("")
+    if b.name == "fewshot" and GRID_LOG.exists():
+      grid = GRID_LOG.read_text(encoding="utf-8").strip()
+      L.append("### The whole default grid (measured separately)")
+      L.append("")
+      L.append(f"Copied verbatim from `{GRID_LOG.relative_to(REPO)}`, written by the command "
+               "on its first line:")
+      L.append("")
+      L.append("```")
+      L.append(grid)
+      L.append("```")
+      L.append("")
+      minutes = _num(r"default grid: .*?: (\d+)s \(([\d.]+) min\)", grid, 2)
+      if minutes:
+        L.append(f"Reading: the whole default grid of Script-B fine-tunes took {minutes} min "
+                 "(see its first two lines for the date, commit and load).")
+        L.append("")
   L.append("## Reproduce")
   L.append("")
   L.append("```bash")
