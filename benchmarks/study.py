@@ -40,6 +40,7 @@ import json
 import math
 import os
 import pathlib
+import re
 import shlex
 import subprocess
 import sys
@@ -263,6 +264,25 @@ def run_study(a: argparse.Namespace) -> dict[str, Any]:
 
 # Script-B per shot: epochs; rows per class = shot (Splice-40: 10 x shot); tokens = k-mers + 2.
 _TASK_ROWS = {"prom_core": (2, 1), "prom_300": (2, 1), "cohn_enh": (2, 1), "splice_40": (3, 10)}
+def measured_grid_lines(num_models: int) -> list[str]:
+  """A paragraph on the measured whole fine-tune grid (docs/fewshot_grid.txt), if any."""
+  path = REPO / "docs" / "fewshot_grid.txt"
+  if not path.exists():
+    return []
+  text = path.read_text(encoding="utf-8")
+  grid = re.search(r"default grid: .*? x (\d+) seed\(s\), test rows (\w+): (\d+)s", text)
+  started = re.search(r"started (.*? UTC), git commit (\w+)", text)
+  if not grid:
+    return []
+  minutes = int(grid.group(3)) / 60
+  when = f" on {started.group(1)} at commit {started.group(2)}" if started else ""
+  return [f"Measured{when} (`docs/fewshot_grid.txt`, from `benchmarks/bench_fewshot.py "
+          f"--grid`): the whole default Script-B fine-tune grid of one tiny model, "
+          f"{grid.group(1)} seeds, {grid.group(2)} test rows, took {minutes:.0f} min on this "
+          f"CPU, so the {num_models} models of this study would need about "
+          f"{num_models * minutes / 60:.1f} hours of fine-tuning.", ""]
+
+
 _TASK_TOKENS = {"prom_core": 67, "prom_300": 297, "cohn_enh": 497, "splice_40": 37}
 
 
@@ -529,6 +549,7 @@ def write_report(a: argparse.Namespace, timings: dict[str, Any], command: str) -
              f"{a.seeds} seeds) would take about **{est * len(ORDER) * a.seeds:.0f} hours** on "
              "this CPU, which is why the grid below is a linear probe.")
     L.append("")
+  L.extend(measured_grid_lines(len(ORDER)))
 
   L.append("## Results: mean ± sample std over seeds")
   L.append("")
