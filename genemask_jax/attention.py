@@ -97,12 +97,16 @@ def _blockwise(q, k, v, bias, seed, rate, block_q):
   return _blockwise_fwd(q, k, v, bias, seed, rate, block_q)[0]
 
 
+def _common(q, k):
+  """(scale, query length, full (B, N, Lq, Lk) score shape, scaled queries)."""
+  scale = 1.0 / math.sqrt(q.shape[-1])
+  full = q.shape[:2] + (q.shape[2], k.shape[2])
+  return scale, q.shape[2], full, q * jnp.asarray(scale, q.dtype)
+
+
 def _blockwise_fwd(q, k, v, bias, seed, rate, block_q):
   """q, k, v (B, N, L, D); bias (B, 1, 1, L) float32 (0 or very negative)."""
-  scale = 1.0 / math.sqrt(q.shape[-1])
-  length = q.shape[2]
-  full = q.shape[:2] + (length, k.shape[2])
-  q_scaled = q * jnp.asarray(scale, q.dtype)
+  _, length, full, q_scaled = _common(q, k)
   k_t = jnp.swapaxes(k, 2, 3)
   outs, lses = [], []
   for start in range(0, length, block_q):
@@ -125,10 +129,7 @@ def _blockwise_fwd(q, k, v, bias, seed, rate, block_q):
 
 def _blockwise_bwd(rate, block_q, res, d_out):
   q, k, v, bias, seed, out, lse = res
-  scale = 1.0 / math.sqrt(q.shape[-1])
-  length = q.shape[2]
-  full = q.shape[:2] + (length, k.shape[2])
-  q_scaled = q * jnp.asarray(scale, q.dtype)
+  scale, length, full, q_scaled = _common(q, k)
   d_out = d_out.astype(jnp.float32)
   delta = (d_out * out.astype(jnp.float32)).sum(-1)  # (B, N, L) = rowsum(dP * P)
   dk = jnp.zeros(k.shape, jnp.float32)

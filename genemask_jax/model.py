@@ -214,10 +214,13 @@ class Dropout(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
-    if deterministic or self.rate == 0.0:
-      return x
-    return attention_lib.dropout(x, self.rate, attention_lib.dropout_seed(
-        self.make_rng("dropout")))
+    rate = 0.0 if deterministic else self.rate
+    return attention_lib.dropout(x, rate, _dropout_seed(self, rate))
+
+
+def _dropout_seed(module: nn.Module, rate: float) -> jax.Array | None:
+  """A keep-mask seed from the module's "dropout" rng, or None when nothing is dropped."""
+  return attention_lib.dropout_seed(module.make_rng("dropout")) if rate > 0.0 else None
 
 
 def _gelu(x: jax.Array) -> jax.Array:
@@ -305,9 +308,9 @@ def _attention(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array,
   module's "dropout" rng.
   """
   rate = 0.0 if deterministic else cfg.attention_dropout_rate
-  seed = attention_lib.dropout_seed(module.make_rng("dropout")) if rate > 0.0 else None
   return attention_lib.dot_product_attention(
-      q, k, v, key_mask, dropout_rate=rate, seed=seed, implementation=cfg.attention_impl)
+      q, k, v, key_mask, dropout_rate=rate, seed=_dropout_seed(module, rate),
+      implementation=cfg.attention_impl)
 
 
 class BertSelfAttention(nn.Module):
