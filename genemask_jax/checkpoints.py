@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
+from genemask_jax import errors
 from genemask_jax import model as model_lib
 
 CONFIG_FILE = "config.json"
@@ -44,7 +45,7 @@ HF_PREFIX = "hf:"  # --checkpoint=NAME=hf:DIR evaluates a HuggingFace BERT direc
 _SIGNATURE_ALIASES = {"max_position": "max_len", "max_position_embeddings": "max_len"}
 
 
-class CheckpointError(ValueError):
+class CheckpointError(errors.UserError):
   """A checkpoint that is missing, unreadable or of another model than requested."""
 
 

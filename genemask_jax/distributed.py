@@ -20,8 +20,10 @@ import time
 import jax
 from absl import logging
 
+from genemask_jax import errors
 
-class DistributedError(RuntimeError):
+
+class DistributedError(errors.UserError):
   """Multi-process start-up failed (bad flags, unreachable coordinator)."""
 
 

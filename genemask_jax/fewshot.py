@@ -44,6 +44,8 @@ from absl import flags
 from absl import logging
 import numpy as np
 
+from genemask_jax import errors
+
 _MODES = ("finetune", "linear_probe")
 
 flags.DEFINE_list("checkpoint", [],
@@ -93,7 +95,7 @@ flags.DEFINE_list("plot_metrics", ["accuracy", "mcc"], "Metrics drawn in results
 flags.DEFINE_bool("progress", True, "Progress bar per fine-tune on stderr.")
 
 
-class FewShotError(ValueError):
+class FewShotError(errors.UserError):
   """A bad flag combination or input, found before any training."""
 
 

@@ -48,6 +48,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from genemask_jax import errors
 from genemask_jax import model as model_lib
 from genemask_jax import tokenizer
 
@@ -64,11 +65,11 @@ STRUCTURAL_FIELDS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "ml
                      "max_len", "type_vocab_size", "layer_norm_eps")
 
 
-class HFImportError(ValueError):
+class HFImportError(errors.UserError):
   """An HF directory that cannot become genemask-jax parameters (all problems listed)."""
 
 
-class HFExportError(ValueError):
+class HFExportError(errors.UserError):
   """A checkpoint that cannot be exported, or an output directory that is in the way."""
 
 

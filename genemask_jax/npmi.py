@@ -72,6 +72,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
+from genemask_jax import errors
 from genemask_jax import tokenizer
 from genemask_jax.data import fasta
 
@@ -96,7 +97,7 @@ _CHUNK = 1 << 18  # k-mer starts per bincount.
 _SEPARATOR = np.zeros(1, np.uint8)  # Byte 0 is no base: put between records.
 
 
-class NpmiError(ValueError):
+class NpmiError(errors.UserError):
   """Bad input for the NPMI statistics (bad k, no ACGT, a malformed table)."""
 
 

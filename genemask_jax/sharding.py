@@ -31,6 +31,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
+from genemask_jax import errors
 from genemask_jax import model as model_lib
 
 LogicalRules = Sequence[tuple[str, str | tuple[str, ...] | None]]
@@ -62,7 +63,7 @@ FSDP_RULES: tuple[tuple[str, Any], ...] = (
 LOGICAL_AXES = ("batch", "length", "embed", "heads", "kv", "mlp", "vocab")
 
 
-class ShardingConfigError(ValueError):
+class ShardingConfigError(errors.UserError):
   """A mesh, a rules table or a model size that cannot work together."""
 
 

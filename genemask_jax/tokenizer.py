@@ -20,6 +20,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from genemask_jax import errors
+
 PAD_ID = 0
 UNK_ID = 1
 CLS_ID = 2
@@ -39,7 +41,7 @@ for _i, _b in enumerate(BASES):
 _BASE_OF_CODE = np.frombuffer(BASES.encode(), dtype=np.uint8)
 
 
-class TokenizerError(ValueError):
+class TokenizerError(errors.UserError):
   """Input that cannot be tokenized (bad k-mer text, bad k, a sequence that does not fit)."""
 
 

@@ -31,6 +31,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
+from genemask_jax import errors
 from genemask_jax import masking
 from genemask_jax import metrics_writer
 from genemask_jax import model as model_lib
@@ -45,14 +46,13 @@ from genemask_jax.data import genome_tfds
 from genemask_jax.data import pipeline
 
 
-class UserError(ValueError):
+class UserError(errors.UserError):
   """A problem with the run's inputs (config, corpus, workdir), found before long work."""
 
 
-# Errors a user can cause; main.py prints them as one line instead of a traceback.
-USER_ERRORS = (UserError, fasta.FastaError, npmi_lib.NpmiError, tokenizer.TokenizerError,
-               sharding_lib.ShardingConfigError, genome.GenomeConfigError,
-               pipeline.PipelineError)
+# Errors a user can cause (every module's error subclasses errors.UserError); main.py
+# prints them as one line instead of a traceback.
+USER_ERRORS = (errors.UserError,)
 
 AUTHORS_NPMI_CSV = "npmi/genemask_grch38_chr1-3_6mer_npmi.csv"
 _MODEL_KEYS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "mlp_dim", "max_len",

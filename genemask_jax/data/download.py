@@ -25,6 +25,8 @@ import urllib.parse
 import urllib.request
 from typing import Callable, Iterable, Sequence
 
+from genemask_jax import errors
+
 _UCSC = "https://hgdownload.soe.ucsc.edu/goldenPath/hg38/"
 _GENEMASK = "https://raw.githubusercontent.com/roysoumya/GeneMask/HEAD/"
 _FEWSHOT = _GENEMASK + "Data-B_fewshot-task-datasets/"
@@ -69,7 +71,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
 DEFAULT_WHAT = ("fewshot", "npmi", "hg38")
 
 
-class DownloadError(RuntimeError):
+class DownloadError(errors.UserError):
   """A file could not be fetched; the message names the URL and why."""
 
 

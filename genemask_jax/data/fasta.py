@@ -17,12 +17,14 @@ import gzip
 import os
 from typing import BinaryIO, Iterator, Sequence
 
+from genemask_jax import errors
+
 _GZIP_MAGIC = b"\x1f\x8b"
 # Sequence letters: IUPAC codes in either case, plus gap and stop symbols.
 _SEQ_LETTERS = bytes(range(ord("A"), ord("Z") + 1)) + bytes(range(ord("a"), ord("z") + 1)) + b"-*."
 
 
-class FastaError(ValueError):
+class FastaError(errors.UserError):
   """A malformed FASTA file; the message names the file and line."""
 
 

@@ -39,6 +39,7 @@ from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
 
+from genemask_jax import errors
 from genemask_jax import tokenizer
 from genemask_jax.data import fasta
 
@@ -53,7 +54,7 @@ _EMIT_BATCH = 1024  # Chunks packed at once.
 _MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 
-class GenomeConfigError(ValueError):
+class GenomeConfigError(errors.UserError):
   """Chunking parameters that cannot work together."""
 
 

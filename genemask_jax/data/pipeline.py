@@ -33,10 +33,12 @@ from typing import Any, Sequence
 import grain
 import numpy as np
 
+from genemask_jax import errors
+
 FEATURES = ("input_ids",)
 
 
-class PipelineError(ValueError):
+class PipelineError(errors.UserError):
   """Settings that cannot produce batches (batch larger than a shard, bad process index)."""
 
 

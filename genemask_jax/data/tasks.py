@@ -34,6 +34,7 @@ import re
 
 import numpy as np
 
+from genemask_jax import errors
 from genemask_jax import tokenizer
 
 DATA_DIR_ENV = "GENEMASK_DATA_DIR"
@@ -43,7 +44,7 @@ K = 6
 _SEQ_RE = re.compile(r"[A-Z]+")  # IUPAC letters; non-ACGT ones become [UNK] when encoded.
 
 
-class FewShotDataError(ValueError):
+class FewShotDataError(errors.UserError):
   """Bad few-shot input: the message names the file (and line) and what was expected."""
 
 
