@@ -41,6 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from genemask_jax import flops as flops_lib
 from genemask_jax import masking
 from genemask_jax import model as model_lib
 from genemask_jax import optim
@@ -49,29 +50,9 @@ from genemask_jax import train_step as ts
 
 DEFAULT_SHAPES = {"tiny": (8, 512), "logo": (8, 512), "dnabert_base": (8, 128), "large": (8, 128)}
 
-# Dense bfloat16 peak FLOP/s per chip (vendor datasheets, no sparsity), by device_kind.
-PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "GH200": 989e12, "A100": 312e12, "L4": 121e12,
-             "A10": 125e12, "V100": 125e12, "TPU v4": 275e12, "TPU v5 lite": 197e12,
-             "TPU v5e": 197e12, "TPU v5p": 459e12, "TPU v6 lite": 918e12}
-
-
-def peak_flops(device_kind: str) -> float | None:
-  """Dense bf16 peak of a device_kind such as "NVIDIA H100 80GB HBM3"; None if unknown."""
-  best = None
-  for name, peak in PEAK_BF16.items():
-    if name.lower() in device_kind.lower() and (best is None or len(name) > len(best[0])):
-      best = (name, peak)
-  return best[1] if best else None
-
-
-def model_flops_per_step(cfg, batch: int, length: int, num_predictions: int) -> float:
-  """Training FLOPs of a standard BERT MLM step (forward + backward = 3 x forward)."""
-  e, m, v = cfg.hidden_size, cfg.mlp_dim, cfg.vocab_size
-  layer_matmul_params = 4 * e * e + 2 * e * m
-  per_seq = 2 * length * cfg.num_layers * layer_matmul_params  # forward matmuls
-  per_seq += 2 * cfg.num_layers * 2 * length * length * e  # scores + weighted sum
-  per_seq += 2 * num_predictions * (e * e + e * v)  # MLM transform + decoder
-  return 3.0 * batch * per_seq
+PEAK_BF16 = flops_lib.PEAK_BF16
+peak_flops = flops_lib.peak_flops
+model_flops_per_step = flops_lib.model_flops_per_step
 
 
 def _ids(batch: int, length: int, seed: int = 0) -> np.ndarray:
