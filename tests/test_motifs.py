@@ -153,7 +153,14 @@ def test_enrichment_statistics_equal_scipy():
   p = enrichment.fisher_p(a, 4, b, 3)
   for j in np.flatnonzero((a > 0) | (b > 0)):
     ref = stats.fisher_exact([[a[j], 4 - a[j]], [b[j], 3 - b[j]]]).pvalue
-    assert p[j] == pytest.approx(ref, rel=1e-12)
+    assert p[j] == pytest.approx(ref, rel=1e-9)
+  # Many tables at realistic sizes (Cohn-enh: ~650 sequences per class).
+  rng = np.random.default_rng(2)
+  a2, b2 = rng.integers(0, 300, 400), rng.integers(0, 300, 400)
+  a2[:50] = b2[:50] + rng.integers(-3, 4, 50).clip(-b2[:50])  # Near the mode.
+  p2 = enrichment.fisher_p(a2, 650, b2, 640)
+  ref2 = [stats.fisher_exact([[x, 650 - x], [y, 640 - y]]).pvalue for x, y in zip(a2, b2)]
+  np.testing.assert_allclose(p2, ref2, rtol=1e-9, atol=1e-300)
 
   rng = np.random.default_rng(0)
   x = rng.normal(size=300)
