@@ -183,6 +183,7 @@ def test_gc_stratified_permutation_removes_gc_confound():
   c = enrichment.spearman_permutation(x, y, gc=gc, permutations=200, seed=0)
   assert c.p_permutation < 0.01
   assert c.p_permutation_gc > 0.05
+  assert c.rho > 0.9 and abs(c.rho_within_gc) < 0.1
 
 
 def test_task_comparisons_on_real_training_sets(data_dir):

@@ -117,6 +117,9 @@ class Correlation:
     p_asymptotic: scipy's p-value (t distribution).
     p_permutation: NPMI shuffled over all k-mers.
     p_permutation_gc: NPMI shuffled within k-mers of equal GC count.
+    rho_within_gc: Spearman's rho within each GC-count stratum, averaged with the strata's
+      sizes as weights (strata of fewer than 3 k-mers left out): the association that GC
+      content does not explain.
     n: k-mers compared.
     permutations: shuffles per p-value.
   """
@@ -124,6 +127,7 @@ class Correlation:
   p_asymptotic: float
   p_permutation: float
   p_permutation_gc: float
+  rho_within_gc: float
   n: int
   permutations: int
 
@@ -167,8 +171,15 @@ def spearman_permutation(x: np.ndarray, y: np.ndarray, *, gc: np.ndarray | None 
   def p_of(groups):
     r = _perm_rhos(rx, ry, groups, permutations, rng)
     return float((1 + np.sum(np.abs(r) >= abs(rho) - 1e-12)) / (1 + permutations))
+  within, weights = [], []
+  for g in np.unique(strata):
+    idx = np.flatnonzero(strata == g)
+    if idx.size >= 3 and np.ptp(x[idx]) > 0 and np.ptp(y[idx]) > 0:
+      within.append(stats.spearmanr(x[idx], y[idx]).statistic)
+      weights.append(idx.size)
+  rho_gc = float(np.average(within, weights=weights)) if within else float("nan")
   return Correlation(rho=rho, p_asymptotic=float(res.pvalue), p_permutation=p_of(one),
-                     p_permutation_gc=p_of(strata), n=int(x.shape[0]),
+                     p_permutation_gc=p_of(strata), rho_within_gc=rho_gc, n=int(x.shape[0]),
                      permutations=int(permutations))
 
 

@@ -37,6 +37,11 @@ def _g(x: float) -> str:
   return f"{x:.3g}"
 
 
+def _perm_p(p: float, n: int) -> str:
+  """A permutation p-value; at its floor 1/(n + 1) it says that no shuffle reached it."""
+  return f"{p:.3g}" + (" (floor)" if p <= 1.0 / (n + 1) * (1 + 1e-9) else "")
+
+
 def _strand(s: int) -> str:
   return "-" if s else "+"
 
@@ -106,6 +111,7 @@ def correlation_row(table: table_lib.KmerTable, db_top: np.ndarray, c: enrichmen
   return {"task": c.task, "positive": c.positive, "negative": c.negative, "n_pos": c.n_pos,
           "n_neg": c.n_neg, "kmers": r.n, "spearman_rho": r.rho, "p_asymptotic": r.p_asymptotic,
           "p_permutation": r.p_permutation, "p_permutation_gc": r.p_permutation_gc,
+          "rho_within_gc": r.rho_within_gc,
           "permutations": r.permutations,
           "top_mean_log_odds": float(c.log_odds[db_top].mean()),
           "rest_mean_log_odds": float(c.log_odds[rest].mean()),
@@ -163,7 +169,8 @@ def markdown(table: table_lib.KmerTable, db: database.DatabaseResult,
       f"{s['background_mean']:.3f} (95% of draws in {s['background_2.5%']:.3f}"
       f"..{s['background_97.5%']:.3f}) |",
       f"| rest of the table | {t.n_rest_matched} / {t.n_rest} | {t.rest_share:.3f} |", "",
-      f"Permutation p-value (top share >= background share): **{_g(t.permutation_p)}**; "
+      "Permutation p-value (top share >= background share): "
+      f"**{_perm_p(t.permutation_p, t.background_shares.shape[0])}**; "
       f"Fisher's exact test, top vs rest (one-sided): odds ratio {t.fisher_odds_ratio:.2f}, "
       f"p = **{_g(t.fisher_p)}**.", "",
       f"## Best matches among the top {t.n_top}", "",
@@ -198,13 +205,14 @@ def markdown(table: table_lib.KmerTable, db: database.DatabaseResult,
               "the scored 6-mers; permutation p-values shuffle NPMI over all 6-mers, or only "
               "within 6-mers of equal GC count (beyond GC content).", "",
               "| task | classes | sequences (pos / neg) | rho | p (asympt.) | p (perm.) | "
-              "p (perm. within GC) | mean log-odds top / rest | top enriched / depleted "
-              "(Fisher p <= 0.05) |", "|---|---|---|---|---|---|---|---|---|"]
+              "rho within GC | p (perm. within GC) | mean log-odds top / rest | top enriched / "
+              "depleted (Fisher p <= 0.05) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in s["correlations"]:
       lines.append(
           f"| {r['task']} | {r['positive']} vs {r['negative']} | {r['n_pos']} / {r['n_neg']} | "
-          f"{r['spearman_rho']:+.3f} | {_g(r['p_asymptotic'])} | {_g(r['p_permutation'])} | "
-          f"{_g(r['p_permutation_gc'])} | {r['top_mean_log_odds']:+.3f} / "
+          f"{r['spearman_rho']:+.3f} | {_g(r['p_asymptotic'])} | "
+          f"{_perm_p(r['p_permutation'], r['permutations'])} | {r['rho_within_gc']:+.3f} | "
+          f"{_perm_p(r['p_permutation_gc'], r['permutations'])} | {r['top_mean_log_odds']:+.3f} / "
           f"{r['rest_mean_log_odds']:+.3f} | {r['top_enriched_p05']} / "
           f"{r['top_depleted_p05']} |")
     lines += ["", "Training files: " + "; ".join(
@@ -291,7 +299,8 @@ def plot_background(db: database.DatabaseResult, path: str) -> None:
   ax.axvline(t.top_share, color="C3", lw=2, label=f"top {t.n_top}: {t.top_share:.2f}")
   ax.set_xlabel(f"share with a JASPAR match (q <= {db.q_threshold})")
   ax.set_ylabel("GC-matched draws")
-  ax.set_title(f"permutation p = {_g(t.permutation_p)}", fontsize=9)
+  ax.set_title(f"permutation p = {_perm_p(t.permutation_p, t.background_shares.shape[0])}",
+               fontsize=9)
   ax.legend(fontsize=8)
   ax = fig.add_subplot(1, 2, 2)
   if db.background_assembled.size:
@@ -324,7 +333,8 @@ def plot_enrichment(table: table_lib.KmerTable, top: np.ndarray,
     ax.set_ylabel(f"log-odds, label {c.positive} vs {c.negative}")
     r = c.correlation
     ax.set_title(f"{c.task}: rho = {r.rho:+.3f}, perm. p = {_g(r.p_permutation)}\n"
-                 f"within GC p = {_g(r.p_permutation_gc)} (n = {c.n_pos}/{c.n_neg} seqs)",
+                 f"within GC rho = {r.rho_within_gc:+.3f}, p = {_g(r.p_permutation_gc)} "
+                 f"({c.n_pos}/{c.n_neg} seqs)",
                  fontsize=8)
     if j == 0:
       ax.legend(fontsize=7)
