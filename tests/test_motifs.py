@@ -249,12 +249,17 @@ def five_mer_npz(tmp_path_factory):
     (["--top=3000"], "no GC-matched background exists"),
     (["FIVE"], "holds a table of 5-mers"),
     (["--npmi=missing.csv"], "missing.csv: no such file"),
+    (["--output_dir=AFILE"], "exists and is not a directory"),
+    (["--draws=0"], "--draws=0: expected at least 1"),
 ])
 def test_bad_input_one_line_before_work(args, expected, planted_npz, five_mer_npz, tmp_path,
                                         data_dir):
   out = tmp_path / "out"
   npmi_arg = [f"--npmi={five_mer_npz}"] if args == ["FIVE"] else [f"--npmi={planted_npz}"]
   args = [a for a in args if a != "FIVE"]
+  if "--output_dir=AFILE" in args:
+    (tmp_path / "afile").write_text("not a directory")
+    args = [f"--output_dir={tmp_path / 'afile'}"]
   r = _run(npmi_arg + [f"--data_dir={data_dir}", f"--output_dir={out}"] + args, tmp_path,
            timeout=120)
   assert r.returncode == 2, r.stderr

@@ -70,11 +70,22 @@ def _check_flags() -> None:
     raise MotifsError(f"--output_dir={FLAGS.output_dir}: exists and is not a directory")
 
 
+def _check_extra() -> None:
+  """Raises MotifsError naming the missing packages of the ``motifs`` extra, if any."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  missing = [m for m in ("pyjaspar", "memelite", "logomaker", "scipy")
+             if importlib.util.find_spec(m) is None]
+  if missing:
+    raise MotifsError(f"the motif analysis needs {', '.join(missing)}: install the motifs "
+                      "extra, pip install '.[motifs]'")
+
+
 def run() -> None:
   """Checks every input, then runs both sides and writes the outputs."""
   from genemask_jax.data import tasks  # pylint: disable=g-import-not-at-top
   t0 = time.perf_counter()
   _check_flags()
+  _check_extra()
   table = table_lib.load_table(FLAGS.npmi)
   top = table.top(FLAGS.top)
   database.check_gc_background(table, top)
@@ -86,6 +97,11 @@ def run() -> None:
     data_dir = tasks.resolve_data_dir(FLAGS.data_dir)
     training = [enrichment.load_training(spec, data_dir) for spec in specs]
   motifs = database.load_jaspar(FLAGS.jaspar, FLAGS.collection, tax_group)
+  try:
+    os.makedirs(FLAGS.output_dir, exist_ok=True)
+  except OSError as e:
+    raise MotifsError(f"--output_dir={FLAGS.output_dir}: cannot create it: "
+                      f"{e.strerror or e}") from e
   selection = database.describe_selection(FLAGS.jaspar, FLAGS.collection, tax_group,
                                           len(motifs))
   print(f"{table.source}: top {FLAGS.top} of {int(table.scored.sum())} scored 6-mers vs "
