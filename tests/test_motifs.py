@@ -1,7 +1,7 @@
 """Tests of the motif analysis (genemask_jax.motifs): JASPAR + Tomtom, background, enrichment.
 
-The first Tomtom call in a fresh environment compiles memelite's numba kernels (30-100 s on
-the 2-core machine); numba caches them, so later runs take seconds.
+The first Tomtom call in a fresh environment compiles memelite's numba kernels (95 s on the
+idle 2-core machine, longer under load); numba caches them, so later runs take seconds.
 """
 import json
 import os

@@ -7,8 +7,8 @@
 * Matching: every 6-mer (a one-hot 4 x 6 matrix) is compared with every selected JASPAR
   matrix (counts normalised to probabilities) by `memelite.tomtom` (Tomtom's complete
   score, both strands). Each query's p-values against all targets get Benjamini-Hochberg
-  q-values per query, as MEME's Tomtom reports them, so a 6-mer's q-value does not depend on
-  which other 6-mers are analysed. A 6-mer "matches" when its best target has
+  q-values, per query (our choice, so that a 6-mer's q-value does not depend on which other
+  6-mers are analysed and the background draws can reuse it). A 6-mer "matches" when its best target has
   q <= ``q_threshold`` (0.05).
 * Background: all 4^6 6-mers are matched once (about 1-3 s warm), so a background draw is
   only indexing. A draw takes, for each GC count 0..6, as many 6-mers as the top-K hold from
@@ -22,8 +22,9 @@
   each unitig of two or more 6-mers is a longer motif and is matched the same way. A unitig
   whose reverse complement was already kept is dropped.
 
-The first Tomtom call in a fresh environment compiles memelite's numba kernels (about
-30-100 s on the 2-core dev machine); numba caches them, later processes start at once.
+The first Tomtom call in a fresh environment compiles memelite's numba kernels (95 s on
+the idle 2-core dev machine, 513 s at load average 15); numba caches them, and later
+processes load them in seconds.
 """
 
 from __future__ import annotations
