@@ -216,7 +216,7 @@ def markdown(table: table_lib.KmerTable, db: database.DatabaseResult,
           f"{r['rest_mean_log_odds']:+.3f} | {r['top_enriched_p05']} / "
           f"{r['top_depleted_p05']} |")
     lines += ["", "Training files: " + "; ".join(
-        f"{c.task}: {len(c.files)} files" + (f", {c.dropped} sequences with two labels dropped"
+        f"{c.task}: {len(c.files)} files" + (f", {c.dropped} with two labels dropped"
                                              if c.dropped else "")
         for c in comparisons if c.positive == 1), "",
               "![NPMI vs enrichment](npmi_vs_enrichment.png)", ""]
