@@ -187,3 +187,170 @@ def test_pretraining_applies_the_floor_for_genemask_only(tmp_path):
   # Other masking strategies do not read the ranks: no floor.
   config = pretrain.get_config("test,dnabert")
   train.npmi_lookup(config, [str(fa)], epath.Path(tmp_path / "wd2"))
+
+
+# ------------------------------------------------------------------------- few-shot
+
+
+def _save_workdir(wd, scale=1.0):
+  """A pretraining workdir as main.py writes it (tiny model, step 7), weights x scale."""
+  import json
+
+  import flax.linen as nn
+  import jax
+  import jax.numpy as jnp
+  import orbax.checkpoint as ocp
+
+  from genemask_jax import model as model_lib
+  from genemask_jax import optim
+  from genemask_jax import train_step
+  cfg = model_lib.model_config("tiny")
+  params = nn.unbox(jax.jit(model_lib.BertForMaskedLM(cfg).init)(
+      jax.random.key(3), jnp.zeros((1, 8), jnp.int32))["params"])
+  params = jax.tree.map(lambda x: x * scale, params)
+  state = train_step.init_train_state(params, optim.make_optimizer(1e-3))
+  manager = ocp.CheckpointManager(wd / "checkpoints")
+  manager.save(7, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                          data=ocp.args.JsonSave({"position": 0})))
+  manager.wait_until_finished()
+  (wd / "config.json").write_text(json.dumps({
+      "config": {"model": {"size": "tiny", "dtype": "float32"}},
+      "model_signature": {"size": "tiny", "vocab_size": 4101, "hidden_size": 256,
+                          "num_layers": 2, "num_heads": 8, "mlp_dim": 1024}}))
+  return wd
+
+
+@pytest.fixture(scope="module")
+def workdirs(tmp_path_factory):
+  base = tmp_path_factory.mktemp("fewshot_inputs")
+  return {name: _save_workdir(base / name, scale) for name, scale in (
+      ("good", 1.0), ("nan", float("nan")), ("huge", 1e30))}
+
+
+def _rc(tmp_path, data_dir, **kw):
+  from genemask_jax import fewshot
+  base = dict(models=(("random", "random"),), model_size="tiny", tasks=("prom_core",),
+              shots=(10,), seeds=(0,), resample=False, data_dir=str(data_dir), mode="finetune",
+              output_dir=str(tmp_path / "out"), overrides={"epochs": 1, "max_len": 16},
+              max_test_examples=8, progress=False)
+  base.update(kw)
+  return fewshot.RunConfig(**base)
+
+
+def _fewshot_cmd(*args, cwd=None):
+  return subprocess.run([sys.executable, "-m", "genemask_jax.fewshot", *map(str, args)],
+                        capture_output=True, text=True, env=ENV, cwd=cwd, timeout=300)
+
+
+def test_nan_weights_are_one_line_naming_the_checkpoint_before_training(workdirs, data_dir,
+                                                                         tmp_path):
+  out = tmp_path / "out"
+  proc = _fewshot_cmd(f"--checkpoint=broken={workdirs['nan']}", "--tasks=prom_core",
+                      "--shots=10", "--seeds=1", f"--data_dir={data_dir}",
+                      f"--output_dir={out}", "--noprogress")
+  last = _one_error_line(proc, "fewshot: error: model broken (")
+  assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+  assert f"{workdirs['nan']}/checkpoints/7" in last
+  assert "encoder weights are NaN or infinite" in last and "evaluate an earlier step" in last
+  assert not out.exists()  # Refused before any training or output.
+
+
+def test_a_diverging_run_gets_no_metrics_and_the_others_are_kept(workdirs, data_dir, tmp_path):
+  import csv
+  import json
+
+  from genemask_jax import fewshot
+  rc = _rc(tmp_path, data_dir, models=(("huge", str(workdirs["huge"])), ("random", "random")))
+  with pytest.raises(fewshot.FewShotError) as e:
+    fewshot.run(rc)
+  msg = str(e.value)
+  assert msg.startswith("1 of 2 run(s) diverged and have no metrics; 1 finished")
+  assert "[1/2] huge prom_core 10-shot: the train loss is nan at step 1" in msg
+  out = tmp_path / "out"
+  with open(out / "results.csv") as f:
+    rows = list(csv.DictReader(f))
+  assert {r["model"] for r in rows} == {"random"} and len(rows) == 6  # Six metrics, one seed.
+  md = (out / "results.md").read_text()
+  assert "| huge | Prom-core | 10 | failed |" in md and "## Failures" in md
+  assert json.loads((out / "run.json").read_text())["failures"][0]["model"] == "huge"
+
+
+def test_a_truncated_checkpoint_is_one_line_naming_the_model(workdirs, data_dir, tmp_path):
+  import shutil
+
+  from genemask_jax import fewshot
+  wd = tmp_path / "trunc"
+  shutil.copytree(workdirs["good"], wd)
+  data = max((wd / "checkpoints" / "7" / "state").rglob("ocdbt.process_0/d/*"),
+             key=lambda p: p.stat().st_size)  # The file holding the arrays.
+  data.write_bytes(data.read_bytes()[:data.stat().st_size // 2])
+  from genemask_jax import checkpoints
+  with pytest.raises(checkpoints.CheckpointError) as e:
+    fewshot.run(_rc(tmp_path, data_dir, models=(("t", str(wd)),)))
+  msg = str(e.value)
+  assert "\n" not in msg and len(msg) < 400, msg
+  assert msg.startswith(f"model t: {wd}/checkpoints/7/state: cannot restore params")
+  assert "the checkpoint is damaged or incomplete" in msg
+  assert not (tmp_path / "out").exists()
+
+
+def test_a_relative_checkpoint_path_loads(workdirs, tmp_path, monkeypatch):
+  # Orbax restores absolute paths only: a relative --checkpoint used to read as "no params".
+  from genemask_jax import fewshot
+  monkeypatch.chdir(workdirs["good"].parent)
+  rc = _rc(tmp_path, None, models=(("g", "good"),))
+  ((name, _, enc, info),) = fewshot.load_models(rc, 4101)
+  assert name == "g" and info["step"] == 7 and "embeddings" in enc
+
+
+def test_a_training_file_with_one_class_is_one_line_naming_the_file(data_dir, tmp_path):
+  from genemask_jax.data import tasks
+  task = tmp_path / "data" / "fewshot" / "Prom-core"
+  (task / "10").mkdir(parents=True)
+  shipped = (data_dir / "fewshot" / "Prom-core" / "10" / "train.tsv").read_text().splitlines()
+  one_class = [shipped[0]] + [r for r in shipped[1:] if r.split("\t")[1].strip('"') == "0"]
+  (task / "10" / "train.tsv").write_text("\n".join(one_class) + "\n")
+  (task / "test.tsv").symlink_to(data_dir / "fewshot" / "Prom-core" / "test.tsv")
+  with pytest.raises(tasks.FewShotDataError, match=(
+      rf"{task}/10/train.tsv: a training set needs rows of each of the 2 classes \(labels "
+      rf"0..1\); it has {len(one_class) - 1} of class 0 and none of class 1")):
+    tasks.load_task("prom_core", 10, tmp_path / "data")
+  proc = _fewshot_cmd("--init=random", "--tasks=prom_core", "--shots=10",
+                      f"--data_dir={tmp_path / 'data'}", f"--output_dir={tmp_path / 'out'}")
+  assert f"{task}/10/train.tsv: a training set needs" in _one_error_line(proc, "fewshot: error:")
+  assert not (tmp_path / "out").exists()
+
+
+def test_fewshot_output_dir_that_is_a_file_or_unwritable_fails_first(data_dir, tmp_path,
+                                                                     monkeypatch):
+  import tempfile
+
+  from genemask_jax import fewshot
+  f = tmp_path / "file"
+  f.write_text("x")
+  for out, match in ((f, f"--output_dir={f} is a file, not a directory"),
+                     (f / "sub", f"--output_dir={f}/sub: {f} is a file, not a directory")):
+    # A bad task too: the output dir is checked first, before any data is read.
+    with pytest.raises(fewshot.FewShotError, match=match):
+      fewshot.run(_rc(tmp_path, data_dir, output_dir=str(out), tasks=("nope",)))
+
+  def refuse(*args, **kwargs):
+    raise PermissionError(13, "Permission denied")
+
+  monkeypatch.setattr(tempfile, "TemporaryFile", refuse)
+  with pytest.raises(fewshot.FewShotError, match=f"cannot write in {tmp_path}: Permission"):
+    fewshot.run(_rc(tmp_path, data_dir, output_dir=str(tmp_path / "new" / "out")))
+  assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.skipif(ROOT, reason="permission bits do not stop root")
+def test_fewshot_read_only_output_dir(data_dir, tmp_path):
+  d = tmp_path / "ro"
+  d.mkdir()
+  d.chmod(0o500)
+  try:
+    proc = _fewshot_cmd("--init=random", "--tasks=prom_core", "--shots=10",
+                        f"--data_dir={data_dir}", f"--output_dir={d / 'out'}")
+    assert f"cannot write in {d}" in _one_error_line(proc, "fewshot: error:")
+  finally:
+    d.chmod(0o700)
