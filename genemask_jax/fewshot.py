@@ -477,7 +477,7 @@ def run(rc: RunConfig) -> list[dict[str, Any]]:
       except finetune.NonFiniteError as e:
         failures.append({"model": name, "task": job.task.name, "shot": job.shot,
                          "error": str(e)})
-        print(f"{desc}: failed: {e}", file=sys.stderr, flush=True)
+        print(f"failed: {e}", file=sys.stderr, flush=True)  # The message starts with desc.
         continue
       finally:
         done_cost += job.cost * len(rc.seeds)

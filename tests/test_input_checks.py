@@ -275,6 +275,15 @@ def test_a_diverging_run_gets_no_metrics_and_the_others_are_kept(workdirs, data_
   assert json.loads((out / "run.json").read_text())["failures"][0]["model"] == "huge"
 
 
+def test_linear_probe_with_nan_features_gets_no_metrics(workdirs, data_dir, tmp_path):
+  from genemask_jax import fewshot
+  rc = _rc(tmp_path, data_dir, models=(("huge", str(workdirs["huge"])),), mode="linear_probe")
+  with pytest.raises(fewshot.FewShotError, match=(
+      r"^1 of 1 run\(s\) diverged .* huge prom_core 10-shot: the encoder's features are NaN")):
+    fewshot.run(rc)
+  assert (tmp_path / "out" / "results.csv").read_text().strip() == ",".join(fewshot.CSV_COLUMNS)
+
+
 def test_a_truncated_checkpoint_is_one_line_naming_the_model(workdirs, data_dir, tmp_path):
   import shutil
 
