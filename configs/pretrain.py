@@ -65,6 +65,9 @@ def _base() -> ml_collections.ConfigDict:
   c.npmi = ml_collections.ConfigDict()
   c.npmi.source = "corpus"
   c.npmi.min_count = 101
+  # GeneMask refuses a table scoring fewer than this share of the 4^k k-mers (near-random
+  # masking otherwise); 0 = accept any table.
+  c.npmi.min_scored_fraction = 0.5
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 16  # Global sequences per optimizer step.

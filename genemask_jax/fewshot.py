@@ -306,17 +306,88 @@ def prepare_jobs(rc: RunConfig) -> list[Job]:
 
 # ------------------------------------------------------------------------------- run
 def load_models(rc: RunConfig, vocab_size: int) -> list[tuple[str, Any, Any, dict]]:
-  """[(name, ModelConfig, encoder params or None, info)], every checkpoint checked."""
+  """[(name, ModelConfig, encoder params or None, info)], every checkpoint checked.
+
+  A checkpoint that cannot be restored (truncated, missing files) is a one-line
+  `checkpoints.CheckpointError` naming the model, one whose encoder weights are not all
+  finite a `FewShotError`: both before any training.
+  """
   from genemask_jax import checkpoints  # pylint: disable=g-import-not-at-top
   out = []
   for name, source in rc.models:
-    cfg, enc, info = checkpoints.load_encoder(source, model_size=rc.model_size,
-                                              vocab_size=vocab_size)
+    path = source
+    if source != checkpoints.RANDOM and not source.startswith(checkpoints.HF_PREFIX):
+      path = os.path.abspath(source)  # Orbax restores absolute paths only.
+    try:
+      cfg, enc, info = checkpoints.load_encoder(path, model_size=rc.model_size,
+                                                vocab_size=vocab_size)
+    except checkpoints.CheckpointError as e:
+      raise checkpoints.CheckpointError(f"model {name}: {_one_line(str(e))}") from e
+    if enc is not None:
+      _check_finite_weights(name, info.get("step_dir") or source, enc)
     out.append((name, cfg, enc, info))
   return out
 
 
-def _linear_probe_runs(cfg, enc, job: Job, seeds: Sequence[int], eval_batch_size: int):
+def _one_line(message: str) -> str:
+  """A checkpoint error in one line: orbax/tensorstore append a multi-line spec dump."""
+  first = message.split(" See full TensorStore details", 1)[0].splitlines()[0].rstrip(" .:(")
+  first += ")" * max(first.count("(") - first.count(")"), 0)  # Close what the cut left open.
+  if "no 'params' in the saved tree (keys: <class 'NoneType'>)" in first:
+    # Orbax reads no tree at all when the step's metadata is missing or damaged.
+    first = first.split(":", 1)[0] + (": no readable parameter tree (its metadata is missing "
+                                      "or damaged)")
+  if first != message.strip():
+    first += ("; the checkpoint is damaged or incomplete: evaluate another step with "
+              "--checkpoint=WORKDIR/checkpoints/STEP")
+  return first
+
+
+def _check_finite_weights(name: str, where: str, params: Any) -> None:
+  """Raises FewShotError if any encoder weight is NaN or infinite."""
+  import jax  # pylint: disable=g-import-not-at-top
+  leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+  bad, total, first = 0, 0, None
+  for path, leaf in leaves:
+    arr = np.asarray(leaf)
+    n = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+    total += arr.size
+    if n and first is None:
+      first = "/".join(str(getattr(k, "key", k)) for k in path)
+    bad += n
+  if bad:
+    raise FewShotError(
+        f"model {name} ({where}): {bad:,} of {total:,} encoder weights are NaN or infinite "
+        f"(first in {first}); the checkpoint is damaged or its pretraining diverged: "
+        "evaluate an earlier step with --checkpoint=WORKDIR/checkpoints/STEP")
+
+
+def check_output_dir(path: str) -> pathlib.Path:
+  """Returns ``path`` if results can be written there, checked before any work.
+
+  Nothing is created: the first existing ancestor must be a writable directory (a file or a
+  read-only directory there is a `FewShotError`).
+  """
+  out = pathlib.Path(path)
+  if out.exists() and not out.is_dir():
+    raise FewShotError(f"--output_dir={path} is a file, not a directory")
+  existing = out.absolute()
+  while not existing.exists():
+    existing = existing.parent
+  if not existing.is_dir():
+    raise FewShotError(f"--output_dir={path}: {existing} is a file, not a directory")
+  import tempfile  # pylint: disable=g-import-not-at-top
+  try:
+    with tempfile.TemporaryFile(dir=existing):
+      pass
+  except OSError as e:
+    raise FewShotError(f"--output_dir={path}: cannot write in {existing}: "
+                       f"{e.strerror or e}") from e
+  return out
+
+
+def _linear_probe_runs(cfg, enc, job: Job, seeds: Sequence[int], eval_batch_size: int,
+                       desc: str = "linear probe"):
   """Per-seed metrics of a frozen-encoder logistic regression (random encoders per seed)."""
   import jax  # pylint: disable=g-import-not-at-top
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
@@ -335,6 +406,9 @@ def _linear_probe_runs(cfg, enc, job: Job, seeds: Sequence[int], eval_batch_size
     clf = finetune.fit_logistic_regression(xtr, job.train[i][1], job.task.num_classes)
     if test_cache is None or enc is None:
       test_cache = finetune.extract_features(feature_fn, params, job.test[0], eval_batch_size)
+    if not (np.all(np.isfinite(xtr)) and np.all(np.isfinite(test_cache))):
+      raise finetune.NonFiniteError(f"{desc}: the encoder's features are NaN or infinite "
+                                    f"(seed {s}); no metrics are reported")
     out.append(finetune.classification_metrics(job.test[1], clf.predict_proba(test_cache)))
   return out
 
@@ -349,11 +423,18 @@ def _fmt_time(seconds: float) -> str:
 def run(rc: RunConfig) -> list[dict[str, Any]]:
   """Runs every (model, task, shot) over the seeds and writes the outputs.
 
-  Everything a user can get wrong (tasks, shots, hyper-parameters, data, checkpoints) is
-  checked before the first fine-tune. Returns the CSV rows.
+  Everything a user can get wrong (output dir, tasks, shots, hyper-parameters, data,
+  checkpoints and their weights) is checked before the first fine-tune. ``results.csv`` is
+  rewritten after every (model, task, shot), so an interrupted grid keeps what finished. A
+  run whose train loss turns NaN or infinite gets no metrics: the others go on, the outputs
+  list it as failed, and a `FewShotError` naming it is raised at the end.
+
+  Returns:
+    The CSV rows.
   """
   from genemask_jax import finetune  # pylint: disable=g-import-not-at-top
   from genemask_jax import tokenizer  # pylint: disable=g-import-not-at-top
+  out_dir = check_output_dir(rc.output_dir)
   if rc.mode not in _MODES:
     raise FewShotError(f"mode {rc.mode!r}; expected one of {_MODES}")
   bad = [m for m in rc.plot_metrics if m not in finetune.METRICS]
@@ -367,12 +448,16 @@ def run(rc: RunConfig) -> list[dict[str, Any]]:
       if j.hp.max_len > cfg.max_len:
         raise FewShotError(f"{j.task.name}: max_len {j.hp.max_len} exceeds model {name}'s "
                            f"{cfg.max_len} positions")
-  out_dir = pathlib.Path(rc.output_dir)
-  out_dir.mkdir(parents=True, exist_ok=True)
+  try:
+    out_dir.mkdir(parents=True, exist_ok=True)
+  except OSError as e:
+    raise FewShotError(f"--output_dir={rc.output_dir}: cannot create it: "
+                       f"{e.strerror or e}") from e
 
   total_cost = sum(j.cost for j in jobs) * len(models) * len(rc.seeds)
   done_cost, t_start = 0.0, time.time()
   rows: list[dict[str, Any]] = []
+  failures: list[dict[str, Any]] = []
   n_runs = len(jobs) * len(models)
   i_run = 0
   for name, cfg, enc, _ in models:
@@ -380,14 +465,22 @@ def run(rc: RunConfig) -> list[dict[str, Any]]:
       i_run += 1
       desc = f"[{i_run}/{n_runs}] {name} {job.task.name} {job.shot}-shot"
       t0 = time.time()
-      if rc.mode == "finetune":
-        res = finetune.finetune(cfg, enc, job.train, job.test, job.task.num_classes, job.hp,
-                                rc.seeds, seeds_in_parallel=rc.seeds_in_parallel,
-                                eval_batch_size=rc.eval_batch_size, progress=rc.progress,
-                                desc=desc)
-        per_seed = res.metrics
-      else:
-        per_seed = _linear_probe_runs(cfg, enc, job, rc.seeds, rc.eval_batch_size)
+      try:
+        if rc.mode == "finetune":
+          res = finetune.finetune(cfg, enc, job.train, job.test, job.task.num_classes, job.hp,
+                                  rc.seeds, seeds_in_parallel=rc.seeds_in_parallel,
+                                  eval_batch_size=rc.eval_batch_size, progress=rc.progress,
+                                  desc=desc)
+          per_seed = res.metrics
+        else:
+          per_seed = _linear_probe_runs(cfg, enc, job, rc.seeds, rc.eval_batch_size, desc)
+      except finetune.NonFiniteError as e:
+        failures.append({"model": name, "task": job.task.name, "shot": job.shot,
+                         "error": str(e)})
+        print(f"failed: {e}", file=sys.stderr, flush=True)  # The message starts with desc.
+        continue
+      finally:
+        done_cost += job.cost * len(rc.seeds)
       for seed, metrics in zip(rc.seeds, per_seed):
         for metric in finetune.METRICS:
           rows.append({
@@ -396,14 +489,20 @@ def run(rc: RunConfig) -> list[dict[str, Any]]:
               "n_train": len(job.train[0][0]), "n_test": len(job.test[0]),
               "n_test_full": job.n_test_full, "removed_overlaps": job.removed_overlaps,
               "test_set": job.test_set, "resampled": rc.resample})
-      done_cost += job.cost * len(rc.seeds)
+      write_csv(rows, out_dir / "results.csv")  # Finished runs survive an interruption.
       elapsed = time.time() - t_start
       eta = elapsed / done_cost * (total_cost - done_cost) if done_cost else float("nan")
       acc = [m["accuracy"] for m in per_seed]
       print(f"{desc}: accuracy {np.mean(acc):.4f} ± {np.std(acc):.4f} over {len(acc)} "
             f"seed(s) in {_fmt_time(time.time() - t0)}; elapsed {_fmt_time(elapsed)}, "
             f"ETA {_fmt_time(eta)}", file=sys.stderr, flush=True)
-  write_outputs(rows, jobs, models, rc, out_dir)
+  write_outputs(rows, jobs, models, rc, out_dir, failures)
+  if failures:
+    first = failures[0]["error"]
+    raise FewShotError(
+        f"{len(failures)} of {n_runs} run(s) diverged and have no metrics; "
+        f"{n_runs - len(failures)} finished and are in {out_dir / 'results.csv'} (failures "
+        f"listed in results.md and run.json). First: {first}")
   return rows
 
 
@@ -421,16 +520,20 @@ def summarize(rows: Sequence[dict[str, Any]]) -> dict[tuple[str, str, int, str],
 
 
 def write_csv(rows: Sequence[dict[str, Any]], path: pathlib.Path) -> None:
+  """Writes the rows atomically (a temporary file renamed over ``path``)."""
   import csv  # pylint: disable=g-import-not-at-top
-  with open(path, "w", newline="") as f:
+  tmp = path.with_name(path.name + ".tmp")
+  with open(tmp, "w", newline="") as f:
     w = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
     w.writeheader()
     for r in rows:
       w.writerow({**r, "value": f"{r['value']:.6f}"})
+  os.replace(tmp, path)
 
 
 def markdown_table(rows: Sequence[dict[str, Any]], jobs: Sequence[Job], rc: RunConfig,
-                   models: Sequence[tuple[str, Any, Any, dict]]) -> str:
+                   models: Sequence[tuple[str, Any, Any, dict]],
+                   failures: Sequence[dict[str, Any]] = ()) -> str:
   """The Markdown report: means ± std over seeds, test-set notes, settings."""
   from genemask_jax import finetune  # pylint: disable=g-import-not-at-top
   stats = summarize(rows)
@@ -445,6 +548,9 @@ def markdown_table(rows: Sequence[dict[str, Any]], jobs: Sequence[Job], rc: RunC
     for j in jobs:
       cells = [name, j.task.display_name + (" †" if j.task.proxy_test else ""), str(j.shot)]
       for m in finetune.METRICS:
+        if (name, j.task.name, j.shot, m) not in stats:
+          cells.append("failed")  # Diverged: no metrics (see Failures).
+          continue
         mean, std, _ = stats[(name, j.task.name, j.shot, m)]
         cells.append("nan" if math.isnan(mean) else f"{mean:.4f} ± {std:.4f}")
       n_test = f"{len(j.test[0])}" + (f" of {j.n_test_full}" if len(j.test[0]) < j.n_test_full
@@ -458,6 +564,10 @@ def markdown_table(rows: Sequence[dict[str, Any]], jobs: Sequence[Job], rc: RunC
   lines += ["Test sequences that also occur in the train set were removed before scoring "
             "(\"removed overlaps\"). Macro averages for F1/precision/recall; MCC is the "
             "multi-class R_K; ROC-AUC of P(class 1), or one-vs-one macro for Splice-40.", ""]
+  if failures:
+    lines += ["## Failures", "", "These runs diverged (NaN or infinite train loss or "
+              "outputs) and have no metrics:", ""]
+    lines += [f"- {f['error']}" for f in failures] + [""]
   lines += ["## Settings", "", "| task | shot | train rows | batch | LR | epochs | warm-up | "
             "wd | dropout | max_len |", "|---|---|---|---|---|---|---|---|---|---|"]
   for j in jobs:
@@ -505,11 +615,13 @@ def plot(rows: Sequence[dict[str, Any]], path: pathlib.Path, metrics: Sequence[s
   plt.close(fig)
 
 
-def write_outputs(rows, jobs, models, rc: RunConfig, out_dir: pathlib.Path) -> None:
+def write_outputs(rows, jobs, models, rc: RunConfig, out_dir: pathlib.Path,
+                  failures: Sequence[dict[str, Any]] = ()) -> None:
   """results.csv, results.md, results.png and run.json in ``out_dir``."""
   write_csv(rows, out_dir / "results.csv")
-  (out_dir / "results.md").write_text(markdown_table(rows, jobs, rc, models))
-  plot(rows, out_dir / "results.png", rc.plot_metrics)
+  (out_dir / "results.md").write_text(markdown_table(rows, jobs, rc, models, failures))
+  if rows:
+    plot(rows, out_dir / "results.png", rc.plot_metrics)
   run_info = {
       "argv": sys.argv, "config": dataclasses.asdict(rc),
       "models": [{"name": n, "info": {k: v for k, v in info.items()}} for n, _, _, info
@@ -517,7 +629,8 @@ def write_outputs(rows, jobs, models, rc: RunConfig, out_dir: pathlib.Path) -> N
       "jobs": [{"task": j.task.name, "shot": j.shot, "hparams": dataclasses.asdict(j.hp),
                 "n_train": len(j.train[0][0]), "n_test": len(j.test[0]),
                 "n_test_full": j.n_test_full, "removed_overlaps": j.removed_overlaps,
-                "test_set": j.test_set, "note": j.note} for j in jobs]}
+                "test_set": j.test_set, "note": j.note} for j in jobs],
+      "failures": list(failures)}
   (out_dir / "run.json").write_text(json.dumps(run_info, indent=2, default=str))
 
 
@@ -526,16 +639,11 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # Orbax/JAX info lines drown the progress.
-  from genemask_jax import checkpoints  # pylint: disable=g-import-not-at-top
-  from genemask_jax import tokenizer  # pylint: disable=g-import-not-at-top
-  from genemask_jax.data import tasks  # pylint: disable=g-import-not-at-top
-  user_errors = (FewShotError, checkpoints.CheckpointError, tasks.FewShotDataError,
-                 tokenizer.TokenizerError)
   try:
     rc = config_from_flags(flags.FLAGS)
     run(rc)
-  except user_errors as e:
-    sys.stderr.write(f"fewshot: error: {e}\n")
+  except errors.UserError as e:
+    sys.stderr.write(f"fewshot: error: {' '.join(str(e).split())}\n")  # One line.
     sys.exit(2)
   print(f"wrote {os.path.join(rc.output_dir, 'results.csv')}, results.md, results.png, "
         "run.json")

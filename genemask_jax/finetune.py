@@ -44,6 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from genemask_jax import errors
 from genemask_jax import model as model_lib
 from genemask_jax import optim
 
@@ -52,6 +53,14 @@ Params = Any
 EncodeFn = Callable[[Params, jax.Array], jax.Array]
 
 METRICS = ("accuracy", "f1", "precision", "recall", "mcc", "roc_auc")
+
+
+class NonFiniteError(errors.UserError):
+  """A fine-tune's train loss or test probabilities are NaN or infinite.
+
+  Raised instead of returning metrics: the argmax of NaN probabilities is class 0, which
+  scores plausibly on a balanced test set.
+  """
 
 
 # ---------------------------------------------------------------------------- metrics
@@ -455,10 +464,14 @@ def finetune(cfg: model_lib.ModelConfig,
       at a time on CPU, all together on accelerators).
     eval_batch_size: test rows per jitted forward.
     progress: show a stderr progress bar.
-    desc: the bar's label.
+    desc: the bar's label; it starts the message of a `NonFiniteError`.
 
   Returns:
     A `FinetuneResult`.
+
+  Raises:
+    NonFiniteError: at the first step whose train loss is NaN or infinite, or if the test
+      probabilities are: never metrics of a diverged model.
   """
   seeds = list(seeds)
   if not seeds:
@@ -512,13 +525,23 @@ def finetune(cfg: model_lib.ModelConfig,
           params, opt_state, loss = step_fn(params, opt_state, ids, labels,
                                             valid.astype(np.float32), keys,
                                             np.int32(step))
-          epoch_loss += np.asarray(loss)
+          loss = np.asarray(loss)
+          if not np.all(np.isfinite(loss)):
+            bad = [s for s, v in zip(gseeds, loss) if not np.isfinite(v)]
+            raise NonFiniteError(
+                f"{desc}: the train loss is {loss[~np.isfinite(loss)][0]} at step {step + 1} "
+                f"of {total} (seed {bad[0]}); the model's weights or --learning_rate="
+                f"{hp.learning_rate:g} make training diverge, so no metrics are reported")
+          epoch_loss += loss
           step += 1
           bar.update(len(gseeds), loss=float(np.mean(loss)))
       losses_all.append(epoch_loss / steps_per_epoch)
       te = time.time()
-      probs_all.append(batched(lambda x, p=params: predict_fn(p, x), test[0],
-                               eval_batch_size, axis=1))
+      probs = batched(lambda x, p=params: predict_fn(p, x), test[0], eval_batch_size, axis=1)
+      if not np.all(np.isfinite(probs)):
+        raise NonFiniteError(f"{desc}: the test-set probabilities hold NaN or infinite values "
+                             "(the fine-tuned weights are not finite); no metrics are reported")
+      probs_all.append(probs)
       eval_seconds += time.time() - te
   finally:
     bar.close()

@@ -46,6 +46,14 @@ the 6-mers. In ours ``norm_pmi_rank_rel`` equals ``norm_dp_true_pmi_rank``;
 rank, as in theirs. A k-mer without a score gets the worst rank, ``4^k + 5`` (the vocabulary
 size), in every rank column and in the lookup.
 
+Floor: a table GeneMask masks with must score at least ``min_scored_fraction`` of the 4^k
+k-mers (default 0.5, `DEFAULT_MIN_SCORED_FRACTION`): unscored k-mers all share the worst
+rank, so a small or unusual genome (300 kbp at min_count=101 scored 3 of 4096 6-mers; a
+51 bp, protein or RNA FASTA none) would silently turn GeneMask into near-random span
+masking. The command and pretraining pass the floor to `score_counts` and `load_lookup`
+checks it by default; the error gives the share scored and the fix (a lower min_count or
+the authors' table). Pass 0 to analyse any table.
+
 Lookup (`NpmiLookup`, `load_lookup`): ``score`` float32 (4^k + 5,) and ``rank`` int32
 (4^k + 5,), indexed by token id (`genemask_jax.tokenizer`: five specials, then the k-mers in
 ``itertools.product("ATCG")`` order). Specials, ``[UNK]`` and unscored k-mers have score
@@ -58,6 +66,9 @@ Command (counts, scores, writes the CSV and the two .npy files, prints the top/b
     python -m genemask_jax.npmi \
         --fasta=$GENEMASK_DATA_DIR/genome/GRCh37_chrX_1-70M.fa.gz,$GENEMASK_DATA_DIR/genome/GRCh37_chr22_blocks.fa.gz \
         --output=/tmp/npmi/table.csv
+
+Bad flags (k, --min_count < 1, an --output that is a directory or not writable) fail before
+the count, and too few scored k-mers before anything is written: one line on stderr, exit 2.
 """
 
 from __future__ import annotations
@@ -78,6 +89,14 @@ from genemask_jax.data import fasta
 
 MIN_K, MAX_K = 1, 10
 DEFAULT_MIN_COUNT = 101
+# The least share of the 4^k k-mers a table must score for GeneMask. Unscored k-mers all
+# share the worst rank, so a table scoring few of them leaves GeneMask near-random span
+# masking (300 kbp at min_count=101 scored 3 of 4096 6-mers). The shared 88 Mbp scores all
+# 4096, the packaged 5.3 Mbp sample 3960 (97%), 300 chr22 blocks (555 kbp) 2412 (59%).
+DEFAULT_MIN_SCORED_FRACTION = 0.5
+# How a user gets a table that passes the floor (pretraining's config keys).
+FLOOR_FIX = ("lower npmi.min_count or use the authors' table: "
+             "--config=configs/pretrain.py:authors_npmi")
 # ln Z that fits the authors' published values (their GRCh38 chr1-3 counts).
 AUTHORS_LOG_Z = 21.0146
 CSV_COLUMNS = ("ngram", "naive.pmi", "true.pmi", "dp.true.pmi", "norm_dp_true_pmi",
@@ -111,6 +130,41 @@ def check_k(k: int) -> int:
 def lookup_size(k: int) -> int:
   """Length of the lookup arrays: 4^k k-mers plus the tokenizer's special tokens."""
   return 4**check_k(k) + tokenizer.NUM_SPECIAL
+
+
+def check_scored_fraction(scored: int, k: int, min_scored_fraction: float, where: str,
+                          fix: str = FLOOR_FIX) -> None:
+  """Raises NpmiError if fewer than ``min_scored_fraction`` of the 4^k k-mers are scored.
+
+  Args:
+    scored: number of k-mers with a score.
+    k: the k-mer length.
+    min_scored_fraction: the floor, in [0, 1]; 0 disables the check.
+    where: what the table came from (a file, "the corpus ..."), starts the message.
+    fix: what the user can do, ends the message.
+  """
+  min_scored_fraction = check_min_scored_fraction(min_scored_fraction)
+  total = 4**k
+  if scored < min_scored_fraction * total or (min_scored_fraction > 0 and scored == 0):
+    raise NpmiError(
+        f"{where}: {scored} of {total} {k}-mers scored ({scored / total:.1%}), fewer than "
+        f"min_scored_fraction={min_scored_fraction:g}: GeneMask would mask near-random "
+        f"spans; {fix}")
+
+
+def check_min_scored_fraction(value: float) -> float:
+  """Returns ``value`` as a float if it lies in [0, 1], else raises NpmiError."""
+  if (isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer))
+      or not 0.0 <= value <= 1.0):
+    raise NpmiError(f"min_scored_fraction must be a number in [0, 1], got {value!r}")
+  return float(value)
+
+
+def check_min_count(min_count: int) -> int:
+  """Returns ``min_count`` as an int if it is an integer >= 1, else raises NpmiError."""
+  if isinstance(min_count, bool) or not isinstance(min_count, (int, np.integer)) or min_count < 1:
+    raise NpmiError(f"min_count must be an integer >= 1, got {min_count!r}")
+  return int(min_count)
 
 
 # ------------------------------------------------------------------------------ counting
@@ -378,7 +432,8 @@ def _piece(x: np.ndarray, k: int, start: int, length: int) -> np.ndarray:
 
 def score_counts(counts: NgramCounts, *, log_z: float | None = None,
                  min_count: int = DEFAULT_MIN_COUNT, true_splits: str = "authors",
-                 segmentation: str = "genemask") -> NpmiTable:
+                 segmentation: str = "genemask", min_scored_fraction: float = 0.0,
+                 source: str = "the counted sequence", fix: str = FLOOR_FIX) -> NpmiTable:
   """Scores every k-mer (formulas in the module docstring).
 
   Args:
@@ -387,16 +442,23 @@ def score_counts(counts: NgramCounts, *, log_z: float | None = None,
     min_count: k-mers seen fewer times get no normalised score (NaN); >= 1.
     true_splits: "authors" (splits i = 1..k-2) or "all" (i = 1..k-1).
     segmentation: "genemask" (pieces of length 1 or 2) or "levine" (any pieces, at least two).
+    min_scored_fraction: the least share of the 4^k k-mers that must get a normalised score
+      (`DEFAULT_MIN_SCORED_FRACTION` for a table GeneMask will mask with; the command and
+      pretraining pass it); 0 = no floor, for analysis of any input.
+    source, fix: name the input and the remedy in the floor's error message.
 
   Returns:
     The table over the 4^k k-mers.
+
+  Raises:
+    NpmiError: a bad parameter, or fewer k-mers scored than the floor.
   """
   if true_splits not in TRUE_SPLITS:
     raise NpmiError(f"true_splits must be one of {TRUE_SPLITS}, got {true_splits!r}")
   if segmentation not in SEGMENTATIONS:
     raise NpmiError(f"segmentation must be one of {SEGMENTATIONS}, got {segmentation!r}")
-  if isinstance(min_count, bool) or not isinstance(min_count, (int, np.integer)) or min_count < 1:
-    raise NpmiError(f"min_count must be an integer >= 1, got {min_count!r}")
+  min_count = check_min_count(min_count)
+  min_scored_fraction = check_min_scored_fraction(min_scored_fraction)
   if log_z is None:
     log_z = default_log_z(counts)
   if not math.isfinite(log_z):
@@ -404,7 +466,12 @@ def score_counts(counts: NgramCounts, *, log_z: float | None = None,
   with np.errstate(divide="ignore"):
     logp = [np.log(c.astype(np.float64)) - log_z for c in counts.counts]
   with np.errstate(invalid="ignore"):  # -inf - -inf for unseen n-grams; masked below.
-    return _score(counts, logp, float(log_z), int(min_count), true_splits, segmentation)
+    table = _score(counts, logp, float(log_z), int(min_count), true_splits, segmentation)
+  check_scored_fraction(int(np.count_nonzero(~np.isnan(table.npmi))), counts.k,
+                        min_scored_fraction,
+                        f"{source} ({counts.total(counts.k):,} {counts.k}-mer windows, "
+                        f"min_count={min_count})", fix)
+  return table
 
 
 def _score(counts: NgramCounts, logp: list[np.ndarray], log_z: float, min_count: int,
@@ -630,7 +697,13 @@ def _load_csv(path: str) -> NpmiLookup:
   return NpmiLookup(rank=rank, score=score)
 
 
-def load_lookup(path: str | os.PathLike, k: int | None = None) -> NpmiLookup:
+def scored_count(lookup: NpmiLookup) -> int:
+  """Number of k-mers with a (finite) score in a lookup."""
+  return int(np.count_nonzero(np.isfinite(lookup.score[tokenizer.NUM_SPECIAL:])))
+
+
+def load_lookup(path: str | os.PathLike, k: int | None = None, *,
+                min_scored_fraction: float = DEFAULT_MIN_SCORED_FRACTION) -> NpmiLookup:
   """Loads the lookup arrays from any NPMI table source.
 
   Args:
@@ -639,16 +712,20 @@ def load_lookup(path: str | os.PathLike, k: int | None = None) -> NpmiLookup:
       ``<stem>.score.npy`` (the other is read from next to it), or an ``.npz`` holding
       ``rank`` and ``score``.
     k: expected k-mer length; None = take it from the file.
+    min_scored_fraction: the least share of the 4^k k-mers the table must score (see
+      `DEFAULT_MIN_SCORED_FRACTION`); 0 accepts any table.
 
   Returns:
     NpmiLookup with rank int32 (4^k + 5,) and score float32 (4^k + 5,), by token id.
 
   Raises:
-    NpmiError: unreadable file, wrong columns, missing or duplicate k-mers, bad ranks.
+    NpmiError: unreadable file, wrong columns, missing or duplicate k-mers, bad ranks, or
+      fewer k-mers scored than the floor.
   """
   path = os.fspath(path)
   if k is not None:
     check_k(k)
+  min_scored_fraction = check_min_scored_fraction(min_scored_fraction)
   if not os.path.isfile(path):
     raise NpmiError(f"{path}: no such file (expected an NPMI table .csv, .npz or .rank.npy)")
   if path.endswith(".npz"):
@@ -679,6 +756,8 @@ def load_lookup(path: str | os.PathLike, k: int | None = None) -> NpmiLookup:
     lookup = _load_csv(path)
   if k is not None and lookup.rank.shape[0] != lookup_size(k):
     raise NpmiError(f"{path}: holds a {lookup.k}-mer table, expected k={k}")
+  check_scored_fraction(scored_count(lookup), lookup.k, min_scored_fraction, path,
+                        "recompute it with a lower min_count or " + FLOOR_FIX.split(" or ", 1)[1])
   return lookup
 
 
@@ -692,6 +771,7 @@ class _Progress:
     self._stream, self._width, self._every = stream, width, every_s
     self._t0 = time.perf_counter()
     self._last = -1.0
+    self.started = False  # True once a bar is on the line (an error then starts a new one).
 
   def __call__(self, file_index: int, n_files: int, letters: int, total: int,
                force: bool = False) -> None:
@@ -699,6 +779,7 @@ class _Progress:
     if not force and now - self._last < self._every:
       return
     self._last = now
+    self.started = True
     rate = letters / 1e6 / max(now - self._t0, 1e-9)
     frac = min(letters / total, 1.0) if total else 0.0
     if force:
@@ -709,31 +790,86 @@ class _Progress:
     self._stream.flush()
 
 
+def check_output_path(path: str) -> str:
+  """Returns ``path`` if the table CSV (and the .npy files beside it) can be written there.
+
+  Checked before counting, so a bad --output fails in a second, not after the count.
+
+  Raises:
+    NpmiError: the path is empty or a directory, a parent is a file, or the directory
+      cannot be written.
+  """
+  if not path:
+    raise NpmiError("--output is empty; expected the table's CSV path, e.g. /tmp/npmi/table.csv")
+  for p in (path, *lookup_paths(path)):
+    if os.path.isdir(p):
+      raise NpmiError(f"--output={path}: {p} is a directory; expected a file path such as "
+                      f"{os.path.join(path, 'table.csv') if p == path else path + '.csv'}")
+  parent = os.path.dirname(os.path.abspath(path))
+  existing = parent
+  while not os.path.lexists(existing):
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    raise NpmiError(f"--output={path}: {existing} is a file, not a directory")
+  import tempfile  # pylint: disable=g-import-not-at-top
+  try:
+    with tempfile.TemporaryFile(dir=existing):
+      pass
+  except OSError as e:
+    raise NpmiError(f"--output={path}: cannot write in {existing}: {e.strerror or e}") from e
+  return path
+
+
 def _main(argv: Sequence[str]) -> None:
   from absl import app  # Binaries only.
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  progress = _Progress()
   try:
-    _run()
-  except (NpmiError, fasta.FastaError) as e:
-    sys.exit(f"error: {e}")
+    _run(progress)
+  except errors.UserError as e:
+    if progress.started:
+      sys.stderr.write("\n")
+    sys.stderr.write(f"npmi: error: {e}\n")
+    sys.exit(2)
 
 
-def _run() -> None:
+def _run(progress: _Progress) -> None:
   from absl import flags  # Binaries only.
   f = flags.FLAGS
+  # Every flag is checked before the count, which takes minutes on a genome.
   paths = [p for p in f.fasta if p]
+  if not paths:
+    raise NpmiError("--fasta is empty; expected one or more FASTA files, comma-separated")
   k = check_k(f.k)
-  progress = _Progress()
+  if f.min_count < 1:
+    raise NpmiError(f"--min_count={f.min_count}: expected an integer >= 1 (k-mers seen fewer "
+                    "times get no score)")
+  if not 0.0 <= f.min_scored_fraction <= 1.0:
+    raise NpmiError(f"--min_scored_fraction={f.min_scored_fraction}: expected a number in "
+                    "[0, 1]")
+  min_count = f.min_count
+  if f.log_z is not None and not math.isfinite(f.log_z):
+    raise NpmiError(f"--log_z must be finite, got {f.log_z}")
+  if f.block_size < 1:
+    raise NpmiError(f"--block_size must be >= 1, got {f.block_size}")
+  check_output_path(f.output)
   t0 = time.perf_counter()
   counts = count_fasta(paths, k, block_size=f.block_size, progress=progress)
   progress(len(paths) - 1, len(paths), counts.letters, 0, force=True)
   t_count = time.perf_counter() - t0
   sys.stderr.write("\n")
+  progress.started = False
   if f.both_strands:
     counts = both_strands(counts)
-  table = score_counts(counts, log_z=f.log_z, min_count=f.min_count,
-                       true_splits=f.true_splits, segmentation=f.segmentation)
+  source = (f"{', '.join(paths)}: {counts.letters:,} letters, {counts.total(1):,} of them "
+            f"A/C/G/T{', both strands' if f.both_strands else ''}")
+  fix = ((f"lower --min_count (now {min_count}) or " if min_count > 1 else "") +
+         "count a larger genome; to pretrain without a table of your own, use the authors' "
+         "table: --config=configs/pretrain.py:authors_npmi")
+  table = score_counts(counts, log_z=f.log_z, min_count=min_count,
+                       true_splits=f.true_splits, segmentation=f.segmentation,
+                       min_scored_fraction=f.min_scored_fraction, source=source, fix=fix)
   write_table(table, f.output)
   rank_path, score_path = lookup_paths(f.output)
   t_all = time.perf_counter() - t0
@@ -766,6 +902,9 @@ def _define_flags() -> None:
                       "written next to it.", required=True)
   flags.DEFINE_integer("k", 6, "k-mer length to score (1..10); n-grams 1..k are counted.")
   flags.DEFINE_integer("min_count", DEFAULT_MIN_COUNT, "k-mers seen fewer times get no NPMI.")
+  flags.DEFINE_float("min_scored_fraction", DEFAULT_MIN_SCORED_FRACTION,
+                     "Refuse to write a table that scores fewer than this share of the 4^k "
+                     "k-mers (GeneMask would mask near-random spans); 0 = write any table.")
   flags.DEFINE_float("log_z", None, "ln Z, the normaliser of every n-gram probability; default "
                      f"ln(2 x number of k-mer windows). The authors' fit: {AUTHORS_LOG_Z}.")
   flags.DEFINE_bool("both_strands", False, "Also count the reverse-complement strand.")

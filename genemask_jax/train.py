@@ -149,14 +149,17 @@ def npmi_lookup(config: ml_collections.ConfigDict, fasta_paths: list[str],
                 workdir: epath.Path) -> npmi_lib.NpmiLookup:
   """The rank lookup the masking reads: computed from the corpus (cached) or loaded."""
   source = config.npmi.source
+  # The scored-6-mer floor matters only to GeneMask's masking (npmi.DEFAULT_MIN_SCORED_FRACTION).
+  floor = config.npmi.min_scored_fraction if config.masking.strategy == "genemask" else 0.0
   if source == "authors":
     data_dir = os.environ.get("GENEMASK_DATA_DIR")
     if not data_dir:
       raise UserError("config.npmi.source='authors' needs GENEMASK_DATA_DIR (the folder "
                       f"holding {AUTHORS_NPMI_CSV})")
-    return npmi_lib.load_lookup(os.path.join(data_dir, AUTHORS_NPMI_CSV), k=config.data.k)
+    return npmi_lib.load_lookup(os.path.join(data_dir, AUTHORS_NPMI_CSV), k=config.data.k,
+                                min_scored_fraction=floor)
   if source != "corpus":
-    return npmi_lib.load_lookup(source, k=config.data.k)
+    return npmi_lib.load_lookup(source, k=config.data.k, min_scored_fraction=floor)
   fingerprint = {"fasta": [(os.path.abspath(p), os.path.getsize(p)) for p in fasta_paths],
                  "min_count": config.npmi.min_count, "k": config.data.k}
   remote = workdir / "npmi"
@@ -169,7 +172,8 @@ def npmi_lookup(config: ml_collections.ConfigDict, fasta_paths: list[str],
   if fresh and jax.process_index() == 0:
     t0 = time.time()
     counts = npmi_lib.count_fasta(fasta_paths, k=config.data.k)
-    table = npmi_lib.score_counts(counts, min_count=config.npmi.min_count)
+    table = npmi_lib.score_counts(counts, min_count=config.npmi.min_count,
+                                  min_scored_fraction=floor, source="config.data.fasta")
     local.mkdir(parents=True, exist_ok=True)
     npmi_lib.write_table(table, os.fspath(cache))
     stamp.write_text(json.dumps(fingerprint))
@@ -184,7 +188,7 @@ def npmi_lookup(config: ml_collections.ConfigDict, fasta_paths: list[str],
     local.mkdir(parents=True, exist_ok=True)
     for f in remote.iterdir():
       (local / f.name).write_bytes(f.read_bytes())
-  return npmi_lib.load_lookup(os.fspath(cache), k=config.data.k)
+  return npmi_lib.load_lookup(os.fspath(cache), k=config.data.k, min_scored_fraction=floor)
 
 
 def _hash(obj: Any) -> str:

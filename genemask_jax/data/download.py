@@ -8,14 +8,22 @@ The data dir gets the same layout as the project's shared data (``fewshot/<task>
 
 Every URL is in `URLS` below, keyed by the relative path the file gets; ``--base_url``
 replaces every source by ``BASE_URL/<relative path>`` (a mirror of a data dir, or a local
-server in tests). Each file streams into ``<name>.part`` and is renamed only when
-complete, so an interrupted or failed download never leaves a file that looks finished;
-files already present are skipped.
+server in tests). Each file streams into ``<name>.part`` and is renamed only when it is
+complete and verified, so an interrupted or failed download never leaves a file that looks
+finished. Verified: the byte count against Content-Length; for ``.gz`` files the whole gzip
+stream (CRC and length); the first line (the expected header of each CSV/TSV, ``>`` for
+FASTA), so an HTML error page served with status 200 is rejected; and the md5 where the
+source publishes a checksum list (UCSC's ``md5sum.txt`` for hg38 and its chromosomes). A file
+already present is verified the same way (without the network, but for the checksum list)
+and downloaded again if it fails. Errors are one line, exit code 2.
 """
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import http.client
+import io
 import os
 import pathlib
 import shutil
@@ -23,6 +31,7 @@ import sys
 import urllib.error
 import urllib.parse
 import urllib.request
+import zlib
 from typing import Callable, Iterable, Sequence
 
 from genemask_jax import errors
@@ -71,8 +80,21 @@ GROUPS: dict[str, tuple[str, ...]] = {
 DEFAULT_WHAT = ("fewshot", "npmi", "hg38")
 
 
+# The checksum lists UCSC publishes next to the genome files ("<md5>  <file name>" lines),
+# by the relative path they get in a mirror of the data dir.
+CHECKSUM_LISTS: dict[str, str] = {
+    "genome/md5sum.txt": _UCSC + "bigZips/md5sum.txt",
+    "genome/hg38/md5sum.txt": _UCSC + "chromosomes/md5sum.txt",
+}
+
+# The header every table must start with (columns, quotes stripped), by file name pattern.
+_NPMI_COLUMNS = ("ngram", "naive.pmi", "true.pmi", "dp.true.pmi", "norm_dp_true_pmi",
+                 "ngram_size", "naive.pmi.rank", "dp.true.pmi.rank", "norm_dp_true_pmi_rank",
+                 "adv_pmi_rank_drop", "norm_adv_pmi_rank_drop", "norm_pmi_rank_rel")
+
+
 class DownloadError(errors.UserError):
-  """A file could not be fetched; the message names the URL and why."""
+  """A file could not be fetched or is not what it should be; the message names it and why."""
 
 
 def resolve(what: Iterable[str], base_url: str | None = None) -> dict[str, str]:
@@ -98,25 +120,172 @@ def resolve(what: Iterable[str], base_url: str | None = None) -> dict[str, str]:
   return out
 
 
-def fetch(url: str, dest: str | os.PathLike, timeout: float = 60.0,
-          chunk_bytes: int = 1 << 20) -> int:
-  """Streams url to dest via dest + '.part' and an atomic rename; returns the byte count.
+def checksum_list(rel: str) -> str | None:
+  """The relative path of the checksum list that covers ``rel`` (None: none published)."""
+  if rel.startswith("genome/hg38/"):
+    return "genome/hg38/md5sum.txt"
+  if rel == "genome/hg38.fa.gz":
+    return "genome/md5sum.txt"
+  return None
+
+
+def expected_header(rel: str) -> tuple[str, tuple[str, ...]] | None:
+  """(delimiter, columns) a table ``rel`` must start with; None for FASTA files."""
+  name = rel.rsplit("/", 1)[-1]
+  if rel.startswith("npmi/"):
+    return ",", _NPMI_COLUMNS
+  if name == "test.csv" and "/Cohn-enh/" in "/" + rel:
+    return ",", ("sequence", "target", "numeric_label")
+  if name.endswith(".csv"):
+    return ",", ("sequence", "label")
+  if name.endswith(".tsv"):
+    return "\t", ("sequence", "label")
+  return None
+
+
+def _check_first_line(first: bytes, rel: str, where: str, content_type: str = "") -> None:
+  """Raises DownloadError unless the file's first line is what ``rel`` needs."""
+  line = first.split(b"\n", 1)[0].rstrip(b"\r")
+  if line.startswith(b"\xef\xbb\xbf"):
+    line = line[3:]
+  shown = line[:80].decode("ascii", "replace")
+  html = (b"<html" in first[:1024].lower() or b"<!doctype" in first[:1024].lower()
+          or "html" in content_type)
+  why = " (an HTML page: an error or login page served as the file)" if html else ""
+  header = expected_header(rel)
+  if header is None:
+    if not line.startswith(b">"):
+      raise DownloadError(f"{where}: expected FASTA (a first line starting with '>'), got "
+                          f"{shown!r}{why}")
+    return
+  delimiter, columns = header
+  got = tuple(c.strip().strip('"') for c in line.decode("ascii", "replace").split(delimiter))
+  if got != columns:
+    sep = "tab" if delimiter == "\t" else repr(delimiter)
+    raise DownloadError(f"{where}: expected the header {', '.join(columns)} (separated by "
+                        f"{sep}), got {shown!r}{why}")
+
+
+def verify_file(path: str | os.PathLike, rel: str, md5: str | None = None,
+                content_type: str = "") -> str:
+  """Checks a downloaded (or present) file; returns its md5 hex digest.
+
+  Checks: a ``.gz`` file decompresses completely (its CRC and length trailer match), the
+  first line is the expected header (tables) or a FASTA header line, and the md5 equals
+  ``md5`` if given.
 
   Raises:
-    DownloadError: HTTP error, unreachable host or a short transfer; nothing is left at
-      dest or dest.part.
+    DownloadError: naming ``path`` and what is wrong.
+  """
+  path = pathlib.Path(path)
+  digest = hashlib.md5()
+  first = b""
+  try:
+    with open(path, "rb") as raw:
+      if rel.endswith(".gz"):
+        hashing = _HashingReader(raw, digest)
+        with gzip.GzipFile(fileobj=hashing) as gz:
+          while True:
+            block = gz.read(1 << 20)
+            if not block:
+              break
+            if len(first) < 4096:
+              first += block[:4096]
+      else:
+        while True:
+          block = raw.read(1 << 20)
+          if not block:
+            break
+          digest.update(block)
+          if len(first) < 4096:
+            first += block[:4096]
+  except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+    raise DownloadError(f"{path}: not a complete gzip file ({e}); the download was cut short "
+                        "or the server sent something else") from e
+  except OSError as e:
+    raise DownloadError(f"{path}: cannot read: {e.strerror or e}") from e
+  _check_first_line(first, rel, str(path), content_type)
+  hexdigest = digest.hexdigest()
+  if md5 is not None and hexdigest != md5.lower():
+    raise DownloadError(f"{path}: md5 {hexdigest} differs from the published {md5}")
+  return hexdigest
+
+
+class _HashingReader(io.RawIOBase):
+  """A read-only stream that feeds every byte read through ``digest``."""
+
+  def __init__(self, raw, digest):
+    super().__init__()
+    self._raw, self._digest = raw, digest
+
+  def readable(self) -> bool:
+    return True
+
+  def readinto(self, buffer) -> int:
+    n = self._raw.readinto(buffer)
+    if n:
+      self._digest.update(memoryview(buffer)[:n])
+    return n or 0
+
+
+def read_checksums(url: str, timeout: float = 60.0) -> dict[str, str] | None:
+  """{file name: md5} from a published md5sum.txt; None if it cannot be fetched.
+
+  Raises:
+    DownloadError: the list was fetched but is not in md5sum's format.
+  """
+  try:
+    req = urllib.request.Request(url, headers={"User-Agent": "genemask-jax-download"})
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+      text = resp.read(1 << 22).decode("ascii", "replace")
+  except (urllib.error.URLError, OSError, http.client.HTTPException):
+    return None
+  out = {}
+  for lineno, line in enumerate(text.splitlines(), 1):
+    if not line.strip():
+      continue
+    parts = line.split()
+    if len(parts) != 2 or len(parts[0]) != 32 or parts[0].strip("0123456789abcdefABCDEF"):
+      raise DownloadError(f"{url}:{lineno}: expected '<md5> <file name>', got {line[:80]!r}")
+    out[parts[1].lstrip("*")] = parts[0].lower()
+  return out
+
+
+def fetch(url: str, dest: str | os.PathLike, timeout: float = 60.0,
+          chunk_bytes: int = 1 << 20, *, rel: str | None = None,
+          md5: str | None = None) -> int:
+  """Streams url to dest through a temporary file, verifies it, renames it; returns its size.
+
+  Verified before the rename: the byte count against Content-Length, and with ``rel`` (the
+  file's relative path in the data dir, which says what it must be) the gzip stream, the
+  first line (`verify_file`) and the md5 if given. Nothing is left at dest or next to it
+  when any check fails.
+
+  Raises:
+    DownloadError: HTTP error, unreachable host, a short transfer or a failed check.
   """
   dest = pathlib.Path(dest)
-  dest.parent.mkdir(parents=True, exist_ok=True)
+  try:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+  except OSError as e:
+    raise DownloadError(f"{dest.parent}: cannot create it: {e.strerror or e}") from e
   part = dest.with_name(dest.name + ".part")
   try:
     req = urllib.request.Request(url, headers={"User-Agent": "genemask-jax-download"})
     with urllib.request.urlopen(req, timeout=timeout) as resp, open(part, "wb") as f:
       expected = resp.headers.get("Content-Length")
+      content_type = (resp.headers.get("Content-Type") or "").lower()
       shutil.copyfileobj(resp, f, chunk_bytes)
       size = f.tell()
+      f.flush()
+      os.fsync(f.fileno())
     if expected is not None and size != int(expected):
       raise DownloadError(f"{url}: transfer ended after {size} of {expected} bytes")
+    if rel is not None:
+      try:
+        verify_file(part, rel, md5, content_type)
+      except DownloadError as e:
+        raise DownloadError(f"{url}: {str(e).split(': ', 1)[1]}") from e
   except urllib.error.HTTPError as e:
     part.unlink(missing_ok=True)
     raise DownloadError(f"{url}: HTTP {e.code} {e.reason}") from e
@@ -133,7 +302,13 @@ def fetch(url: str, dest: str | os.PathLike, timeout: float = 60.0,
 def download(data_dir: str | os.PathLike, what: Sequence[str] = DEFAULT_WHAT,
              base_url: str | None = None, timeout: float = 60.0,
              log: Callable[[str], None] = print) -> dict[str, list[str]]:
-  """Fetches the named groups into data_dir, skipping files already there.
+  """Fetches the named groups into data_dir; files already there are verified, not trusted.
+
+  Every file is checked (`fetch`, `verify_file`): size, gzip integrity, first line, and
+  the md5 where the source publishes a checksum list (UCSC's md5sum.txt for hg38; with
+  ``base_url``, the mirror's ``genome/md5sum.txt`` / ``genome/hg38/md5sum.txt`` if it has
+  them). A file already present that passes the same checks is skipped; one that fails is
+  downloaded again (the old one is replaced only by a verified new one).
 
   Args:
     data_dir: destination; created if missing.
@@ -148,13 +323,31 @@ def download(data_dir: str | os.PathLike, what: Sequence[str] = DEFAULT_WHAT,
   urls = resolve(what, base_url)  # Unknown names fail before any transfer.
   data_dir = pathlib.Path(data_dir)
   done: dict[str, list[str]] = {"downloaded": [], "skipped": []}
+  lists: dict[str, dict[str, str] | None] = {}
   for rel, url in urls.items():
     dest = data_dir / rel
+    md5, note = None, ""
+    list_rel = checksum_list(rel)
+    if list_rel is not None:
+      list_url = (base_url.rstrip("/") + "/" + urllib.parse.quote(list_rel) if base_url
+                  else CHECKSUM_LISTS[list_rel])
+      if list_rel not in lists:
+        lists[list_rel] = read_checksums(list_url, timeout)
+      sums = lists[list_rel]
+      md5 = sums.get(rel.rsplit("/", 1)[-1]) if sums is not None else None
+      note = ("md5 verified" if md5 else
+              f"no md5 for it in {list_url}" if sums is not None else
+              f"no checksum list at {list_url}: size, gzip and header checked only")
     if dest.is_file():
-      done["skipped"].append(rel)
-      continue
-    size = fetch(url, dest, timeout)
-    log(f"{rel}: {size:,} bytes from {url}")
+      try:
+        verify_file(dest, rel, md5)
+      except DownloadError as e:
+        log(f"{rel}: present but fails its check ({e}); downloading it again")
+      else:
+        done["skipped"].append(rel)
+        continue
+    size = fetch(url, dest, timeout, rel=rel, md5=md5)
+    log(f"{rel}: {size:,} bytes from {url}" + (f" ({note})" if note else ""))
     done["downloaded"].append(rel)
   return done
 
@@ -168,8 +361,8 @@ def main(argv: Sequence[str]) -> None:
   try:
     done = download(os.path.expanduser(f.data_dir), f.what, f.base_url or None, f.timeout)
   except (DownloadError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    raise SystemExit(1) from e
+    print(f"genemask-download: error: {e}", file=sys.stderr)
+    raise SystemExit(2) from e
   print(f"{len(done['downloaded'])} file(s) downloaded, {len(done['skipped'])} already "
         f"present, in {f.data_dir}")
 

@@ -13,7 +13,8 @@ section ``fewshot/``):
 Every reader returns `Examples`: raw bases (upper-case ``str``) and int32 labels. Malformed
 input raises `FewShotDataError` naming the file and line and what was expected (empty file,
 wrong header, missing or extra fields, a non-integer or out-of-range label, k-mers that do
-not overlap, a sequence of the wrong length, binary data) before any model work starts.
+not overlap, a sequence of the wrong length, binary data, a training file without rows of
+every class) before any model work starts.
 
 Typical use::
 
@@ -430,7 +431,26 @@ def load_split(task: str | TaskSpec, split: str, data_dir: str | os.PathLike) ->
     path, fmt = spec.test_path(data_dir), spec.test_format
   else:
     path, fmt = spec.train_path(shot, data_dir), spec.train_format
-  return read_file(path, fmt, spec.num_classes, seq_len=spec.seq_len, k=spec.k)
+  examples = read_file(path, fmt, spec.num_classes, seq_len=spec.seq_len, k=spec.k)
+  if shot is not None:
+    check_classes(examples, spec.num_classes)
+  return examples
+
+
+def check_classes(examples: Examples, num_classes: int) -> None:
+  """Raises FewShotDataError unless a training set holds rows of every class.
+
+  A classifier trained on one class predicts it everywhere, which still scores a plausible
+  accuracy on a test set; a few-shot train file must hold examples of each label.
+  """
+  counts = examples.class_counts(num_classes)
+  missing = [c for c in range(num_classes) if counts[c] == 0]
+  if missing:
+    found = ", ".join(f"{n} of class {c}" for c, n in enumerate(counts) if n)
+    raise FewShotDataError(
+        f"{examples.source}: a training set needs rows of each of the {num_classes} classes "
+        f"(labels 0..{num_classes - 1}); it has {found} and none of class "
+        f"{', '.join(map(str, missing))}")
 
 
 def overlap_mask(test: Examples, train: Examples) -> np.ndarray:
