@@ -1,15 +1,31 @@
-"""Input-pipeline throughput: chunking, TFDS build, and grain batches from array_record.
+"""Input-pipeline throughput: chunking, TFDS build, grain batches, and build scaling.
 
   python benchmarks/bench_pipeline.py [--tfds_dir=DIR] [--batch=8] [--batches=300]
+  python benchmarks/bench_pipeline.py --scaling_only --workers=1,2   # the build-scaling part
 
-Uses the genome slice shipped in the package. Prints examples/s of the training iterator
-(worker_count=0, i.e. read in the training process) next to what the train step consumes:
-the tiny model takes ~0.5 s per step at 8x512 on the 2-core dev machine (bench_train_step.py,
-2026-11-25), ~16 examples/s.
+The first part uses the genome slice shipped in the package. It prints examples/s of the
+training iterator (worker_count=0, i.e. read in the training process) next to what the
+train step consumes: the tiny model takes ~0.5 s per step at 8x512 on the 2-core dev
+machine (bench_train_step.py, 2026-11-25), ~16 examples/s.
+
+The build-scaling part (#22) builds the TFDS corpus from the shared GRCh37 files
+(``$GENEMASK_DATA_DIR/genome``, default ../shared/data/genome: 88 Mbp of A/C/G/T) once per
+worker count, each build in a fresh subprocess, and prints Mbp/s (A/C/G/T bases per second
+of build), the speed-up over one worker, the peak memory of the whole process tree (RSS
+summed over the build process and its workers, sampled every 0.1 s), bytes on disk per
+Mbp, the rate of the sequential stage alone (reading and cutting in the main process,
+which caps the speed-up), and the projected GRCh38 (3.1 Gbp) build time per core count.
+The load average is printed next to each figure: the dev machine is shared.
 """
 import argparse
+import json
 import os
+import pathlib
+import shutil
+import subprocess
+import sys
 import tempfile
+import threading
 import time
 
 from genemask_jax.data import fasta
@@ -18,6 +34,108 @@ from genemask_jax.data import genome_tfds
 from genemask_jax.data import pipeline
 
 TRAIN_STEP_EXAMPLES_PER_S = 16.0  # Tiny BERT, 8x512, 2-core CPU: 503 ms/step measured.
+GRCH38_MBP = 3100.0
+GENOME_FILES = ("GRCh37_chrX_1-70M.fa.gz", "GRCh37_chr22_blocks.fa.gz")
+_BUILD_SCRIPT = """
+import json, sys, time
+from genemask_jax.data import genome_tfds
+if __name__ == "__main__":
+  t = time.perf_counter()
+  b = genome_tfds.build(sys.argv[1], sys.argv[3].split(","), num_workers=int(sys.argv[2]))
+  s = genome_tfds.summary(b)
+  s["wall"] = time.perf_counter() - t
+  print("RESULT " + json.dumps(s))
+"""
+_CUTS_SCRIPT = """
+import json, sys, time
+from genemask_jax.data import genome
+stats = genome.ChunkStats()
+t = time.perf_counter()
+for cut in genome.iter_cuts(sys.argv[1].split(","), block_size=1 << 20, stats=stats):
+  pass
+print("RESULT " + json.dumps({"seconds": time.perf_counter() - t, "acgt": stats.acgt}))
+"""
+
+
+def _tree_rss(pid: int) -> int:
+  import psutil  # pylint: disable=g-import-not-at-top
+  try:
+    p = psutil.Process(pid)
+    procs = [p] + p.children(recursive=True)
+  except psutil.Error:
+    return 0
+  total = 0
+  for q in procs:
+    try:
+      total += q.memory_info().rss
+    except psutil.Error:
+      pass
+  return total
+
+
+def _run_measured(script: str, args: list[str]) -> tuple[dict, int]:
+  """Runs a script in a fresh process; returns its RESULT json and the tree's peak RSS."""
+  proc = subprocess.Popen([sys.executable, "-c", script, *args], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+  peak = 0
+  done = threading.Event()
+
+  def sample():
+    nonlocal peak
+    while not done.is_set():
+      peak = max(peak, _tree_rss(proc.pid))
+      time.sleep(0.1)
+
+  th = threading.Thread(target=sample, daemon=True)
+  th.start()
+  out, err = proc.communicate()
+  done.set()
+  th.join()
+  if proc.returncode != 0:
+    raise RuntimeError(f"build failed: {err[-2000:]}")
+  line = next(l for l in out.splitlines() if l.startswith("RESULT "))
+  return json.loads(line[len("RESULT "):]), peak
+
+
+def scaling(genome_dir: pathlib.Path, workers: list[int]) -> None:
+  """The #22 build-scaling section."""
+  files = [str(genome_dir / f) for f in GENOME_FILES]
+  for f in files:
+    if not os.path.isfile(f):
+      raise SystemExit(f"{f}: not found; set GENEMASK_DATA_DIR or --genome_dir")
+  print(f"\n== Build scaling on {', '.join(GENOME_FILES)} "
+        f"({os.cpu_count()} CPUs visible, load average {os.getloadavg()[0]:.1f} at start)")
+  cuts, cuts_peak = _run_measured(_CUTS_SCRIPT, [",".join(files)])
+  acgt_mbp = cuts["acgt"] / 1e6
+  seq_rate = acgt_mbp / cuts["seconds"]
+  print(f"sequential stage (read + cut, main process): {seq_rate:6.1f} Mbp/s "
+        f"({acgt_mbp:.1f} Mbp A/C/G/T in {cuts['seconds']:.1f} s; load "
+        f"{os.getloadavg()[0]:.1f})")
+  rates = {}
+  for n in workers:
+    tmp = tempfile.mkdtemp(prefix=f"bench_build_{n}_")
+    try:
+      load0 = os.getloadavg()[0]
+      res, peak = _run_measured(_BUILD_SCRIPT, [tmp, str(n), ",".join(files)])
+    finally:
+      shutil.rmtree(tmp, ignore_errors=True)
+    kept_mbp = res["stats"]["acgt"] / 1e6
+    rates[n] = kept_mbp / res["seconds"]
+    print(f"{n:2d} worker(s): {rates[n]:6.2f} Mbp/s ({rates[n] / n:5.2f} per worker), "
+          f"x{rates[n] / rates[workers[0]] * workers[0]:.2f} vs 1 worker; "
+          f"{res['seconds']:6.1f} s build ({res['wall']:.1f} s with start-up); peak RSS "
+          f"{peak / 2**20:5.0f} MiB (tree); {res['bytes'] / kept_mbp / 1e6:.2f} MB on disk per "
+          f"Mbp; {sum(res['examples'].values())} examples, {res['units']} units; load "
+          f"{load0:.1f} -> {os.getloadavg()[0]:.1f}")
+  if 1 in rates:
+    eff = min(1.0, rates[max(rates)] / (max(rates) * rates[1])) if len(rates) > 1 else 1.0
+    print(f"GRCh38 ({GRCH38_MBP / 1000:.1f} Gbp) projected: per-worker rate "
+          f"{rates[1]:.2f} Mbp/s x parallel efficiency {eff:.2f} (measured at {max(rates)} "
+          f"workers), capped by the sequential stage ({seq_rate:.0f} Mbp/s here):")
+    for c in (1, 2, 4, 8, 16, 32, 64):
+      rate = min(c * rates[1] * (eff if c > 1 else 1.0), seq_rate)
+      print(f"  {c:3d} cores: {GRCH38_MBP / rate / 60:6.1f} min ({rate:6.1f} Mbp/s)"
+            + ("  (sequential stage bound)" if rate == seq_rate else ""))
 
 
 def main() -> None:
@@ -25,9 +143,22 @@ def main() -> None:
   parser.add_argument("--tfds_dir", default=None)
   parser.add_argument("--batch", type=int, default=8)
   parser.add_argument("--batches", type=int, default=300)
+  parser.add_argument("--genome_dir", default=None,
+                      help="GRCh37 files (default $GENEMASK_DATA_DIR/genome or "
+                      "../shared/data/genome)")
+  parser.add_argument("--workers", default="1,2", help="worker counts for build scaling")
+  parser.add_argument("--scaling_only", action="store_true")
+  parser.add_argument("--skip_scaling", action="store_true")
   args = parser.parse_args()
   import tensorflow_datasets as tfds
   tfds.disable_progress_bar()
+  genome_dir = pathlib.Path(
+      args.genome_dir or os.path.join(os.environ.get("GENEMASK_DATA_DIR") or os.path.join(
+          os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data"), "genome"))
+  workers = [int(w) for w in args.workers.split(",")]
+  if args.scaling_only:
+    scaling(genome_dir, workers)
+    return
 
   paths = genome.default_genome_paths()
   t = time.perf_counter()
@@ -39,10 +170,10 @@ def main() -> None:
 
   tfds_dir = args.tfds_dir or tempfile.mkdtemp(prefix="bench_tfds_")
   t = time.perf_counter()
-  builder = genome_tfds.build(tfds_dir, None)
+  builder = genome_tfds.build(tfds_dir, None, num_workers=1)
   dt = time.perf_counter() - t
   sources = genome_tfds.data_sources(builder)
-  print(f"TFDS build (2 passes + write):   {n_chunks / dt:10.0f} examples/s "
+  print(f"TFDS build (1 worker):           {n_chunks / dt:10.0f} examples/s "
         f"({dt:.2f} s into {tfds_dir}; a build that exists is reused)")
 
   src = sources["train"]
@@ -65,6 +196,8 @@ def main() -> None:
           f"{rate:8.0f} examples/s = {rate / TRAIN_STEP_EXAMPLES_PER_S:.0f}x the "
           f"~{TRAIN_STEP_EXAMPLES_PER_S:.0f} examples/s the tiny model's train step consumes")
   print(f"(2-core CPU dev machine, {os.cpu_count()} CPUs visible)")
+  if not args.skip_scaling:
+    scaling(genome_dir, workers)
 
 
 if __name__ == "__main__":

@@ -59,7 +59,7 @@ SAMPLE_NAME = "genome_sample.fa.gz"
 
 _ACGT = b"ACGT"
 _NON_ACGT = bytes(b for b in range(256) if b not in _ACGT)
-_DRAW_BATCH = 1024  # Chunk lengths drawn per refill; fixed so draws do not depend on blocks.
+_FIRST_DRAW = 16  # Chunk lengths drawn when a segment opens (short segments need few).
 _EMIT_BATCH = 1024  # Chunks packed at once.
 _MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 
@@ -231,17 +231,51 @@ def is_validation(seed: int, record_name: str, chunk_index: np.ndarray,
   Returns:
     bool array, same shape as chunk_index.
   """
-  base = _splitmix64(np.uint64((seed & 0xFFFFFFFF) << 32 | _name_hash(record_name)))
-  h = _splitmix64(base ^ np.asarray(chunk_index, np.uint64))
+  index = np.asarray(chunk_index)
+  return _split_hash(np.full(index.shape, _record_base(seed, [record_name])[0]), index, fraction)
+
+
+def _record_base(seed: int, names: Sequence[str]) -> np.ndarray:
+  hashes = np.array([_name_hash(n) for n in names], np.uint64)
+  return _splitmix64(np.uint64((seed & 0xFFFFFFFF) << 32) | hashes)
+
+
+def _split_hash(base: np.ndarray, index: np.ndarray, fraction: float) -> np.ndarray:
+  h = _splitmix64(base ^ np.asarray(index).astype(np.uint64))
   u = (h >> np.uint64(11)).astype(np.float64) / float(1 << 53)
   return u < fraction
 
 
+def validation_mask(seed: int, names: Sequence[str], first: np.ndarray, counts: np.ndarray,
+                    fraction: float) -> np.ndarray:
+  """`is_validation` for runs of chunks from many records at once.
+
+  Args:
+    seed: the chunking seed.
+    names: record name of each run.
+    first: int (r,) chunk index of each run's first chunk.
+    counts: int (r,) chunks in each run.
+    fraction: expected share of validation chunks.
+
+  Returns:
+    bool (sum(counts),): the runs' chunks in order.
+  """
+  counts = np.asarray(counts, np.int64)
+  starts = np.cumsum(counts) - counts
+  index = (np.arange(int(counts.sum())) - np.repeat(starts, counts)
+           + np.repeat(np.asarray(first, np.int64), counts))
+  return _split_hash(np.repeat(_record_base(seed, names), counts), index, fraction)
+
+
 def draw_chunk_lengths(rng: np.random.Generator, n: int, cfg: ChunkConfig) -> np.ndarray:
-  """n chunk lengths: max_chunk_bp w.p. p_max_chunk, else uniform min..max-1. int64 (n,)."""
-  full = rng.random(n) < cfg.p_max_chunk
-  short = rng.integers(cfg.min_chunk_bp, cfg.max_chunk_bp, size=n)
-  return np.where(full, cfg.max_chunk_bp, short)
+  """n chunk lengths: max_chunk_bp w.p. p_max_chunk, else uniform min..max-1. int64 (n,).
+
+  Each length uses the next two doubles of `rng`, so n draws followed by m draws give the
+  same lengths as n + m draws at once: how many are drawn at a time never matters.
+  """
+  u = rng.random((n, 2))
+  short = cfg.min_chunk_bp + (u[:, 1] * (cfg.max_chunk_bp - cfg.min_chunk_bp)).astype(np.int64)
+  return np.where(u[:, 0] < cfg.p_max_chunk, cfg.max_chunk_bp, short)
 
 
 class _Segmenter:
@@ -264,10 +298,10 @@ class _Segmenter:
     # The chunk grid starts `offset` bp before the segment; the chunk that straddles the
     # segment's start is kept, cut short (dropped only if under min_chunk_bp).
     offset = int(self.rng.integers(0, cfg.max_offset))
-    lengths = draw_chunk_lengths(self.rng, _DRAW_BATCH, cfg)
+    lengths = draw_chunk_lengths(self.rng, _FIRST_DRAW, cfg)
     ends = np.cumsum(lengths) - offset
-    while ends[-1] <= 0:  # Only for a max_offset above ~6,000 bp.
-      more = draw_chunk_lengths(self.rng, _DRAW_BATCH, cfg)
+    while ends[-1] <= 0:  # Only for a large max_offset.
+      more = draw_chunk_lengths(self.rng, lengths.shape[0], cfg)
       lengths = np.concatenate([lengths, more])
       ends = np.cumsum(lengths) - offset
     first = int(np.searchsorted(ends, 0, side="right"))  # First chunk ending after 0.
@@ -283,9 +317,14 @@ class _Segmenter:
       return
     self.buf = np.concatenate([self.buf, piece]) if self.buf.shape[0] else piece
     n = self.buf.shape[0]
-    while self.lengths.sum() <= n:
-      self.lengths = np.concatenate(
-          [self.lengths, draw_chunk_lengths(self.rng, _DRAW_BATCH, self.cfg)])
+    have = int(self.lengths.sum())
+    if have <= n:  # Enough for the buffer and some: lengths average ~385 bp.
+      need = (n - have) // self.cfg.min_chunk_bp + 1
+      need = min(need, (n - have) // 128 + 64)
+      while have <= n:
+        more = draw_chunk_lengths(self.rng, need, self.cfg)
+        self.lengths = np.concatenate([self.lengths, more])
+        have += int(more.sum())
     ends = np.cumsum(self.lengths)
     m = int(np.searchsorted(ends, n, side="right"))  # Chunks that fit completely.
     if m == 0:
@@ -345,8 +384,8 @@ def pack_rows(bases: np.ndarray, lengths: np.ndarray, k: int = 6, max_len: int =
 
 def validation_flags(cut: Cut, cfg: ChunkConfig) -> np.ndarray:
   """bool (m,): which of the cut's chunks belong to the validation split."""
-  index = cut.first_index + np.arange(cut.lengths.shape[0])
-  return is_validation(cfg.seed, cut.record_name, index, cfg.validation_fraction)
+  return validation_mask(cfg.seed, [cut.record_name], np.array([cut.first_index]),
+                         np.array([cut.lengths.shape[0]]), cfg.validation_fraction)
 
 
 def batches(lengths: np.ndarray, size: int = _EMIT_BATCH) -> Iterator[tuple[int, int, int, int]]:

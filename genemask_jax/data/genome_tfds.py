@@ -157,17 +157,19 @@ def make_config(fasta_paths: Sequence[str | os.PathLike] | None = None,
 def iter_units(paths: Sequence[str], cfg: genome.ChunkConfig, bp: int,
                stats: genome.ChunkStats) -> Iterator[shards.Unit]:
   """The corpus as work units of about `bp` bases (whole cuts), in corpus order."""
-  pending: list[tuple[genome.Cut, np.ndarray]] = []
+  pending: list[genome.Cut] = []
   size = 0
   index = 0
 
   def flush() -> shards.Unit:
-    return shards.Unit(index, np.concatenate([c.bases for c, _ in pending]),
-                       np.concatenate([c.lengths for c, _ in pending]),
-                       np.concatenate([v for _, v in pending]), cfg.k, cfg.max_len)
+    return shards.Unit(index, np.concatenate([c.bases for c in pending]),
+                       np.concatenate([c.lengths for c in pending]),
+                       [c.record_name for c in pending],
+                       np.array([c.first_index for c in pending], np.int64),
+                       np.array([c.lengths.shape[0] for c in pending], np.int64), cfg)
 
   for cut in genome.iter_cuts(paths, cfg, _BLOCK, stats):
-    pending.append((cut, genome.validation_flags(cut, cfg)))
+    pending.append(cut)
     size += cut.bases.shape[0]
     if size >= bp:
       yield flush()

@@ -44,22 +44,32 @@ class Unit:
     index: position of the unit in the corpus (0-based); names its files.
     bases: uint8 ASCII A/C/G/T, the chunks' bases back to back.
     lengths: int64 (m,) chunk lengths in bp.
-    validation: bool (m,) which chunks go to the validation split.
-    k: k-mer length.
-    max_len: tokens per row.
+    names: the record of each run of chunks (one run per `genome.Cut`).
+    first: int64 (r,) chunk index, within its record, of each run's first chunk.
+    counts: int64 (r,) chunks in each run.
+    cfg: the chunking settings (seed and validation_fraction decide the split; k, max_len
+      the rows).
   """
   index: int
   bases: np.ndarray
   lengths: np.ndarray
-  validation: np.ndarray
-  k: int
-  max_len: int
+  names: list[str]
+  first: np.ndarray
+  counts: np.ndarray
+  cfg: genome.ChunkConfig
+
+  def validation(self) -> np.ndarray:
+    """bool (m,): which chunks go to the validation split."""
+    return genome.validation_mask(self.cfg.seed, self.names, self.first, self.counts,
+                                  self.cfg.validation_fraction)
 
   def digest(self) -> str:
     """A checksum of everything the unit's files depend on."""
-    h = zlib.crc32(np.asarray([self.index, self.k, self.max_len], np.int64).tobytes())
-    for a in (self.bases, self.lengths.astype(np.int64), self.validation.astype(np.uint8)):
-      h = zlib.crc32(memoryview(np.ascontiguousarray(a)).cast("B"), h)
+    h = zlib.crc32(json.dumps([self.index, dataclasses.asdict(self.cfg), self.names],
+                              sort_keys=True).encode())
+    for a in (self.bases, self.lengths, self.first, self.counts):
+      h = zlib.crc32(memoryview(np.ascontiguousarray(a, np.int64 if a.dtype != np.uint8
+                                                     else np.uint8)).cast("B"), h)
     return f"{h:08x}-{self.bases.shape[0]}-{self.lengths.shape[0]}"
 
 
@@ -185,15 +195,17 @@ def write_unit(unit: Unit, work_dir: str) -> dict[str, Any]:
     {"index", "digest", "examples": {split: n}, "bytes": {split: file size}}.
   """
   from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
-  encoder = ExampleEncoder(unit.max_len, tokenizer.vocab_size(unit.k) - 1)
+  k, max_len = unit.cfg.k, unit.cfg.max_len
+  encoder = ExampleEncoder(max_len, tokenizer.vocab_size(k) - 1)
+  validation = unit.validation()
   writers: dict[str, Any] = {}
   counts = {split: 0 for split in SPLITS}
   try:
     for i, j, a, b in genome.batches(unit.lengths):
-      rows, ntok = genome.pack_rows(unit.bases[a:b], unit.lengths[i:j], unit.k, unit.max_len)
+      rows, ntok = genome.pack_rows(unit.bases[a:b], unit.lengths[i:j], k, max_len)
       records = encoder.encode(rows, ntok)
       for r, rec in enumerate(records):
-        split = genome.VALIDATION if unit.validation[i + r] else genome.TRAIN
+        split = genome.VALIDATION if validation[i + r] else genome.TRAIN
         w = writers.get(split)
         if w is None:
           w = writers[split] = array_record_module.ArrayRecordWriter(
