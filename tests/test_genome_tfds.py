@@ -180,3 +180,36 @@ def test_metadata_survives_reloading(tmp_path):
   meta = reloaded.info.metadata
   assert meta["stats"]["kept"] <= meta["stats"]["acgt"] <= meta["stats"]["letters"]
   assert json.loads(json.dumps(genome_tfds.summary(reloaded)))["units"] == meta["units"]
+
+
+def _prepare(*args, cwd=None):
+  env = {k: v for k, v in os.environ.items() if k != "GENEMASK_DATA_DIR"}
+  env["PYTHONPATH"] = str(_REPO) + os.pathsep + env.get("PYTHONPATH", "")
+  return subprocess.run([sys.executable, "-m", "genemask_jax.data.prepare", *args],
+                        capture_output=True, text=True, timeout=300, env=env, cwd=cwd)
+
+
+def test_prepare_command_runs_workers_and_reports_what_it_kept(tmp_path, chrx_head):
+  path = tmp_path / "two.fa"
+  path.write_bytes(b">a\n" + chrx_head[:60_000] + b"\n>b\n" + chrx_head[60_000:] + b"\n")
+  res = _prepare(f"--tfds_dir={tmp_path / 't'}", f"--fasta={path}", "--num_workers=2")
+  assert res.returncode == 0, res.stderr[-3000:]
+  assert "read: 100,000 letters, 100,000 A/C/G/T, " in res.stdout
+  assert "on 2 process(es)" in res.stdout
+
+
+@pytest.mark.parametrize("make,args,expect", [
+    (lambda d: str(d), [], "is a directory"),
+    (lambda d: _fasta(d / "tiny.fa", b"ACGTACGTAC" * 5 + b"A"), [], "give more sequence"),
+    (lambda d: _fasta(d / "ok.fa", b"ACGT" * 100), ["--num_workers=-1"],
+     "--num_workers must be >= 0"),
+])
+def test_prepare_user_errors_are_one_line_exit_2(tmp_path, make, args, expect):
+  (tmp_path / "in").mkdir()
+  (tmp_path / "in" / "x.fa").write_bytes(b">x\nACGT\n")
+  fa = make(tmp_path / "in")
+  res = _prepare(f"--tfds_dir={tmp_path / 't'}", f"--fasta={fa}", "--num_workers=1", *args)
+  assert res.returncode == 2, res.stderr[-3000:]
+  lines = [l for l in res.stderr.splitlines() if l.startswith("error: ")]
+  assert len(lines) == 1 and expect in lines[0], res.stderr[-3000:]
+  assert "Traceback" not in res.stderr
