@@ -164,6 +164,12 @@ def test_bad_input_raises_early(tmp_path):
   empty.write_bytes(b"")
   with pytest.raises(fasta.FastaError, match="empty"):
     next(genome.iter_chunks([str(empty)]))
+  all_n = tmp_path / "n.fa"
+  all_n.write_bytes(b">n\n" + b"N" * 5000 + b"\n>p\nMKVLAAGIVGLLLAQW\n")
+  stats = genome.ChunkStats()
+  assert not list(genome.iter_chunks([str(all_n)], stats=stats))
+  assert (stats.letters, stats.acgt, stats.kept) == (5016, 5, 0)
+  assert stats.describe() == "5,016 letters, 5 A/C/G/T, 0.00% of those kept in 0 chunks"
   headless = tmp_path / "headless.fa"
   headless.write_bytes(b"ACGTACGT\n")
   with pytest.raises(fasta.FastaError, match="header"):

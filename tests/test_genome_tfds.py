@@ -151,6 +151,9 @@ def test_too_small_corpus_says_so(tmp_path, chrx_head):
   assert "tiny.fa" in msg and "51 letters, 51 A/C/G/T" in msg and "give more sequence" in msg
   assert "at least 6 bp" not in msg
   assert isinstance(e.value, errors.UserError)
+  all_n = _fasta(tmp_path / "n.fa", b"N" * 5000)
+  with pytest.raises(genome_tfds.CorpusError, match="none of them A/C/G/T"):
+    genome_tfds.build(tmp_path / "t", [all_n], num_workers=1)
   with pytest.raises(genome_tfds.CorpusError, match="num_workers must be >= 0"):
     genome_tfds.build(tmp_path / "t", [path], num_workers=-1)
 

@@ -190,7 +190,10 @@ class ChunkStats:
     return {**dataclasses.asdict(self), "share_kept": self.share_kept}
 
   def describe(self) -> str:
-    """One line, e.g. '5,299,309 letters, 5,299,309 A/C/G/T, 99.99% kept in 13,413 chunks'."""
+    """One line, e.g. '5,299,309 letters, 5,299,291 A/C/G/T, 100.00% of those kept in
+    14,463 chunks'."""
+    if not self.acgt:
+      return f"{self.letters:,} letters, none of them A/C/G/T (is this DNA?)"
     return (f"{self.letters:,} letters, {self.acgt:,} A/C/G/T, {100 * self.share_kept:.2f}% "
             f"of those kept in {self.chunks:,} chunks")
 
@@ -290,6 +293,7 @@ class _Segmenter:
     self.stats = stats
     self.chunk_index = 0  # Running over the whole record, across segments.
     self.open = False
+    self.buf = np.zeros((0,), np.uint8)
 
   def start(self, position: int) -> None:
     """Opens a segment that starts at `position` (0-based) in the record."""
