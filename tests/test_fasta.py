@@ -106,3 +106,9 @@ def test_one_long_line_streams_in_bounded_pieces(tmp_path, read_size):
   assert b"".join(x for r, x in pieces if r.index == 1) == b"TTGG"
   with pytest.raises(fasta.FastaError, match=r"x.fa:3: byte b'!'"):
     list(fasta.iter_pieces(_write(tmp_path / "x.fa", b">a\nAC\nA!\n"), read_size=read_size))
+
+
+def test_overlong_header_is_refused(tmp_path):
+  p = _write(tmp_path / "h.fa", b">" + b"x" * (2 << 20) + b"\nACGT\n")
+  with pytest.raises(fasta.FastaError, match=r"h.fa:1: header line longer than 1048576 bytes"):
+    list(fasta.iter_blocks(p))
