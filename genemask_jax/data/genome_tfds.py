@@ -190,11 +190,13 @@ def write_units(units: Iterator[shards.Unit], work_dir: str, num_workers: int,
   t0 = last = time.monotonic()
   bases = 0
 
+  markers = set(shards.finished_indices(work_dir))  # Units an earlier run finished.
+
   def todo() -> Iterator[shards.Unit]:
     nonlocal reused, bases, last
     for unit in units:
       bases += unit.bases.shape[0]
-      done = shards.finished(work_dir, unit)
+      done = shards.finished(work_dir, unit) if unit.index in markers else None
       if done is not None:
         results[unit.index] = done
         reused += 1

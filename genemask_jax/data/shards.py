@@ -171,6 +171,18 @@ def _marker_path(work_dir: str, index: int) -> str:
   return os.path.join(work_dir, f"unit-{index:06d}.json")
 
 
+def finished_indices(work_dir: str) -> list[int]:
+  """Indices of the units with a marker in work_dir (finished, if their digest matches)."""
+  out = []
+  for name in os.listdir(work_dir) if os.path.isdir(work_dir) else ():
+    if name.startswith("unit-") and name.endswith(".json"):
+      try:
+        out.append(int(name[len("unit-"):-len(".json")]))
+      except ValueError:
+        pass
+  return sorted(out)
+
+
 def finished(work_dir: str, unit: Unit) -> dict[str, Any] | None:
   """The unit's result if its files are complete and from the same input, else None."""
   try:
