@@ -40,6 +40,8 @@ _BUILD_SCRIPT = """
 import json, os, sys, time
 from genemask_jax.data import genome_tfds
 if __name__ == "__main__":
+  if int(sys.argv[4]):  # Force the unit size (what a 3 Gbp genome gets: 16 Mbp).
+    genome_tfds._MIN_UNIT_BP = genome_tfds._MAX_UNIT_BP = int(sys.argv[4]) << 20
   t, c = time.perf_counter(), os.times()
   b = genome_tfds.build(sys.argv[1], sys.argv[3].split(","), num_workers=int(sys.argv[2]))
   s = genome_tfds.summary(b)
@@ -102,13 +104,14 @@ def _run_measured(script: str, args: list[str]) -> tuple[dict, int]:
   return json.loads(line[len("RESULT "):]), peak
 
 
-def scaling(genome_dir: pathlib.Path, workers: list[int]) -> None:
+def scaling(genome_dir: pathlib.Path, workers: list[int], unit_mbp: int = 0) -> None:
   """The #22 build-scaling section."""
   files = [str(genome_dir / f) for f in GENOME_FILES]
   for f in files:
     if not os.path.isfile(f):
       raise SystemExit(f"{f}: not found; set GENEMASK_DATA_DIR or --genome_dir")
-  print(f"\n== Build scaling on {', '.join(GENOME_FILES)} "
+  print(f"\n== Build scaling on {', '.join(GENOME_FILES)}"
+        + (f", units forced to {unit_mbp} Mbp" if unit_mbp else "") + " "
         f"({os.cpu_count()} CPUs visible, load average {os.getloadavg()[0]:.1f} at start)")
   cuts, _ = _run_measured(_CUTS_SCRIPT, [",".join(files)])
   acgt_mbp = cuts["acgt"] / 1e6
@@ -121,7 +124,7 @@ def scaling(genome_dir: pathlib.Path, workers: list[int]) -> None:
     tmp = tempfile.mkdtemp(prefix=f"bench_build_{n}_")
     try:
       load0 = os.getloadavg()[0]
-      res, peak = _run_measured(_BUILD_SCRIPT, [tmp, str(n), ",".join(files)])
+      res, peak = _run_measured(_BUILD_SCRIPT, [tmp, str(n), ",".join(files), str(unit_mbp)])
     finally:
       shutil.rmtree(tmp, ignore_errors=True)
     results[n] = res
@@ -173,6 +176,8 @@ def main() -> None:
                       "../shared/data/genome)")
   parser.add_argument("--workers", default="1,2", help="worker counts for build scaling")
   parser.add_argument("--scaling_only", action="store_true")
+  parser.add_argument("--unit_mbp", type=int, default=0,
+                      help="force the work-unit size (16: what GRCh38 gets), for memory")
   parser.add_argument("--skip_scaling", action="store_true")
   args = parser.parse_args()
   import tensorflow_datasets as tfds
@@ -182,7 +187,7 @@ def main() -> None:
           os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data"), "genome"))
   workers = [int(w) for w in args.workers.split(",")]
   if args.scaling_only:
-    scaling(genome_dir, workers)
+    scaling(genome_dir, workers, args.unit_mbp)
     return
 
   paths = genome.default_genome_paths()
@@ -222,7 +227,7 @@ def main() -> None:
           f"~{TRAIN_STEP_EXAMPLES_PER_S:.0f} examples/s the tiny model's train step consumes")
   print(f"(2-core CPU dev machine, {os.cpu_count()} CPUs visible)")
   if not args.skip_scaling:
-    scaling(genome_dir, workers)
+    scaling(genome_dir, workers, args.unit_mbp)
 
 
 if __name__ == "__main__":
