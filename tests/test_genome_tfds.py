@@ -148,7 +148,8 @@ def test_too_small_corpus_says_so(tmp_path, chrx_head):
   with pytest.raises(genome_tfds.CorpusError) as e:
     genome_tfds.build(tmp_path / "t", [path], num_workers=1)
   msg = str(e.value)
-  assert "tiny.fa" in msg and "51 letters, 51 A/C/G/T" in msg and "give more sequence" in msg
+  assert "tiny.fa: the corpus yields no training chunk (51 letters, 51 A/C/G/T" in msg
+  assert "0 train and 1 validation chunks" in msg and "give more sequence" in msg
   assert "at least 6 bp" not in msg
   assert isinstance(e.value, errors.UserError)
   all_n = _fasta(tmp_path / "n.fa", b"N" * 5000)

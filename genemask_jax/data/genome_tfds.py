@@ -282,11 +282,13 @@ class GenemaskGenome(tfds.core.GeneratorBasedBuilder):
     counts = {s: sum(r["examples"][s] for r in results) for s in shards.SPLITS}
     if not counts[genome.TRAIN] or (cfg.validation_fraction > 0
                                     and not counts[genome.VALIDATION]):
+      which = "training" if not counts[genome.TRAIN] else "validation"
       raise CorpusError(
-          f"{', '.join(paths)}: {stats.describe()}: {counts[genome.TRAIN]} train and "
-          f"{counts[genome.VALIDATION]} validation chunks; both splits need at least one "
-          f"(about 1 chunk in {1 / max(cfg.validation_fraction, 1e-9):.0f} goes to "
-          "validation): give more sequence")
+          f"{', '.join(paths)}: the corpus yields no {which} chunk ({stats.describe()}: "
+          f"{counts[genome.TRAIN]} train and {counts[genome.VALIDATION]} validation chunks); "
+          f"both splits need at least one (about 1 chunk in "
+          f"{1 / max(cfg.validation_fraction, 1e-9):.0f} goes to validation): give more "
+          "sequence")
     split_infos = []
     for split in shards.SPLITS:
       template = self._get_filename_template(split_name=split)
