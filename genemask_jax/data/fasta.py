@@ -3,11 +3,13 @@
 Real genome FASTA is soft-masked (lower case), holds N runs and, rarely, other IUPAC
 letters, and may have CRLF line ends. This reader keeps the letters as they are (callers
 decide about case and non-ACGT letters) and streams each record's sequence in blocks of
-about ``block_size`` bytes, so a 3 GB hg38 never sits in memory whole.
+``block_size`` letters. The file is read in fixed 1 MiB buffers, never a line at a time, so
+memory does not depend on the line length either: a 3 GB hg38, or a chromosome written on
+one line, never sits in memory whole. Headers are UTF-8 text (at most 1 MiB).
 
 Malformed input raises `FastaError` naming the file and line before the bad part is used:
-an empty file, a file with no header, a sequence line before the first header, or bytes
-that are not sequence letters (binary data).
+an empty file, a directory, a file with no header, a sequence line before the first header,
+a header that is not UTF-8, or bytes that are not sequence letters (binary data).
 """
 
 from __future__ import annotations
