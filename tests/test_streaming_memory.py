@@ -59,5 +59,6 @@ def test_peak_memory_does_not_grow_with_line_length(one_line_files, what):
   long = _peak_kib(what, one_line_files[_LONG])
   growth_mib = (long - short) / 1024
   line_growth_mib = (_LONG - _SHORT) / 2**20
-  # Holding the line once would add ~23 MiB; the old reader held it about three times.
-  assert growth_mib < line_growth_mib / 3, (what, short, long)
+  # Holding the line once would add ~23 MiB; the old reader held it two to five times
+  # (+46 MiB reader, +114 MiB NPMI). Measured now: +1.4, +5.5 (chunker), +4.8 MiB.
+  assert growth_mib < line_growth_mib / 2, (what, short, long)
