@@ -360,6 +360,8 @@ def build(tfds_dir: str | os.PathLike,
   tfds_dir = os.fspath(tfds_dir)
   builder = builder_for(tfds_dir, config, num_workers, log)
   if builder.is_prepared():
+    if os.path.isdir(builder.work_dir()):  # Left if the last build died after finishing.
+      shutil.rmtree(builder.work_dir(), ignore_errors=True)
     return builder
   with _locked(builder.work_dir() + ".lock"):
     builder = builder_for(tfds_dir, config, num_workers, log)  # Another build may have won.
