@@ -217,3 +217,36 @@ def test_prepare_user_errors_are_one_line_exit_2(tmp_path, make, args, expect):
   lines = [l for l in res.stderr.splitlines() if l.startswith("error: ")]
   assert len(lines) == 1 and expect in lines[0], res.stderr[-3000:]
   assert "Traceback" not in res.stderr
+
+
+class _DiesInWorker(shards.Unit):
+  """A unit whose unpickling ends the worker process at once, as an OOM kill would."""
+
+  def __reduce__(self):
+    return (os._exit, (1,))
+
+
+def test_a_dying_worker_is_one_clear_error_and_the_rerun_completes(tmp_path):
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  units = list(genome_tfds.iter_units(genome.default_genome_paths(), genome.ChunkConfig(),
+                                      1 << 20, genome.ChunkStats()))
+  assert len(units) >= 4
+  bad = _DiesInWorker(**{f.name: getattr(units[2], f.name)
+                         for f in dataclasses.fields(shards.Unit)})
+  work = str(tmp_path / "work")
+  os.makedirs(work)
+  with pytest.raises(RuntimeError, match="worker died.*run the same command again"):
+    genome_tfds.write_units(iter(units[:2] + [bad] + units[3:]), work, 2)
+  results, reused = genome_tfds.write_units(iter(units), work, 1)
+  os.makedirs(tmp_path / "clean")
+  clean, _ = genome_tfds.write_units(iter(units), str(tmp_path / "clean"), 1)
+  assert [r["digest"] for r in results] == [r["digest"] for r in clean]
+  assert [r["examples"] for r in results] == [r["examples"] for r in clean]
+  for r in results:  # Reused or rewritten, every shard matches the clean build's.
+    for split in shards.SPLITS:
+      if r["examples"][split]:
+        a = pathlib.Path(shards.shard_path(work, r["index"], split)).read_bytes()
+        b = pathlib.Path(shards.shard_path(str(tmp_path / "clean"), r["index"],
+                                           split)).read_bytes()
+        assert a == b
+  assert 0 <= reused <= 2
