@@ -38,7 +38,7 @@ ARRAY_RECORD_OPTIONS = "group_size:1,snappy"
 
 @dataclasses.dataclass
 class Unit:
-  """A run of consecutive chunks, possibly from several records, written as one shard.
+  """A run of consecutive chunks, possibly from several records: one shard per split.
 
   Attributes:
     index: position of the unit in the corpus (0-based); names its files.
