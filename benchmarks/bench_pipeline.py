@@ -1,15 +1,31 @@
-"""Input-pipeline throughput: chunking, TFDS build, and grain batches from array_record.
+"""Input-pipeline throughput: chunking, TFDS build, grain batches, and build scaling.
 
   python benchmarks/bench_pipeline.py [--tfds_dir=DIR] [--batch=8] [--batches=300]
+  python benchmarks/bench_pipeline.py --scaling_only --workers=1,2   # the build-scaling part
 
-Uses the genome slice shipped in the package. Prints examples/s of the training iterator
-(worker_count=0, i.e. read in the training process) next to what the train step consumes:
-the tiny model takes ~0.5 s per step at 8x512 on the 2-core dev machine (bench_train_step.py,
-2026-11-25), ~16 examples/s.
+The first part uses the genome slice shipped in the package. It prints examples/s of the
+training iterator (worker_count=0, i.e. read in the training process) next to what the
+train step consumes: the tiny model takes ~0.5 s per step at 8x512 on the 2-core dev
+machine (bench_train_step.py, 2026-11-25), ~16 examples/s.
+
+The build-scaling part (#22) builds the TFDS corpus from the shared GRCh37 files
+(``$GENEMASK_DATA_DIR/genome``, default ../shared/data/genome: 88 Mbp of A/C/G/T) once per
+worker count, each build in a fresh subprocess, and prints Mbp/s (A/C/G/T bases per second
+of build), the speed-up over one worker, the peak memory of the whole process tree (RSS
+summed over the build process and its workers, sampled every 0.1 s), bytes on disk per
+Mbp, the rate of the sequential stage alone (reading and cutting in the main process,
+which caps the speed-up), and the projected GRCh38 (3.1 Gbp) build time per core count.
+The load average is printed next to each figure: the dev machine is shared.
 """
 import argparse
+import json
 import os
+import pathlib
+import shutil
+import subprocess
+import sys
 import tempfile
+import threading
 import time
 
 from genemask_jax.data import fasta
@@ -18,6 +34,149 @@ from genemask_jax.data import genome_tfds
 from genemask_jax.data import pipeline
 
 TRAIN_STEP_EXAMPLES_PER_S = 16.0  # Tiny BERT, 8x512, 2-core CPU: 503 ms/step measured.
+GRCH38_MBP = 3100.0
+GENOME_FILES = ("GRCh37_chrX_1-70M.fa.gz", "GRCh37_chr22_blocks.fa.gz")
+_BUILD_SCRIPT = """
+import json, os, sys, time
+from genemask_jax.data import genome_tfds
+if __name__ == "__main__":
+  if int(sys.argv[4]):  # Force the unit size (what a 3 Gbp genome gets: 16 Mbp).
+    genome_tfds._MIN_UNIT_BP = genome_tfds._MAX_UNIT_BP = int(sys.argv[4]) << 20
+  t, c = time.perf_counter(), os.times()
+  b = genome_tfds.build(sys.argv[1], sys.argv[3].split(","), num_workers=int(sys.argv[2]))
+  s = genome_tfds.summary(b)
+  e = os.times()
+  s["wall"] = time.perf_counter() - t
+  s["main_cpu"] = e.user + e.system - c.user - c.system
+  s["workers_cpu"] = e.children_user + e.children_system - c.children_user - c.children_system
+  print("RESULT " + json.dumps(s))
+"""
+_CUTS_SCRIPT = """
+import json, os, sys, time
+from genemask_jax.data import genome
+stats = genome.ChunkStats()
+t, c = time.perf_counter(), os.times()
+for cut in genome.iter_cuts(sys.argv[1].split(","), block_size=1 << 20, stats=stats):
+  pass
+e = os.times()
+print("RESULT " + json.dumps({"seconds": time.perf_counter() - t, "acgt": stats.acgt,
+                              "cpu": e.user + e.system - c.user - c.system}))
+"""
+
+
+def _tree_rss(pid: int) -> int:
+  import psutil  # pylint: disable=g-import-not-at-top
+  try:
+    p = psutil.Process(pid)
+    procs = [p] + p.children(recursive=True)
+  except psutil.Error:
+    return 0
+  total = 0
+  for q in procs:
+    try:
+      total += q.memory_info().rss
+    except psutil.Error:
+      pass
+  return total
+
+
+def _run_measured(script: str, args: list[str]) -> tuple[dict, int]:
+  """Runs a script in a fresh process; returns its RESULT json and the tree's peak RSS."""
+  proc = subprocess.Popen([sys.executable, "-c", script, *args], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+  peak = 0
+  done = threading.Event()
+
+  def sample():
+    nonlocal peak
+    while not done.is_set():
+      peak = max(peak, _tree_rss(proc.pid))
+      time.sleep(0.1)
+
+  th = threading.Thread(target=sample, daemon=True)
+  th.start()
+  out, err = proc.communicate()
+  done.set()
+  th.join()
+  if proc.returncode != 0:
+    raise RuntimeError(f"build failed: {err[-2000:]}")
+  line = next(l for l in out.splitlines() if l.startswith("RESULT "))
+  return json.loads(line[len("RESULT "):]), peak
+
+
+def scaling(genome_dir: pathlib.Path, workers: list[int], unit_mbp: int = 0) -> None:
+  """The #22 build-scaling section."""
+  files = [str(genome_dir / f) for f in GENOME_FILES]
+  for f in files:
+    if not os.path.isfile(f):
+      raise SystemExit(f"{f}: not found; set GENEMASK_DATA_DIR or --genome_dir")
+  print(f"\n== Build scaling on {', '.join(GENOME_FILES)}"
+        + (f", units forced to {unit_mbp} Mbp" if unit_mbp else "") + " "
+        f"({os.cpu_count()} CPUs visible, load average {os.getloadavg()[0]:.1f} at start)")
+  cuts, _ = _run_measured(_CUTS_SCRIPT, [",".join(files)])
+  acgt_mbp = cuts["acgt"] / 1e6
+  seq_rate = acgt_mbp / cuts["cpu"]
+  print(f"sequential stage alone (read + cut, main process): {seq_rate:6.1f} Mbp per CPU-s "
+        f"({acgt_mbp:.1f} Mbp A/C/G/T, {cuts['cpu']:.1f} CPU-s, {cuts['seconds']:.1f} s wall; "
+        f"load {os.getloadavg()[0]:.1f})")
+  one, _ = _run_measured(_CUTS_SCRIPT, [files[0]])
+  whole_rate = one["acgt"] / 1e6 / one["cpu"]
+  print(f"  on {GENOME_FILES[0]} alone (one 70 Mbp record, like GRCh38's chromosomes): "
+        f"{whole_rate:6.1f} Mbp per CPU-s; the 9,627 short records of the other file cost more")
+  rates, results = {}, {}
+  for n in workers:
+    tmp = tempfile.mkdtemp(prefix=f"bench_build_{n}_")
+    try:
+      load0 = os.getloadavg()[0]
+      res, peak = _run_measured(_BUILD_SCRIPT, [tmp, str(n), ",".join(files), str(unit_mbp)])
+    finally:
+      shutil.rmtree(tmp, ignore_errors=True)
+    results[n] = res
+    rates[n] = acgt_mbp / res["seconds"]
+    cpu = res["main_cpu"] + res["workers_cpu"]
+    print(f"{n:2d} worker(s): {rates[n]:6.2f} Mbp/s wall ({rates[n] / n:5.2f} per worker), "
+          f"x{rates[n] / rates[workers[0]] * workers[0]:.2f} vs {workers[0]} worker; "
+          f"{res['seconds']:6.1f} s build ({res['wall']:.1f} s with start-up); CPU-s: main "
+          f"{res['main_cpu']:.1f}, workers {res['workers_cpu']:.1f} ({acgt_mbp / cpu:.2f} Mbp "
+          f"per CPU-s in all); peak RSS {peak / 2**20:5.0f} MiB (tree); "
+          f"{res['bytes'] / acgt_mbp / 1e6:.2f} MB on disk per Mbp; "
+          f"{sum(res['examples'].values())} examples, {res['units']} units; load "
+          f"{load0:.1f} -> {os.getloadavg()[0]:.1f}")
+  par = [n for n in workers if n > 1]
+  if par:
+    # On c idle cores, the main process (one core at most) and the workers run side by
+    # side: T(c) = max(main CPU, all CPU / c), from the CPU-seconds measured at n workers.
+    n = max(par)
+    main_cpu, all_cpu = results[n]["main_cpu"], results[n]["main_cpu"] + results[n][
+        "workers_cpu"]
+    per_mbp_main, per_mbp_all = main_cpu / acgt_mbp, all_cpu / acgt_mbp
+    print(f"Projected from the CPU-seconds at {n} workers ({per_mbp_main:.3f} CPU-s/Mbp in the "
+          f"main process, {per_mbp_all:.3f} in all), on idle cores; first as measured on this "
+          f"corpus, then with the main process's sequential part at the whole-chromosome rate:")
+    # Whole chromosomes: the main process's sequential part runs at whole_rate instead.
+    main_whole = per_mbp_main - 1 / seq_rate + 1 / whole_rate
+    all_whole = per_mbp_all - 1 / seq_rate + 1 / whole_rate
+    if 1 in results:
+      t2 = max(per_mbp_main, per_mbp_all / 2)
+      print(f"  this genome on 2 idle cores: {acgt_mbp * t2:.1f} s, x{cpu_1(results) / t2:.2f} "
+            f"vs 1 worker ({acgt_mbp * cpu_1(results):.1f} CPU-s); per worker "
+            f"{1 / cpu_1(results):.2f} Mbp per CPU-s")
+    one_1 = cpu_1(results) if 1 in results else per_mbp_all
+    for c in (1, 2, 4, 8, 16, 32, 64, 96):
+      t = GRCH38_MBP * (max(per_mbp_main, per_mbp_all / c) if c > 1 else one_1)
+      tw = GRCH38_MBP * (max(main_whole, all_whole / c) if c > 1 else
+                         one_1 - 1 / seq_rate + 1 / whole_rate)
+      star = "*" if c > 1 and per_mbp_main >= per_mbp_all / c else " "
+      star_w = "*" if c > 1 and main_whole >= all_whole / c else " "
+      print(f"  GRCh38 {GRCH38_MBP / 1000:.1f} Gbp on {c:3d} cores: {t / 60:6.1f} min{star} "
+            f"{tw / 60:6.1f} min{star_w}")
+    print("  (* the main process's reading and cutting is the bound)")
+
+
+def cpu_1(results: dict) -> float:
+  """CPU-seconds per Mbp of A/C/G/T of the one-worker (in-process) build."""
+  r = results[1]
+  return (r["main_cpu"] + r["workers_cpu"]) / (r["stats"]["acgt"] / 1e6)
 
 
 def main() -> None:
@@ -25,9 +184,24 @@ def main() -> None:
   parser.add_argument("--tfds_dir", default=None)
   parser.add_argument("--batch", type=int, default=8)
   parser.add_argument("--batches", type=int, default=300)
+  parser.add_argument("--genome_dir", default=None,
+                      help="GRCh37 files (default $GENEMASK_DATA_DIR/genome or "
+                      "../shared/data/genome)")
+  parser.add_argument("--workers", default="1,2", help="worker counts for build scaling")
+  parser.add_argument("--scaling_only", action="store_true")
+  parser.add_argument("--unit_mbp", type=int, default=0,
+                      help="force the work-unit size (16: what GRCh38 gets), for memory")
+  parser.add_argument("--skip_scaling", action="store_true")
   args = parser.parse_args()
   import tensorflow_datasets as tfds
   tfds.disable_progress_bar()
+  genome_dir = pathlib.Path(
+      args.genome_dir or os.path.join(os.environ.get("GENEMASK_DATA_DIR") or os.path.join(
+          os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data"), "genome"))
+  workers = [int(w) for w in args.workers.split(",")]
+  if args.scaling_only:
+    scaling(genome_dir, workers, args.unit_mbp)
+    return
 
   paths = genome.default_genome_paths()
   t = time.perf_counter()
@@ -39,10 +213,10 @@ def main() -> None:
 
   tfds_dir = args.tfds_dir or tempfile.mkdtemp(prefix="bench_tfds_")
   t = time.perf_counter()
-  builder = genome_tfds.build(tfds_dir, None)
+  builder = genome_tfds.build(tfds_dir, None, num_workers=1)
   dt = time.perf_counter() - t
   sources = genome_tfds.data_sources(builder)
-  print(f"TFDS build (2 passes + write):   {n_chunks / dt:10.0f} examples/s "
+  print(f"TFDS build (1 worker):           {n_chunks / dt:10.0f} examples/s "
         f"({dt:.2f} s into {tfds_dir}; a build that exists is reused)")
 
   src = sources["train"]
@@ -65,6 +239,8 @@ def main() -> None:
           f"{rate:8.0f} examples/s = {rate / TRAIN_STEP_EXAMPLES_PER_S:.0f}x the "
           f"~{TRAIN_STEP_EXAMPLES_PER_S:.0f} examples/s the tiny model's train step consumes")
   print(f"(2-core CPU dev machine, {os.cpu_count()} CPUs visible)")
+  if not args.skip_scaling:
+    scaling(genome_dir, workers, args.unit_mbp)
 
 
 if __name__ == "__main__":

@@ -121,7 +121,7 @@ def _read_npmi(out: str) -> str | None:
 def _read_pipeline(out: str) -> str | None:
   m = re.findall(r"grain train_iterator \(batch (\d+), workers 0, prefetch (\d+)\):\s+(\d+) "
                  r"examples/s = (\d+)x", out)
-  build = _num(r"TFDS build \(2 passes \+ write\):\s+(\d+) examples/s", out)
+  build = _num(r"TFDS build \(1 worker\):\s+(\d+) examples/s", out)
   if not m:
     return None
   best = max(m, key=lambda r: int(r[2]))

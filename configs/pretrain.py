@@ -39,6 +39,7 @@ def _base() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict()
   c.data.fasta = ""  # Comma-separated FASTA paths (plain or gzip); "" = embedded sample.
   c.data.tfds_dir = ""  # "" = WORKDIR/tfds.
+  c.data.num_workers = 0  # Processes building the corpus; 0 = all cores (1 if small).
   c.data.k = 6
   c.data.max_len = 512  # Tokens per example including [CLS] and [SEP].
   c.data.long_chunk_prob = 0.5  # P(chunk has the full max_len + k - 3 bases).

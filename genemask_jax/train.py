@@ -196,9 +196,10 @@ def _hash(obj: Any) -> str:
   return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _build_corpus(tfds_dir: str, fasta_paths: list[str], chunking: genome.ChunkConfig):
+def _build_corpus(tfds_dir: str, fasta_paths: list[str], chunking: genome.ChunkConfig,
+                  num_workers: int = 0):
   try:
-    return genome_tfds.build(tfds_dir, fasta_paths, chunking)
+    return genome_tfds.build(tfds_dir, fasta_paths, chunking, num_workers=num_workers)
   except AssertionError as e:  # TFDS refuses to finalise an empty split.
     if "No examples were yielded" not in str(e):
       raise
@@ -355,7 +356,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   tfds_dir = config.data.tfds_dir or os.fspath(workdir / "tfds")
   with _quiet_tfds():
     if is_main:  # One process builds; the others wait, then open the same build.
-      _build_corpus(tfds_dir, fasta_paths, chunking)
+      _build_corpus(tfds_dir, fasta_paths, chunking, config.data.num_workers)
     _sync("tfds")
     builder = _build_corpus(tfds_dir, fasta_paths, chunking)
   sources = genome_tfds.data_sources(builder)

@@ -28,7 +28,7 @@ def test_blocks_are_contiguous_and_bounded(tmp_path):
   lines = b"\n".join(seq[i:i + 60] for i in range(0, len(seq), 60))
   p = _write(tmp_path / "x.fa", b">a\n" + lines + b"\n>b\n" + lines + b"\n")
   blocks = list(fasta.iter_blocks(p, block_size=500))
-  assert all(len(b) < 500 + 60 for _, b in blocks)
+  assert all(len(b) <= 500 for _, b in blocks)
   assert b"".join(b for i, b in blocks if i == 0) == seq
   assert b"".join(b for i, b in blocks if i == 1) == seq
 
@@ -67,3 +67,48 @@ def test_real_genome_files(data_dir):
       assert rec.name.startswith("chr22:17443628-17448117")
   assert n_records == 9627
   assert total >= 21_629_084
+
+
+def test_utf8_header_is_text_and_other_bytes_are_named(tmp_path):
+  # #20 item 11: a valid UTF-8 header was rejected as "binary".
+  p = _write(tmp_path / "u.fa", ">chr1 Homo sapiens — séquence\nACGT\n".encode())
+  fasta.check_files([p])
+  assert [(r.name, s) for r, s in fasta.iter_records(p)] == [
+      ("chr1 Homo sapiens — séquence", b"ACGT")]
+  bad = _write(tmp_path / "l1.fa", b">chr1 s\xe9quence\nACGT\n")
+  with pytest.raises(fasta.FastaError, match=r"l1.fa:1: header is not UTF-8"):
+    fasta.check_files([bad])
+  with pytest.raises(fasta.FastaError, match=r"l1.fa:1: header is not UTF-8"):
+    list(fasta.iter_blocks(bad))
+
+
+def test_directory_is_named_as_a_directory(tmp_path):
+  # #20 item 11: a directory given as FASTA said "no such file".
+  (tmp_path / "genome").mkdir()
+  (tmp_path / "genome" / "chr1.fa.gz").write_bytes(b"")
+  with pytest.raises(fasta.FastaError, match=r"genome: is a directory.*chr1.fa.gz"):
+    fasta.check_files([tmp_path / "genome"])
+
+
+def test_leading_blank_and_comment_lines_are_allowed(tmp_path):
+  p = _write(tmp_path / "c.fa", b"\n;comment\n>r\nAC\n;inner\nGT\n")
+  fasta.check_files([p])
+  assert [(r.name, r.line, s) for r, s in fasta.iter_records(p)] == [("r", 3, b"ACGT")]
+
+
+@pytest.mark.parametrize("read_size", [1, 7, 1 << 20])
+def test_one_long_line_streams_in_bounded_pieces(tmp_path, read_size):
+  seq = b"ACGTN" * 20_000
+  p = _write(tmp_path / "one.fa", b">a\n" + seq + b"\n>b\nTT\nGG")
+  pieces = list(fasta.iter_pieces(p, read_size=read_size))
+  assert all(len(piece) <= read_size for _, piece in pieces)
+  assert b"".join(x for r, x in pieces if r.index == 0) == seq
+  assert b"".join(x for r, x in pieces if r.index == 1) == b"TTGG"
+  with pytest.raises(fasta.FastaError, match=r"x.fa:3: byte b'!'"):
+    list(fasta.iter_pieces(_write(tmp_path / "x.fa", b">a\nAC\nA!\n"), read_size=read_size))
+
+
+def test_overlong_header_is_refused(tmp_path):
+  p = _write(tmp_path / "h.fa", b">" + b"x" * (2 << 20) + b"\nACGT\n")
+  with pytest.raises(fasta.FastaError, match=r"h.fa:1: header line longer than 1048576 bytes"):
+    list(fasta.iter_blocks(p))

@@ -55,7 +55,7 @@ def test_chunk_lengths_follow_the_paper(tmp_path, chrx):
   cfg = genome.ChunkConfig(seed=3)
   chunks = list(genome.iter_chunks([path], cfg))
   bp = np.array([c.length - 2 + cfg.k - 1 for c in chunks])
-  bp = bp[:-1]  # The segment's tail is shorter than drawn.
+  bp = bp[1:-1]  # The segment's first and last chunks are cut short.
   n = len(bp)
   assert n > 3000
   frac_full = np.mean(bp == 511)
@@ -65,12 +65,12 @@ def test_chunk_lengths_follow_the_paper(tmp_path, chrx):
   # Uniform on 6..510: each fifth of the range holds ~20% of the short chunks.
   hist, _ = np.histogram(short, bins=5, range=(6, 511))
   assert np.all(np.abs(hist / len(short) - 0.2) < 4 * np.sqrt(0.16 / len(short)))
-  # Chunks are consecutive and non-overlapping from an offset in [0, 1000).
+  # Chunks are consecutive and non-overlapping and lose no base: the random offset only
+  # shortens the first chunk.
   text = chrx.decode()
-  offset = text.find(_bases(chunks[0]))
-  assert 0 <= offset < 1000
-  joined = "".join(_bases(c) for c in chunks[:50])
-  assert text[offset:offset + len(joined)] == joined
+  joined = "".join(_bases(c) for c in chunks)
+  assert joined == text
+  assert 6 <= len(_bases(chunks[0])) <= 511
 
 
 def test_full_chunk_packs_like_the_tokenizer(tmp_path, chrx):
@@ -164,6 +164,12 @@ def test_bad_input_raises_early(tmp_path):
   empty.write_bytes(b"")
   with pytest.raises(fasta.FastaError, match="empty"):
     next(genome.iter_chunks([str(empty)]))
+  all_n = tmp_path / "n.fa"
+  all_n.write_bytes(b">n\n" + b"N" * 5000 + b"\n>p\nMKVLAAGIVGLLLAQW\n")
+  stats = genome.ChunkStats()
+  assert not list(genome.iter_chunks([str(all_n)], stats=stats))
+  assert (stats.letters, stats.acgt, stats.kept) == (5016, 5, 0)
+  assert stats.describe() == "5,016 letters, 5 A/C/G/T, 0.00% of those kept in 0 chunks"
   headless = tmp_path / "headless.fa"
   headless.write_bytes(b"ACGTACGT\n")
   with pytest.raises(fasta.FastaError, match="header"):
@@ -185,3 +191,30 @@ def test_make_sample_is_reproducible(tmp_path, data_dir):
 
 def test_no_tensorflow():
   assert "tensorflow" not in sys.modules
+
+
+def _chunk_bp(chunks, k=6) -> int:
+  return sum(c.length - 2 + k - 1 for c in chunks)
+
+
+def test_short_segments_keep_their_bases_and_the_share_is_reported(tmp_path, chrx):
+  # #20 item 7: 2,000 records of 800 bp kept 41% of their bases when the random start
+  # offset was dropped; an IUPAC letter every kb kept 47%.
+  short = _write_fasta(tmp_path / "short.fa",
+                       [(f"r{i}", chrx[i * 800:(i + 1) * 800]) for i in range(2000)])
+  stats = genome.ChunkStats()
+  chunks = list(genome.iter_chunks([short], stats=stats))
+  assert stats.letters == stats.acgt == 2000 * 800
+  assert stats.kept == _chunk_bp(chunks) and stats.chunks == len(chunks)
+  assert stats.share_kept > 0.99
+  assert all(6 <= c.length - 2 + 5 <= 511 for c in chunks)
+  seq = bytearray(chrx[:300_000])
+  seq[999::1000] = b"R" * len(seq[999::1000])
+  iupac = _write_fasta(tmp_path / "iupac.fa", [("x", bytes(seq))])
+  stats = genome.ChunkStats()
+  chunks = list(genome.iter_chunks([iupac], stats=stats))
+  assert stats.letters == 300_000 and stats.acgt == 300_000 - 300
+  assert stats.kept == _chunk_bp(chunks) and stats.share_kept > 0.99
+  assert "99." in stats.describe() or "100.00%" in stats.describe()
+  joined = list(genome.iter_chunks([iupac], genome.ChunkConfig(join_across_n=True)))
+  assert _chunk_bp(joined) >= 0.999 * (300_000 - 300)

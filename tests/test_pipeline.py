@@ -182,10 +182,10 @@ def test_prepare_command_builds_and_prints(small_fasta, data_dir, tmp_path):
 
 def test_prepare_rejects_bad_input_before_building(small_fasta, tmp_path):
   res = _prepare(f"--tfds_dir={tmp_path}", f"--fasta={tmp_path / 'missing.fa'}")
-  assert res.returncode == 1 and "missing.fa: no such file" in res.stderr
+  assert res.returncode == 2 and "missing.fa: no such file" in res.stderr
   res = _prepare(f"--tfds_dir={tmp_path}", f"--fasta={small_fasta}",
                  f"--fewshot_data_dir={tmp_path}")
-  assert res.returncode == 1 and "no fewshot/ directory" in res.stderr
+  assert res.returncode == 2 and "no fewshot/ directory" in res.stderr
   assert not (tmp_path / "genemask_genome").exists()
 
 

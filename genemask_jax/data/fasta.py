@@ -3,11 +3,13 @@
 Real genome FASTA is soft-masked (lower case), holds N runs and, rarely, other IUPAC
 letters, and may have CRLF line ends. This reader keeps the letters as they are (callers
 decide about case and non-ACGT letters) and streams each record's sequence in blocks of
-about ``block_size`` bytes, so a 3 GB hg38 never sits in memory whole.
+``block_size`` letters. The file is read in fixed 1 MiB buffers, never a line at a time, so
+memory does not depend on the line length either: a 3 GB hg38, or a chromosome written on
+one line, never sits in memory whole. Headers are UTF-8 text (at most 1 MiB).
 
 Malformed input raises `FastaError` naming the file and line before the bad part is used:
-an empty file, a file with no header, a sequence line before the first header, or bytes
-that are not sequence letters (binary data).
+an empty file, a directory, a file with no header, a sequence line before the first header,
+a header that is not UTF-8, or bytes that are not sequence letters (binary data).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import os
+import zlib
 from typing import BinaryIO, Iterator, Sequence
 
 from genemask_jax import errors
@@ -22,6 +25,11 @@ from genemask_jax import errors
 _GZIP_MAGIC = b"\x1f\x8b"
 # Sequence letters: IUPAC codes in either case, plus gap and stop symbols.
 _SEQ_LETTERS = bytes(range(ord("A"), ord("Z") + 1)) + bytes(range(ord("a"), ord("z") + 1)) + b"-*."
+_READ_SIZE = 1 << 20  # Bytes read at a time: memory does not depend on line length.
+_MAX_HEADER = 1 << 20  # A longer '>' line is not a FASTA header.
+_CHECK_SIZE = 1 << 16  # Bytes check_files reads of each file.
+_GT, _SEMI = ord(">"), ord(";")
+_SEQ, _HEADER, _COMMENT = 0, 1, 2
 
 
 class FastaError(errors.UserError):
@@ -56,105 +64,206 @@ def _describe(line: bytes) -> str:
   return f"byte {ch!r} (0x{ch[0]:02x})" if ch else "an unexpected byte"
 
 
-def iter_lines(path: str | os.PathLike) -> Iterator[tuple[int, Record | None, bytes]]:
-  """Yields (line number, record, sequence line) for every sequence line, validated.
+def _error_line(lineno: int, region: bytes, pos: int) -> int:
+  """The 1-based line number of byte `pos` of `region`, which starts on line `lineno`."""
+  return lineno + region.count(b"\n", 0, pos)
 
-  The header lines themselves are not yielded; the `Record` of each sequence line says
-  which record it belongs to. Raises FastaError on malformed input.
+
+def iter_pieces(path: str | os.PathLike, read_size: int = _READ_SIZE
+                ) -> Iterator[tuple[Record, bytes]]:
+  """Yields (record, piece): each record's sequence in pieces, newlines removed, validated.
+
+  The file is read in fixed buffers of ``read_size`` bytes, never line by line, so memory
+  stays flat whatever the line length (a whole chromosome on one line included). A piece
+  is at most ``read_size`` letters; consecutive pieces of one record are adjacent. Blank
+  lines and ';' comment lines are skipped. Raises FastaError on malformed input, naming
+  the file and line, before any piece of the bad buffer is yielded.
   """
   path = os.fspath(path)
   record: Record | None = None
   n_records = 0
-  lineno = 0
+  lineno = 1  # Line of the next unread byte.
+  at_line_start = True
+  mode = _SEQ  # What the current line is: sequence, header or comment.
+  header: list[bytes] = []
+  header_size = 0
+  header_line = 0
+  total = 0
   try:
     with open_maybe_gzip(path) as f:
-      for lineno, raw in enumerate(f, 1):
-        line = raw.rstrip(b"\r\n")
-        if line.startswith(b">"):
-          try:
-            name = line[1:].decode("ascii").strip()
-          except UnicodeDecodeError as e:
-            raise FastaError(f"{path}:{lineno}: header is not ASCII text (binary data?)") from e
-          record = Record(n_records, name, lineno)
-          n_records += 1
-          continue
-        if not line or line.startswith(b";"):
-          continue
-        if line.translate(None, _SEQ_LETTERS):
-          raise FastaError(
-              f"{path}:{lineno}: {_describe(line)} in a sequence line; expected IUPAC letters"
-              " (is this a FASTA file?)")
-        if record is None:
-          raise FastaError(
-              f"{path}:{lineno}: sequence line before any '>' header; a FASTA file starts "
-              "with a '>name' line")
-        yield lineno, record, line
-  except (OSError, EOFError, gzip.BadGzipFile) as e:
+      while True:
+        buf = f.read(read_size)
+        if not buf:
+          break
+        total += len(buf)
+        i, n = 0, len(buf)
+        semi = buf.find(b"\n;")  # Kept until passed: comment lines are rare.
+        while i < n:
+          if at_line_start:
+            c = buf[i]
+            if c == _GT:
+              mode, header, header_size, header_line = _HEADER, [], 0, lineno
+              i += 1
+            elif c == _SEMI:
+              mode = _COMMENT
+            else:
+              mode = _SEQ
+            at_line_start = False
+            continue
+          if mode != _SEQ:  # Header or comment: up to the end of the line.
+            j = buf.find(b"\n", i)
+            stop = n if j < 0 else j
+            if mode == _HEADER:
+              header.append(buf[i:stop])
+              header_size += stop - i
+              if header_size > _MAX_HEADER:
+                raise FastaError(f"{path}:{header_line}: header line longer than "
+                                 f"{_MAX_HEADER} bytes; is this a FASTA file?")
+            if j < 0:
+              break
+            if mode == _HEADER:
+              record = Record(n_records, _header_name(path, header_line, b"".join(header)),
+                              header_line)
+              n_records += 1
+            lineno += 1
+            at_line_start = True
+            i = j + 1
+            continue
+          # Sequence: everything up to the next line that starts a header or comment.
+          if 0 <= semi < i:
+            semi = buf.find(b"\n;", i)
+          j = buf.find(b"\n>", i)
+          j = semi if j < 0 else (j if semi < 0 else min(j, semi))
+          stop = n if j < 0 else j + 1  # Keep the newline that ends the last sequence line.
+          region = buf[i:stop]
+          letters = region.translate(None, b"\r\n")
+          if letters:
+            bad = letters.translate(None, _SEQ_LETTERS)
+            if bad:
+              pos = region.find(bad[:1])
+              line = _error_line(lineno, region, pos)
+              raise FastaError(f"{path}:{line}: {_describe(bad)} in a sequence line; expected "
+                               "IUPAC letters (is this a FASTA file?)")
+            if record is None:
+              pos = len(region) - len(region.lstrip(b"\r\n"))
+              line = _error_line(lineno, region, pos)
+              raise FastaError(
+                  f"{path}:{line}: sequence line before any '>' header; a FASTA file starts "
+                  "with a '>name' line")
+            yield record, letters
+          lineno += region.count(b"\n")
+          at_line_start = region.endswith(b"\n")
+          i = stop
+      if mode == _HEADER and not at_line_start:  # A last header without a newline.
+        record = Record(n_records, _header_name(path, header_line, b"".join(header)),
+                        header_line)
+        n_records += 1
+  except (OSError, EOFError, zlib.error, gzip.BadGzipFile) as e:
     raise FastaError(f"{path}:{lineno}: cannot read: {e}") from e
-  if lineno == 0:
+  if total == 0:
     raise FastaError(f"{path}: empty file; expected FASTA ('>name' then sequence lines)")
   if n_records == 0:
-    raise FastaError(f"{path}: no FASTA header ('>name' line) found in {lineno} lines")
+    lines = lineno - 1 if at_line_start else lineno
+    raise FastaError(f"{path}: no FASTA header ('>name' line) found in {lines} lines")
+
+
+def _header_name(path: str, line: int, raw: bytes) -> str:
+  try:
+    return raw.rstrip(b"\r").decode("utf-8").strip()
+  except UnicodeDecodeError as e:
+    raise FastaError(f"{path}:{line}: header is not UTF-8 text ({e.reason} at byte "
+                     f"{e.start}); is this a FASTA file?") from e
 
 
 def iter_blocks(path: str | os.PathLike, block_size: int = 1 << 22) -> Iterator[tuple[int, bytes]]:
   """Yields (record index, block): each record's sequence in contiguous pieces.
 
   Consecutive blocks with the same record index are adjacent pieces of that record's
-  sequence (newlines removed, letters and case as in the file). Memory is bounded by
-  ``block_size`` plus one line.
+  sequence (newlines removed, letters and case as in the file); every block but a
+  record's last holds exactly ``block_size`` letters. Memory is bounded by ``block_size``
+  plus one read buffer (1 MiB), whatever the file's line length.
   """
+  for record, block in iter_named_blocks(path, block_size):
+    yield record.index, block
+
+
+def iter_named_blocks(path: str | os.PathLike, block_size: int = 1 << 22
+                      ) -> Iterator[tuple[Record, bytes]]:
+  """Like `iter_blocks`, with each block's `Record` (index, header, line) instead of its index."""
   pending: list[bytes] = []
   size = 0
-  current = -1
-  for _, record, line in iter_lines(path):
-    if record.index != current:
+  current: Record | None = None
+  for record, piece in iter_pieces(path):
+    if current is not None and record.index != current.index:
       if pending:
         yield current, b"".join(pending)
-      pending, size, current = [], 0, record.index
-    pending.append(line)
-    size += len(line)
-    if size >= block_size:
-      yield current, b"".join(pending)
       pending, size = [], 0
+    current = record
+    while size + len(piece) >= block_size:
+      cut = block_size - size
+      pending.append(piece[:cut])
+      yield current, b"".join(pending)
+      pending, size, piece = [], 0, piece[cut:]
+    if piece:
+      pending.append(piece)
+      size += len(piece)
   if pending:
     yield current, b"".join(pending)
 
 
 def iter_records(path: str | os.PathLike) -> Iterator[tuple[Record, bytes]]:
-  """Yields (record, whole sequence) per record. Holds one record in memory at a time."""
+  """Yields (record, whole sequence) per record. Holds one record in memory at a time.
+
+  A record with no sequence lines is skipped.
+  """
   pending: list[bytes] = []
   current: Record | None = None
-  for _, record, line in iter_lines(path):
+  for record, piece in iter_pieces(path):
     if current is not None and record.index != current.index:
       yield current, b"".join(pending)
       pending = []
     current = record
-    pending.append(line)
+    pending.append(piece)
   if current is not None:
     yield current, b"".join(pending)
 
 
 def check_files(paths: Sequence[str | os.PathLike]) -> None:
-  """Fails fast on a missing path or a file that does not start like FASTA.
+  """Fails fast on a missing path, a directory, or a file that does not start like FASTA.
 
-  Reads only the first line of each file, so it is cheap to call before long work.
+  Reads at most the first 64 KiB of each file (its first header, after any blank or ';'
+  lines), so it is cheap to call before long work.
   """
   if not paths:
     raise FastaError("no FASTA files given")
   for path in paths:
     path = os.fspath(path)
-    if not os.path.isfile(path):
+    if os.path.isdir(path):
+      inside = sorted(n for n in os.listdir(path) if not n.startswith("."))
+      hint = (f"; it holds {len(inside)} entries, e.g. {', '.join(inside[:3])}: pass the FASTA "
+              "files themselves, comma-separated" if inside else "; it is empty")
+      raise FastaError(f"{path}: is a directory, expected a FASTA file (plain or gzip){hint}")
+    if not os.path.exists(path):
       raise FastaError(f"{path}: no such file")
+    if not os.path.isfile(path):
+      raise FastaError(f"{path}: not a regular file; expected a FASTA file (plain or gzip)")
     with open_maybe_gzip(path) as f:
       try:
-        first = f.readline()
-      except (OSError, EOFError, gzip.BadGzipFile) as e:
+        head = f.read(_CHECK_SIZE)
+      except (OSError, EOFError, zlib.error, gzip.BadGzipFile) as e:
         raise FastaError(f"{path}:1: cannot read: {e}") from e
-    if not first:
+    if not head:
       raise FastaError(f"{path}: empty file; expected FASTA ('>name' then sequence lines)")
-    if not first.startswith(b">"):
-      if first.rstrip(b"\r\n").translate(None, _SEQ_LETTERS):
-        raise FastaError(f"{path}:1: {_describe(first)}; expected a '>name' header (binary data?)")
-      raise FastaError(f"{path}:1: sequence line before any '>' header; a FASTA file starts with "
-                       "a '>name' line")
+    for lineno, line in enumerate(head.split(b"\n"), 1):
+      line = line.rstrip(b"\r")
+      if not line or line.startswith(b";"):
+        continue
+      if line.startswith(b">"):
+        if len(line) < len(head):  # The header is whole: check that it is text.
+          _header_name(path, lineno, line[1:])
+        break
+      if line.translate(None, _SEQ_LETTERS):
+        raise FastaError(f"{path}:{lineno}: {_describe(line)}; expected a '>name' header "
+                         "(binary data?)")
+      raise FastaError(f"{path}:{lineno}: sequence line before any '>' header; a FASTA file "
+                       "starts with a '>name' line")

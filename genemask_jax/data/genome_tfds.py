@@ -10,6 +10,20 @@ builder config, whose name carries a hash of them (file names and sizes, every c
 field), so a different corpus or setting never reuses a stale build. The default config
 is the genome slice embedded in the package.
 
+The build runs on all cores: the main process reads the FASTA files and draws the seeded
+chunk lengths (`genome.iter_cuts`), groups the chunks into work units of 1-16 Mbp (the
+size follows the input's size, never the worker count), and worker processes turn each
+unit into one array_record shard per split (`shards.write_unit`). Shards are numbered in
+unit order, so the dataset is byte-identical, example for example and in the same order,
+for any ``num_workers``. Memory is bounded by the units in flight (two per worker), not by
+the genome or its line length. Finished units are kept in
+``TFDS_DIR/downloads/genemask_genome/CONFIG/`` until the build completes, so a build that
+was killed resumes from them; TFDS only marks the dataset as built (``dataset_info.json``)
+after the last shard is in place, so a half-written build is never taken for a finished
+one. Examples are stored in corpus order (TFDS's key-hash shuffle is not applied: grain
+shuffles when reading). The stats of what was read and kept (`genome.ChunkStats`) are in
+the dataset's ``metadata.json`` and in `summary`.
+
 Read back only with ``builder.as_data_source()`` (random access, what grain wants); never
 ``tfds.load``/``as_dataset``, which import TensorFlow::
 
@@ -20,19 +34,76 @@ Read back only with ``builder.as_data_source()`` (random access, what grain want
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import json
+import logging
+import math
+import multiprocessing
 import os
-from typing import Any, Mapping, Sequence
+import shutil
+import time
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
 
+from genemask_jax import errors
 from genemask_jax.data import fasta
 from genemask_jax.data import genome
+from genemask_jax.data import shards
 
-VERSION = "1.0.0"
+# 2.0.0: parallel build; the chunk straddling a segment's start is kept (#20 item 7);
+# corpus order instead of TFDS's key-hash shuffle; snappy-compressed shards.
+VERSION = "2.0.0"
+_BLOCK = 1 << 20  # FASTA letters per block of the build's reader.
+_MIN_UNIT_BP, _MAX_UNIT_BP = 1 << 20, 1 << 24
+_TARGET_UNITS = 256  # Units (so shards per split) a corpus is cut into, at most ~.
+_GZIP_RATIO = 3.3  # Letters per byte of gzip FASTA, for the size estimate only.
+_MIN_PARALLEL_BP = 16 << 20  # Below this (estimated), the automatic worker count is 1.
+
+
+class CorpusError(errors.UserError):
+  """The FASTA input gives no usable corpus (e.g. too little sequence for both splits)."""
+
+
+def estimated_letters(paths: Sequence[str]) -> int:
+  """A size estimate of the sequence in the files, from their sizes (gzip counted 3.3x)."""
+  total = 0.0
+  for p in paths:
+    with open(p, "rb") as f:
+      gz = f.read(2) == b"\x1f\x8b"
+    total += os.path.getsize(p) * (_GZIP_RATIO if gz else 1.0)
+  return int(total)
+
+
+def unit_bp(paths: Sequence[str]) -> int:
+  """Bases per work unit: a power of two in [1, 16] Mbp, ~256 units for the input."""
+  want = estimated_letters(paths) / _TARGET_UNITS
+  bp = 1 << max(0, math.ceil(math.log2(max(want, 1))))
+  return int(min(max(bp, _MIN_UNIT_BP), _MAX_UNIT_BP))
+
+
+def default_num_workers() -> int:
+  """All cores this process may run on."""
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:  # Not Linux.
+    return os.cpu_count() or 1
+
+
+def resolve_num_workers(num_workers: int | None, paths: Sequence[str]) -> int:
+  """num_workers >= 1 as given; None or 0: all cores, or 1 for a small input."""
+  if num_workers is not None and num_workers < 0:
+    raise CorpusError(f"num_workers must be >= 0 (0: all cores), got {num_workers}")
+  if num_workers:
+    return int(num_workers)
+  if estimated_letters(paths) < _MIN_PARALLEL_BP:
+    return 1  # Starting processes would cost more than they save.
+  return default_num_workers()
 
 
 @dataclasses.dataclass(eq=False)
@@ -83,13 +154,98 @@ def make_config(fasta_paths: Sequence[str | os.PathLike] | None = None,
   )
 
 
+def iter_units(paths: Sequence[str], cfg: genome.ChunkConfig, bp: int,
+               stats: genome.ChunkStats) -> Iterator[shards.Unit]:
+  """The corpus as work units of about `bp` bases (whole cuts), in corpus order."""
+  pending: list[genome.Cut] = []
+  size = 0
+  index = 0
+
+  def flush() -> shards.Unit:
+    return shards.Unit(index, np.concatenate([c.bases for c in pending]),
+                       np.concatenate([c.lengths for c in pending]),
+                       [c.record_name for c in pending],
+                       np.array([c.first_index for c in pending], np.int64),
+                       np.array([c.lengths.shape[0] for c in pending], np.int64), cfg)
+
+  for cut in genome.iter_cuts(paths, cfg, _BLOCK, stats):
+    pending.append(cut)
+    size += cut.bases.shape[0]
+    if size >= bp:
+      yield flush()
+      pending, size, index = [], 0, index + 1
+  if pending:
+    yield flush()
+
+
+def write_units(units: Iterator[shards.Unit], work_dir: str, num_workers: int,
+                log: Callable[[str], None] = logging.info) -> tuple[list[dict[str, Any]], int]:
+  """Writes every unit not already finished in work_dir; returns (results, reused).
+
+  With num_workers > 1 the units go to spawned worker processes, at most two per worker
+  in flight (which bounds memory); results come back in unit order either way.
+  """
+  results: dict[int, dict[str, Any]] = {}
+  reused = 0
+  t0 = last = time.monotonic()
+  bases = 0
+
+  markers = set(shards.finished_indices(work_dir))  # Units an earlier run finished.
+
+  def todo() -> Iterator[shards.Unit]:
+    nonlocal reused, bases, last
+    for unit in units:
+      bases += unit.bases.shape[0]
+      done = shards.finished(work_dir, unit) if unit.index in markers else None
+      if done is not None:
+        results[unit.index] = done
+        reused += 1
+      else:
+        yield unit
+      if time.monotonic() - last > 30:
+        last = time.monotonic()
+        log(f"  ... {bases / 1e6:,.0f} Mbp of chunks in {last - t0:.0f} s, "
+            f"{len(results)} units done")
+
+  if num_workers <= 1:
+    for unit in todo():
+      results[unit.index] = shards.write_unit(unit, work_dir)
+  else:
+    ctx = multiprocessing.get_context("spawn")  # Never fork a process that runs JAX.
+    try:
+      with concurrent.futures.ProcessPoolExecutor(num_workers, mp_context=ctx) as pool:
+        pending: set[concurrent.futures.Future] = set()
+
+        def collect(return_when):
+          nonlocal pending
+          done, pending = concurrent.futures.wait(pending, return_when=return_when)
+          for fut in done:
+            r = fut.result()
+            results[r["index"]] = r
+
+        for unit in todo():
+          pending.add(pool.submit(shards.write_unit, unit, work_dir))
+          if len(pending) >= 2 * num_workers:
+            collect(concurrent.futures.FIRST_COMPLETED)
+        if pending:
+          collect(concurrent.futures.ALL_COMPLETED)
+    except concurrent.futures.process.BrokenProcessPool as e:
+      raise RuntimeError(
+          f"a corpus build worker died ({e}; out of memory?); run the same command again: "
+          f"the finished units in {work_dir} are kept and the build resumes from them") from e
+  return [results[i] for i in sorted(results)], reused
+
+
 class GenemaskGenome(tfds.core.GeneratorBasedBuilder):
   """Genome chunks as k-mer token ids, for masked-language-model pretraining."""
 
   VERSION = tfds.core.Version(VERSION)
 
-  def __init__(self, *, config: GenomeConfig | None = None, **kwargs):
+  def __init__(self, *, config: GenomeConfig | None = None, num_workers: int | None = None,
+               log: Callable[[str], None] | None = None, **kwargs):
     super().__init__(config=config if config is not None else make_config(), **kwargs)
+    self._num_workers = num_workers
+    self._log = log or logging.info
 
   def _chunk_cfg(self) -> genome.ChunkConfig:
     return genome.ChunkConfig.from_dict(self.builder_config.chunking)
@@ -104,10 +260,57 @@ class GenemaskGenome(tfds.core.GeneratorBasedBuilder):
             "length": tfds.features.Scalar(dtype=np.int32),
         }),
         homepage="https://github.com/roysoumya/GeneMask",
+        metadata=tfds.core.MetadataDict(),
     )
 
+  def work_dir(self) -> str:
+    """Where finished units wait until the build completes (kept across a crash)."""
+    return os.path.join(os.fspath(self.data_dir_root), "downloads", self.name, self.builder_config.name, str(self.version))
+
+  def _download_and_prepare(self, dl_manager, download_config=None):
+    del dl_manager, download_config  # The FASTA files are local; no TFDS shuffling.
+    cfg = self._chunk_cfg()
+    paths = list(self.builder_config.fasta)
+    work = self.work_dir()
+    os.makedirs(work, exist_ok=True)
+    workers = resolve_num_workers(self._num_workers, paths)
+    bp = unit_bp(paths)
+    stats = genome.ChunkStats()
+    t0 = time.monotonic()
+    results, reused = write_units(iter_units(paths, cfg, bp, stats), work, workers, self._log)
+    seconds = time.monotonic() - t0
+    counts = {s: sum(r["examples"][s] for r in results) for s in shards.SPLITS}
+    if not counts[genome.TRAIN] or (cfg.validation_fraction > 0
+                                    and not counts[genome.VALIDATION]):
+      which = "training" if not counts[genome.TRAIN] else "validation"
+      raise CorpusError(
+          f"{', '.join(paths)}: the corpus yields no {which} chunk ({stats.describe()}: "
+          f"{counts[genome.TRAIN]} train and {counts[genome.VALIDATION]} validation chunks); "
+          f"both splits need at least one (about 1 chunk in "
+          f"{1 / max(cfg.validation_fraction, 1e-9):.0f} goes to validation): give more "
+          "sequence")
+    split_infos = []
+    for split in shards.SPLITS:
+      template = self._get_filename_template(split_name=split)
+      used = [r for r in results if r["examples"][split]]
+      for j, r in enumerate(used):
+        os.replace(shards.shard_path(work, r["index"], split),
+                   os.fspath(template.sharded_filepath(shard_index=j, num_shards=len(used))))
+      split_infos.append(tfds.core.SplitInfo(
+          name=split, shard_lengths=[r["examples"][split] for r in used],
+          num_bytes=sum(r["bytes"][split] for r in used), filename_template=template))
+    self.info.set_splits(tfds.core.SplitDict(split_infos))
+    self.info.metadata.update({
+        "stats": stats.as_dict(), "units": len(results), "unit_bp": bp,
+        "num_workers": workers, "reused_units": reused, "seconds": round(seconds, 3)})
+
+  def _post_download_and_prepare_hook(self) -> None:
+    shutil.rmtree(self.work_dir(), ignore_errors=True)  # The dataset is complete now.
+
+  # Required by GeneratorBasedBuilder; the build above does not use them. They give the
+  # same examples in one process, in corpus order.
   def _split_generators(self, dl_manager):
-    del dl_manager  # The FASTA files are local.
+    del dl_manager
     return {genome.TRAIN: self._generate_examples(genome.TRAIN),
             genome.VALIDATION: self._generate_examples(genome.VALIDATION)}
 
@@ -117,30 +320,71 @@ class GenemaskGenome(tfds.core.GeneratorBasedBuilder):
         yield chunk.key, {"input_ids": chunk.input_ids, "length": np.int32(chunk.length)}
 
 
+@contextlib.contextmanager
+def _locked(path: str) -> Iterator[None]:
+  """An exclusive lock on `path` (created), held by one build of a config at a time."""
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, "a") as f:
+    fcntl.flock(f, fcntl.LOCK_EX)  # A second build of the same config waits here.
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def build(tfds_dir: str | os.PathLike,
           fasta_paths: Sequence[str | os.PathLike] | None = None,
-          chunk_cfg: genome.ChunkConfig | Mapping[str, Any] | None = None
-          ) -> GenemaskGenome:
+          chunk_cfg: genome.ChunkConfig | Mapping[str, Any] | None = None,
+          num_workers: int | None = None,
+          log: Callable[[str], None] | None = None) -> GenemaskGenome:
   """Builds the dataset under tfds_dir (a no-op if this exact config is built already).
 
   Args:
     tfds_dir: TFDS data directory.
     fasta_paths: FASTA files; None for the embedded genome sample.
     chunk_cfg: chunking settings (ChunkConfig or dict); None for the defaults.
+    num_workers: processes for the build; None or 0: all cores (1 for a small input).
+      The dataset does not depend on it.
+    log: progress lines (default: logging.info).
 
   Returns:
     the prepared builder; read it with `data_sources`.
+
+  Raises:
+    fasta.FastaError, genome.GenomeConfigError: bad input, before any work.
+    CorpusError: the input gives an empty split.
   """
-  builder = builder_for(tfds_dir, make_config(fasta_paths, chunk_cfg))
-  builder.download_and_prepare(
-      download_dir=os.path.join(os.fspath(tfds_dir), "downloads"),
-      download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+  config = make_config(fasta_paths, chunk_cfg)
+  if num_workers is not None and num_workers < 0:
+    raise CorpusError(f"num_workers must be >= 0 (0: all cores), got {num_workers}")
+  tfds_dir = os.fspath(tfds_dir)
+  builder = builder_for(tfds_dir, config, num_workers, log)
+  if builder.is_prepared():
+    if os.path.isdir(builder.work_dir()):  # Left if the last build died after finishing.
+      shutil.rmtree(builder.work_dir(), ignore_errors=True)
+    return builder
+  with _locked(builder.work_dir() + ".lock"):
+    builder = builder_for(tfds_dir, config, num_workers, log)  # Another build may have won.
+    if not builder.is_prepared():
+      # Under the lock, a TFDS temporary dir of this config is a killed build's: remove.
+      variant = os.fspath(builder.data_path)
+      parent = os.path.dirname(variant)
+      if os.path.isdir(parent):
+        for name in os.listdir(parent):
+          if name.startswith("incomplete.") and name.endswith("_" + os.path.basename(variant)):
+            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+      builder.download_and_prepare(
+          download_dir=os.path.join(tfds_dir, "downloads"),
+          download_config=tfds.download.DownloadConfig(try_download_gcs=False))
   return builder
 
 
-def builder_for(tfds_dir: str | os.PathLike, config: GenomeConfig) -> GenemaskGenome:
+def builder_for(tfds_dir: str | os.PathLike, config: GenomeConfig,
+                num_workers: int | None = None,
+                log: Callable[[str], None] | None = None) -> GenemaskGenome:
   """The builder for `config` under tfds_dir, array_record format, not yet prepared."""
-  return GenemaskGenome(config=config, data_dir=os.fspath(tfds_dir), file_format="array_record")
+  return GenemaskGenome(config=config, data_dir=os.fspath(tfds_dir), file_format="array_record",
+                        num_workers=num_workers, log=log)
 
 
 def data_sources(builder: GenemaskGenome) -> dict[str, Any]:
@@ -149,7 +393,13 @@ def data_sources(builder: GenemaskGenome) -> dict[str, Any]:
 
 
 def summary(builder: GenemaskGenome) -> dict[str, Any]:
-  """What a build holds: config name, directory, examples per split."""
+  """What a build holds: config name, directory, examples per split, bytes on disk, and
+  (from the build's metadata) the letters read, the share of A/C/G/T bases kept, units,
+  workers and seconds."""
+  meta = dict(builder.info.metadata or {})
   return {"name": builder.builder_config.name, "data_dir": str(builder.data_dir),
           "files": list(builder.builder_config.fasta),
-          "examples": {k: v.num_examples for k, v in builder.info.splits.items()}}
+          "examples": {k: v.num_examples for k, v in builder.info.splits.items()},
+          "bytes": sum(v.num_bytes for v in builder.info.splits.values()),
+          **{k: meta[k] for k in ("stats", "units", "num_workers", "reused_units", "seconds")
+             if k in meta}}

@@ -2,13 +2,18 @@
 
   python -m genemask_jax.data.prepare --tfds_dir=~/tensorflow_datasets            # embedded genome
   python -m genemask_jax.data.prepare --tfds_dir=DIR --fasta=chr1.fa.gz,chr2.fa.gz
+  python -m genemask_jax.data.prepare --tfds_dir=DIR --fasta=DATA/genome/hg38.fa.gz --num_workers=16
   GENEMASK_DATA_DIR=/path/to/data genemask-data --tfds_dir=DIR   # plus the four benchmarks
 
 The genome dataset comes from ``--fasta`` (default: the human genome slice shipped in the
 package); the few-shot datasets are built when ``--fewshot_data_dir`` is given or
 ``GENEMASK_DATA_DIR`` is set (a directory holding ``fewshot/``, as the download command
 writes it). All inputs are checked before any long work; what was built is printed:
-examples per split and the test rows that also occur in a training file.
+examples per split, the share of A/C/G/T bases kept in chunks, and the test rows that also
+occur in a training file. The genome build runs on ``--num_workers`` processes (default:
+all cores); the dataset is the same for any number. A killed build, run again with the
+same arguments, resumes from its finished work units. A user error prints one line and
+exits with status 2.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from typing import Any, Sequence
 from absl import app
 from absl import flags
 
-from genemask_jax.data import fasta
+from genemask_jax import errors
 from genemask_jax.data import genome
 from genemask_jax.data import genome_tfds
 
@@ -37,6 +42,13 @@ _JOIN = flags.DEFINE_bool("join_across_n", False,
                           "authors' way) instead of splitting records there")
 _MAX_LEN = flags.DEFINE_integer("max_len", 512, "tokens per genome example")
 _SKIP_GENOME = flags.DEFINE_bool("skip_genome", False, "build only the few-shot datasets")
+_NUM_WORKERS = flags.DEFINE_integer(
+    "num_workers", 0, "processes for the genome build; 0: all cores (1 for a small input). "
+    "The dataset does not depend on it")
+
+
+class PrepareError(errors.UserError):
+  """A bad argument to the data command."""
 
 
 def _fewshot_dir(flag_value: str | None) -> str | None:
@@ -45,7 +57,7 @@ def _fewshot_dir(flag_value: str | None) -> str | None:
     return None
   path = os.path.expanduser(path)
   if not os.path.isdir(os.path.join(path, "fewshot")):
-    raise ValueError(f"{path}: no fewshot/ directory; expected a data dir laid out like the "
+    raise PrepareError(f"{path}: no fewshot/ directory; expected a data dir laid out like the "
                      "download command writes it (see genemask_jax.data.download)")
   return path
 
@@ -53,13 +65,15 @@ def _fewshot_dir(flag_value: str | None) -> str | None:
 def prepare(tfds_dir: str, fasta_paths: Sequence[str] | None = None,
             fewshot_data_dir: str | None = None, tasks: Sequence[str] | None = None,
             chunk_cfg: genome.ChunkConfig = genome.ChunkConfig(),
-            build_genome: bool = True, log=print) -> dict[str, Any]:
+            build_genome: bool = True, log=print, num_workers: int = 0) -> dict[str, Any]:
   """Builds the datasets and returns {"genome": summary, "fewshot": summary}.
 
-  Inputs (FASTA files, chunking settings, the few-shot dir) are all checked before any
-  dataset is built.
+  Inputs (FASTA files, chunking settings, the few-shot dir, num_workers) are all checked
+  before any dataset is built.
   """
   out: dict[str, Any] = {}
+  if num_workers < 0:
+    raise PrepareError(f"--num_workers must be >= 0 (0: all cores), got {num_workers}")
   config = genome_tfds.make_config(fasta_paths or None, chunk_cfg) if build_genome else None
   fewshot_tfds = None
   if fewshot_data_dir is not None:
@@ -79,13 +93,21 @@ def prepare(tfds_dir: str, fasta_paths: Sequence[str] | None = None,
     log(fewshot_tfds.format_summary(summary))
   if config is not None:
     log(f"genome: chunking {len(config.fasta)} FASTA file(s) into {tfds_dir} ...")
-    builder = genome_tfds.builder_for(tfds_dir, config)
-    builder.download_and_prepare(download_dir=os.path.join(tfds_dir, "downloads"))
+    builder = genome_tfds.build(tfds_dir, list(config.fasta) if fasta_paths else None,
+                                chunk_cfg, num_workers=num_workers, log=log)
     s = genome_tfds.summary(builder)
     out["genome"] = s
     log(f"genome ({s['name']}) -> {s['data_dir']}")
     log("  from: " + ", ".join(s["files"]))
     log("  examples: " + ", ".join(f"{k}={v}" for k, v in s["examples"].items()))
+    if "stats" in s:
+      st = genome.ChunkStats(**{k: s["stats"][k] for k in ("letters", "acgt", "kept", "chunks")})
+      log(f"  read: {st.describe()}")
+    if "seconds" in s:
+      log(f"  built in {s['seconds']:.1f} s on {s['num_workers']} process(es), "
+          f"{s['bytes'] / 1e6:,.0f} MB on disk"
+          + (f", {s['reused_units']} of {s['units']} units reused from an interrupted build"
+             if s.get("reused_units") else ""))
   return out
 
 
@@ -99,8 +121,11 @@ def main(argv: Sequence[str]) -> None:
                                    max_len=_MAX_LEN.value).validate()
     prepare(os.path.expanduser(_TFDS_DIR.value), _FASTA.value or None,
             _fewshot_dir(_FEWSHOT_DIR.value), _TASKS.value or None, chunk_cfg,
-            build_genome=not _SKIP_GENOME.value)
-  except (fasta.FastaError, ValueError, RuntimeError) as e:
+            build_genome=not _SKIP_GENOME.value, num_workers=_NUM_WORKERS.value)
+  except errors.UserError as e:
+    print(f"error: {e}", file=sys.stderr)
+    raise SystemExit(2) from e
+  except (ValueError, RuntimeError) as e:
     print(f"error: {e}", file=sys.stderr)
     raise SystemExit(1) from e
 

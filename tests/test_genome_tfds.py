@@ -1,0 +1,252 @@
+"""The parallel corpus build: same dataset for any worker count, resumable, clear errors."""
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from genemask_jax import errors
+from genemask_jax import tokenizer
+from genemask_jax.data import genome
+from genemask_jax.data import genome_tfds
+from genemask_jax.data import shards
+
+_REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _shard_bytes(builder) -> dict[str, bytes]:
+  """Every shard file of a build, by name, with its bytes."""
+  d = pathlib.Path(builder.data_dir)
+  return {p.name: p.read_bytes() for p in sorted(d.glob("*.array_record-*"))}
+
+
+def _rows(builder) -> dict[str, list[bytes]]:
+  sources = genome_tfds.data_sources(builder)
+  return {split: [src[i]["input_ids"].tobytes() + np.int32(src[i]["length"]).tobytes()
+                  for i in range(len(src))] for split, src in sources.items()}
+
+
+def test_encoder_writes_examples_that_tfds_decodes():
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from tensorflow_datasets.core import example_serializer  # pylint: disable=g-import-not-at-top
+  features = tfds.features.FeaturesDict({
+      "input_ids": tfds.features.Tensor(shape=(512,), dtype=np.int32),
+      "length": tfds.features.Scalar(dtype=np.int32)})
+  ser = example_serializer.ExampleSerializer(features.get_serialized_info())
+  rng = np.random.default_rng(0)
+  rows = rng.integers(0, tokenizer.vocab_size(6), (200, 512)).astype(np.int32)
+  rows[:20] = 0
+  rows[20:40] = 127  # The one- and two-byte varint edges.
+  rows[40:60] = 128
+  ntok = rng.integers(0, 513, 200).astype(np.int32)
+  ntok[:4] = [0, 127, 128, 512]
+  ours = shards.ExampleEncoder(512, tokenizer.vocab_size(6) - 1).encode(rows, ntok)
+  for r in range(200):
+    ex = features.deserialize_example_np(ours[r])
+    np.testing.assert_array_equal(ex["input_ids"], rows[r])
+    assert int(ex["length"]) == ntok[r]
+    theirs = ser.serialize_example(
+        features.encode_example({"input_ids": rows[r], "length": ntok[r]}))
+    assert len(ours[r]) == len(theirs)  # The same fields; TFDS's entry order varies.
+  # The general path, for ids of three varint bytes.
+  big = rng.integers(0, 70_000, (5, 64)).astype(np.int32)
+  feats8 = tfds.features.FeaturesDict({
+      "input_ids": tfds.features.Tensor(shape=(64,), dtype=np.int32),
+      "length": tfds.features.Scalar(dtype=np.int32)})
+  enc8 = shards.ExampleEncoder(64, 70_000).encode(big, np.full(5, 64))
+  for r in range(5):
+    np.testing.assert_array_equal(feats8.deserialize_example_np(enc8[r])["input_ids"], big[r])
+
+
+def test_one_and_two_workers_build_the_same_dataset(tmp_path):
+  one = genome_tfds.build(tmp_path / "one", None, num_workers=1)
+  two = genome_tfds.build(tmp_path / "two", None, num_workers=2)
+  s1, s2 = genome_tfds.summary(one), genome_tfds.summary(two)
+  assert (s1["num_workers"], s2["num_workers"]) == (1, 2)
+  assert s1["units"] == s2["units"] > 2  # More units than workers: both did work.
+  files = _shard_bytes(one)
+  assert files == _shard_bytes(two) and len(files) == 2 * s1["units"]
+  rows = _rows(one)
+  assert rows == _rows(two)
+  # The same examples, in the same order, as the single-process chunker.
+  expect = {genome.TRAIN: [], genome.VALIDATION: []}
+  for c in genome.iter_chunks(genome.default_genome_paths()):
+    expect[c.split].append(c.input_ids.tobytes() + np.int32(c.length).tobytes())
+  assert rows == expect
+  assert s1["stats"]["share_kept"] > 0.9999 and s1["stats"]["chunks"] == sum(
+      s1["examples"].values())
+  # Rebuilding is a no-op; the work dir is gone once the dataset is complete.
+  again = genome_tfds.build(tmp_path / "one", None, num_workers=2)
+  assert genome_tfds.summary(again)["num_workers"] == 1
+  assert not os.path.exists(one.work_dir())
+
+
+_KILL_SCRIPT = textwrap.dedent("""
+    import os, signal, sys
+    from genemask_jax.data import genome_tfds, shards
+    real = shards.write_unit
+    def write_unit(unit, work_dir):
+      if unit.index == int(sys.argv[2]):
+        os.kill(os.getpid(), signal.SIGKILL)  # A crash mid-build: no clean-up runs.
+      return real(unit, work_dir)
+    shards.write_unit = write_unit
+    genome_tfds.build(sys.argv[1], None, num_workers=1)
+    """)
+
+
+def test_killed_build_is_not_taken_for_finished_and_resumes(tmp_path):
+  res = subprocess.run([sys.executable, "-c", _KILL_SCRIPT, str(tmp_path / "t"), "3"],
+                       cwd=_REPO, capture_output=True, text=True, timeout=300)
+  assert res.returncode == -9, res.stderr[-2000:]
+  config = genome_tfds.make_config(None)
+  builder = genome_tfds.builder_for(tmp_path / "t", config)
+  assert not builder.is_prepared()
+  assert not list((tmp_path / "t").rglob("dataset_info.json"))
+  markers = sorted(pathlib.Path(builder.work_dir()).glob("unit-*.json"))
+  assert len(markers) == 3  # Units 0-2 finished before the kill.
+  # A damaged finished unit is redone, not trusted.
+  shard = pathlib.Path(shards.shard_path(builder.work_dir(), 1, genome.TRAIN))
+  shard.write_bytes(shard.read_bytes()[:100])
+  resumed = genome_tfds.build(tmp_path / "t", None, num_workers=1)
+  s = genome_tfds.summary(resumed)
+  assert s["reused_units"] == 2
+  assert not list((tmp_path / "t" / "genemask_genome").rglob("incomplete.*"))
+  fresh = genome_tfds.build(tmp_path / "fresh", None, num_workers=1)
+  assert _shard_bytes(resumed) == _shard_bytes(fresh)
+
+
+def test_failed_build_raises_and_leaves_no_dataset(tmp_path, monkeypatch):
+  real = shards.write_unit
+
+  def failing(unit, work_dir):
+    if unit.index == 2:
+      raise OSError(28, "No space left on device")
+    return real(unit, work_dir)
+
+  monkeypatch.setattr(shards, "write_unit", failing)
+  with pytest.raises(OSError, match="No space left"):
+    genome_tfds.build(tmp_path, None, num_workers=1)
+  builder = genome_tfds.builder_for(tmp_path, genome_tfds.make_config(None))
+  assert not builder.is_prepared()
+  monkeypatch.setattr(shards, "write_unit", real)
+  s = genome_tfds.summary(genome_tfds.build(tmp_path, None, num_workers=1))
+  assert s["reused_units"] == 2 and s["examples"][genome.TRAIN] > 10_000
+
+
+def _fasta(path, seq: bytes) -> str:
+  path.write_bytes(b">tiny\n" + seq + b"\n")
+  return str(path)
+
+
+def test_too_small_corpus_says_so(tmp_path, chrx_head):
+  # #20 item 11: a 51-bp corpus said it "needs runs of at least 6 bp".
+  path = _fasta(tmp_path / "tiny.fa", chrx_head[:51])
+  with pytest.raises(genome_tfds.CorpusError) as e:
+    genome_tfds.build(tmp_path / "t", [path], num_workers=1)
+  msg = str(e.value)
+  assert "tiny.fa: the corpus yields no training chunk (51 letters, 51 A/C/G/T" in msg
+  assert "0 train and 1 validation chunks" in msg and "give more sequence" in msg
+  assert "at least 6 bp" not in msg
+  assert isinstance(e.value, errors.UserError)
+  all_n = _fasta(tmp_path / "n.fa", b"N" * 5000)
+  with pytest.raises(genome_tfds.CorpusError, match="none of them A/C/G/T"):
+    genome_tfds.build(tmp_path / "t", [all_n], num_workers=1)
+  with pytest.raises(genome_tfds.CorpusError, match="num_workers must be >= 0"):
+    genome_tfds.build(tmp_path / "t", [path], num_workers=-1)
+
+
+def test_unit_size_follows_the_input_not_the_workers(tmp_path):
+  small = _fasta(tmp_path / "s.fa", b"ACGT" * 1000)
+  assert genome_tfds.unit_bp([small]) == 1 << 20
+  assert genome_tfds.resolve_num_workers(None, [small]) == 1  # Too small to spread.
+  assert genome_tfds.resolve_num_workers(3, [small]) == 3
+  big = tmp_path / "big.fa"
+  with open(big, "wb") as f:  # A sparse 3.2 GB file: sizes only, nothing read.
+    f.truncate(3_200_000_000)
+  assert genome_tfds.unit_bp([str(big)]) == 1 << 24  # ~190 units, not thousands.
+
+
+@pytest.fixture(scope="module")
+def chrx_head() -> bytes:
+  from genemask_jax.data import fasta  # pylint: disable=g-import-not-at-top
+  for _, seq in fasta.iter_records(genome.default_genome_paths()[0]):
+    return seq[:100_000]
+  raise AssertionError("no record")
+
+
+def test_metadata_survives_reloading(tmp_path):
+  genome_tfds.build(tmp_path, None, num_workers=1)
+  reloaded = genome_tfds.builder_for(tmp_path, genome_tfds.make_config(None))
+  meta = reloaded.info.metadata
+  assert meta["stats"]["kept"] <= meta["stats"]["acgt"] <= meta["stats"]["letters"]
+  assert json.loads(json.dumps(genome_tfds.summary(reloaded)))["units"] == meta["units"]
+
+
+def _prepare(*args, cwd=None):
+  env = {k: v for k, v in os.environ.items() if k != "GENEMASK_DATA_DIR"}
+  env["PYTHONPATH"] = str(_REPO) + os.pathsep + env.get("PYTHONPATH", "")
+  return subprocess.run([sys.executable, "-m", "genemask_jax.data.prepare", *args],
+                        capture_output=True, text=True, timeout=300, env=env, cwd=cwd)
+
+
+def test_prepare_command_runs_workers_and_reports_what_it_kept(tmp_path, chrx_head):
+  path = tmp_path / "two.fa"
+  path.write_bytes(b">a\n" + chrx_head[:60_000] + b"\n>b\n" + chrx_head[60_000:] + b"\n")
+  res = _prepare(f"--tfds_dir={tmp_path / 't'}", f"--fasta={path}", "--num_workers=2")
+  assert res.returncode == 0, res.stderr[-3000:]
+  assert "read: 100,000 letters, 100,000 A/C/G/T, " in res.stdout
+  assert "on 2 process(es)" in res.stdout
+
+
+@pytest.mark.parametrize("make,args,expect", [
+    (lambda d: str(d), [], "is a directory"),
+    (lambda d: _fasta(d / "tiny.fa", b"ACGTACGTAC" * 5 + b"A"), [], "give more sequence"),
+    (lambda d: _fasta(d / "ok.fa", b"ACGT" * 100), ["--num_workers=-1"],
+     "--num_workers must be >= 0"),
+])
+def test_prepare_user_errors_are_one_line_exit_2(tmp_path, make, args, expect):
+  (tmp_path / "in").mkdir()
+  (tmp_path / "in" / "x.fa").write_bytes(b">x\nACGT\n")
+  fa = make(tmp_path / "in")
+  res = _prepare(f"--tfds_dir={tmp_path / 't'}", f"--fasta={fa}", "--num_workers=1", *args)
+  assert res.returncode == 2, res.stderr[-3000:]
+  lines = [l for l in res.stderr.splitlines() if l.startswith("error: ")]
+  assert len(lines) == 1 and expect in lines[0], res.stderr[-3000:]
+  assert "Traceback" not in res.stderr
+
+
+class _DiesInWorker(shards.Unit):
+  """A unit whose unpickling ends the worker process at once, as an OOM kill would."""
+
+  def __reduce__(self):
+    return (os._exit, (1,))
+
+
+def test_a_dying_worker_is_one_clear_error_and_the_rerun_completes(tmp_path):
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  units = list(genome_tfds.iter_units(genome.default_genome_paths(), genome.ChunkConfig(),
+                                      1 << 20, genome.ChunkStats()))
+  assert len(units) >= 4
+  bad = _DiesInWorker(**{f.name: getattr(units[2], f.name)
+                         for f in dataclasses.fields(shards.Unit)})
+  work = str(tmp_path / "work")
+  os.makedirs(work)
+  with pytest.raises(RuntimeError, match="worker died.*run the same command again"):
+    genome_tfds.write_units(iter(units[:2] + [bad] + units[3:]), work, 2)
+  results, reused = genome_tfds.write_units(iter(units), work, 1)
+  os.makedirs(tmp_path / "clean")
+  clean, _ = genome_tfds.write_units(iter(units), str(tmp_path / "clean"), 1)
+  assert [r["digest"] for r in results] == [r["digest"] for r in clean]
+  assert [r["examples"] for r in results] == [r["examples"] for r in clean]
+  for r in results:  # Reused or rewritten, every shard matches the clean build's.
+    for split in shards.SPLITS:
+      if r["examples"][split]:
+        a = pathlib.Path(shards.shard_path(work, r["index"], split)).read_bytes()
+        b = pathlib.Path(shards.shard_path(str(tmp_path / "clean"), r["index"],
+                                           split)).read_bytes()
+        assert a == b
+  assert 0 <= reused <= 2
