@@ -891,6 +891,10 @@ def restore_params(checkpoint: PathLike, step: int | None = None
                         f"({type(e).__name__}: {_first_line(e)})") from None
   tree = getattr(meta, "item_metadata", meta)
   tree = getattr(tree, "tree", tree)
+  if tree is None:
+    missing = "" if (state_dir / "_METADATA").exists() else " (_METADATA missing)"
+    raise HFExportError(f"{state_dir}: damaged checkpoint, its tree metadata cannot be "
+                        f"read{missing}; export another step with --step=N")
   if not isinstance(tree, Mapping) or "params" not in tree:
     raise HFExportError(f"{state_dir}: no 'params' in the saved tree; expected "
                         "TrainState(step, params, opt_state)")

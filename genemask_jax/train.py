@@ -341,8 +341,8 @@ def npmi_lookup(config: ml_collections.ConfigDict, fasta_paths: list[str],
   local = (epath.Path(os.path.expanduser("~/.cache/genemask_jax/npmi")) /
            _hash(fingerprint) if metrics_writer.is_remote(os.fspath(workdir)) else remote)
   cache, stamp = local / "table.csv", local / "source.json"
-  fresh = not (cache.exists() and stamp.exists() and
-               json.loads(stamp.read_text()) == fingerprint)
+  fresh = not (cache.exists() and stamp.exists() and  # (JSON turns tuples into lists.)
+               json.loads(stamp.read_text()) == json.loads(json.dumps(fingerprint)))
   if fresh and jax.process_index() == 0:
     t0 = time.time()
     counts = npmi_lib.count_fasta(fasta_paths, k=config.data.k)
@@ -431,6 +431,17 @@ def move_unfinished_saves(workdir: epath.Path, ckpt_dir: epath.Path, is_main: bo
   _sync("tmp_checkpoints")
 
 
+def _damage_signs(step_dir: epath.Path) -> list[str]:
+  """What is visibly missing from a step directory (orbax's own error can mislead)."""
+  signs = []
+  if not (step_dir / "commit_success.txt").exists():
+    signs.append("uncommitted, no commit_success.txt")
+  for name in ("_CHECKPOINT_METADATA", "state/_METADATA", "state/manifest.ocdbt"):
+    if not (step_dir / name).exists():
+      signs.append(f"{name} missing")
+  return signs
+
+
 def restore_newest_intact(manager: ocp.CheckpointManager, workdir: epath.Path,
                           abstract_state: Any, is_main: bool) -> Any | None:
   """Restores the newest checkpoint that reads back whole; None if there is none.
@@ -451,9 +462,7 @@ def restore_newest_intact(manager: ocp.CheckpointManager, workdir: epath.Path,
         restored = manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
     except Exception as e:  # pylint: disable=broad-except  (orbax/tensorstore raise many types)
-      reason = _one_line(e)
-      if not (ckpt_dir / str(step) / "commit_success.txt").exists():
-        reason = f"uncommitted, no commit_success.txt; {reason}"
+      reason = "; ".join(_damage_signs(ckpt_dir / str(step)) + [_one_line(e)])
       failed.append((step, reason))
       if is_main:
         print(f"{ckpt_dir / str(step)}: damaged checkpoint ({reason}); trying the previous "
