@@ -149,6 +149,20 @@ def _validate_run_config(config: ml_collections.ConfigDict) -> None:
   if not d.k <= d.min_chunk_bp < d.max_len:
     raise UserError(f"config.data.min_chunk_bp must be in data.k..data.max_len - 1 "
                     f"({d.k}..{d.max_len - 1}), got {d.min_chunk_bp}")
+  pr = config.probe
+  if pr.every > 0:
+    try:
+      shots = [int(x) for x in str(pr.shots).split(",") if x.strip()]
+    except ValueError:
+      shots = []
+    if not shots or min(shots) < 1:
+      raise UserError(f"config.probe.shots={pr.shots!r}; expected comma-separated positive "
+                      "integers, e.g. '10,100'")
+    if not any(t.strip() for t in pr.tasks.split(",")):
+      raise UserError("config.probe.tasks is empty; expected comma-separated task names")
+    if pr.max_test_examples < 1:
+      raise UserError(f"config.probe.max_test_examples must be >= 1, got "
+                      f"{pr.max_test_examples}")
   if config.model.dropout_rate is not None and not 0 <= config.model.dropout_rate < 1:
     raise UserError(f"config.model.dropout_rate must be in [0, 1), got "
                     f"{config.model.dropout_rate}")

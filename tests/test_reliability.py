@@ -242,6 +242,7 @@ def _config(**overrides):
     ({"optim.clip_norm": 0.0}, r"config.optim.clip_norm must be > 0"),
     ({"masking.rank_source": "contents"}, r"config.masking.rank_source='contents'"),
     ({"data.validation_fraction": 0.0}, r"config.data.validation_fraction must be in"),
+    ({"probe.every": 2, "probe.shots": "10,x"}, r"config.probe.shots='10,x'; expected"),
 ])
 def test_bad_config_fails_before_anything_is_written(tmp_path, overrides, match):
   workdir = tmp_path / "w"
