@@ -31,7 +31,8 @@ class MetricWriter:
     enabled: False on every process but 0, so a multi-host run writes one copy.
     resume_step: the step a run starts (or resumes) from: rows of `log.jsonl` with a
       larger step were written after the last checkpoint by a run that stopped, and are
-      dropped (the file is rewritten atomically) so that no step appears twice.
+      dropped (the file is rewritten atomically) so that no step appears twice, and
+      TensorBoard is told to purge them from the older event files.
   """
 
   def __init__(self, workdir: str, enabled: bool = True, resume_step: int | None = None):
@@ -58,7 +59,9 @@ class MetricWriter:
           f.write(remote_jsonl.read_bytes())
     if resume_step is not None:
       truncate_jsonl(jsonl, resume_step)
-    self._tb = SummaryWriter(logdir=os.path.join(local, "tb"))
+    # purge_step: TensorBoard hides the older event files' points from that step on.
+    self._tb = SummaryWriter(logdir=os.path.join(local, "tb"), purge_step=(
+        None if resume_step is None else resume_step + 1))
     self._jsonl = open(jsonl, "a", encoding="utf-8")
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any], prefix: str = "") -> None:

@@ -460,10 +460,10 @@ def restore_newest_intact(manager: ocp.CheckpointManager, workdir: epath.Path,
                           abstract_state: Any, is_main: bool) -> Any | None:
   """Restores the newest checkpoint that reads back whole; None if there is none.
 
-  A step that fails to restore (a truncated data file, a missing `_METADATA`, a save that
-  never committed) is reported in one line on stderr and the next older step is tried;
-  the failed steps newer than the one restored are moved to DAMAGED_DIR, never deleted, so
-  that the run's next saves of those steps cannot clash with them.
+  When a step fails to restore (a truncated data file, a missing `_METADATA`, a save that
+  never committed) the next older one is tried. Each failed step (all newer than the one
+  restored) is then reported in one line on stderr and moved to DAMAGED_DIR, never
+  deleted, so that the run's next saves of those steps cannot clash with it.
 
   Raises:
     UserError: there are checkpoints but none restores (e.g. another model's).
@@ -478,14 +478,12 @@ def restore_newest_intact(manager: ocp.CheckpointManager, workdir: epath.Path,
     except Exception as e:  # pylint: disable=broad-except  (orbax/tensorstore raise many types)
       reason = "; ".join(_damage_signs(ckpt_dir / str(step)) + [_one_line(e)])
       failed.append((step, reason))
-      if is_main:
-        print(f"{ckpt_dir / str(step)}: damaged checkpoint ({reason}); trying the previous "
-              "step", file=sys.stderr, flush=True)
       continue
     _sync("restore")
-    if is_main:
-      for bad, _ in failed:
-        _move_aside(workdir, ckpt_dir / str(bad), f"damaged checkpoint, resuming from step {step}")
+    if is_main:  # One line per damaged step.
+      for bad, reason in failed:
+        _move_aside(workdir, ckpt_dir / str(bad),
+                    f"damaged checkpoint ({reason}); resuming from step {step}")
     _sync("damaged_checkpoints")
     if failed:
       manager.reload()

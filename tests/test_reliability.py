@@ -142,6 +142,7 @@ def test_damaged_latest_checkpoint_falls_back_and_keeps_it(env, trained, tmp_pat
   damaged_lines = [l for l in r.stderr.splitlines() if "damaged checkpoint (" in l]
   assert len(damaged_lines) == 1 and f"{ckpt / '4'}: damaged checkpoint" in damaged_lines[0]
   assert reason in damaged_lines[0]
+  assert f"moved to {workdir / train.DAMAGED_DIR}" in damaged_lines[0]
   assert "Traceback" not in r.stderr
   assert f"resumed from {ckpt / '2'} at step 2" in r.stdout
   # Nothing deleted: the damaged step and the unfinished save are moved aside whole.
@@ -363,3 +364,29 @@ def test_truncate_jsonl_drops_rows_past_the_step_and_a_torn_line(tmp_path):
   assert metrics_writer.truncate_jsonl(os.fspath(path), 2) == 3
   assert [r["step"] for r in metrics_writer.read_jsonl(os.fspath(path))] == [1, 2]
   assert metrics_writer.truncate_jsonl(os.fspath(path), 2) == 0
+
+
+def _events(path):
+  """The Event protos of a TensorBoard event file (TFRecord framing, CRCs not checked)."""
+  from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
+  data = path.read_bytes()
+  out, i = [], 0
+  while i < len(data):
+    n = int.from_bytes(data[i:i + 8], "little")
+    out.append(event_pb2.Event.FromString(data[i + 12:i + 12 + n]))
+    i += 12 + n + 4
+  return out
+
+
+def test_resumed_writer_drops_later_rows_and_purges_them_in_tensorboard(tmp_path):
+  w = metrics_writer.MetricWriter(os.fspath(tmp_path))
+  for step in (1, 2, 3, 4):
+    w.write_scalars(step, {"loss": 8.0}, prefix="train/")
+  w.close()
+  w = metrics_writer.MetricWriter(os.fspath(tmp_path), resume_step=2)
+  w.write_scalars(3, {"loss": 7.0}, prefix="train/")
+  w.close()
+  assert _logged_steps(tmp_path) == [1, 2, 3]
+  newest = max((tmp_path / "tb").glob("events.out.tfevents.*"), key=lambda p: p.stat().st_mtime_ns)
+  starts = [e.step for e in _events(newest) if e.HasField("session_log")]
+  assert starts == [3]  # TensorBoard drops the older files' points from step 3 on.
