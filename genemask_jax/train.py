@@ -196,7 +196,7 @@ def check_workdir(workdir: epath.Path, config: ml_collections.ConfigDict,
   Reads only; nothing in the workdir is written before this passes.
   """
   saved = workdir / "config.json"
-  has_checkpoints = (workdir / "checkpoints").exists() and any(
+  has_checkpoints = (workdir / "checkpoints").is_dir() and any(
       p.name.isdigit() for p in (workdir / "checkpoints").iterdir())
   if not saved.exists():
     if has_checkpoints:
@@ -621,9 +621,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   validate_config(config)
   cfg = model_config_of(config)
   workdir = resolve_workdir(workdir)
+  resuming = check_workdir(workdir, config, cfg)  # Reads only; the probes below write.
   check_writable_dir(workdir, "--workdir")
   check_writable_dir(workdir / "checkpoints", "--workdir's checkpoints directory")
-  resuming = check_workdir(workdir, config, cfg)
   is_main = jax.process_index() == 0
   if config.data.tfds_dir:
     check_writable_dir(resolve_workdir(config.data.tfds_dir), "config.data.tfds_dir")
