@@ -6,7 +6,16 @@ r"""GeneMask pretraining: the main job.
 
 Multi-process (see launch/): `--coordinator=HOST:PORT --num_processes=N --process_id=I`,
 or nothing on a TPU pod / SLURM job step, where the environment says it all.
-Restarting with the same --workdir resumes from its last checkpoint.
+Restarting with the same --workdir resumes from its last intact checkpoint (a damaged
+newest one is reported and moved to WORKDIR/checkpoints.damaged/, never deleted). A local
+--workdir may be relative; it is made absolute once at start. One run at a time may use a
+workdir (WORKDIR/.lock).
+
+Exit status: 0 when the run reached config.train.num_steps; 2 for a user error (one line
+on stderr, before any long work); 1 when the loss became NaN/inf; 143 (128 + SIGTERM, and
+for a cluster's preemption notice) or 130 (SIGINT) when stopped early after saving a
+checkpoint: rerun the same command to resume. So `python main.py ... && next` runs `next`
+only after a finished run.
 """
 
 import sys
@@ -36,7 +45,13 @@ def _parse_flags(argv):
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
-    sys.stderr.write(f"{argv[0]}: {e}\nPass --helpfull to see the flags.\n")
+    msg = str(e)
+    if "Traceback (most recent call last)" in msg:  # Raised by the config file: one line.
+      head = msg.splitlines()[0].split(": Error whilst parsing")[0]
+      last = [line for line in msg.splitlines() if line.strip()][-1]
+      sys.stderr.write(f"{argv[0]}: {head}: {last.removeprefix('ValueError: ')}\n")
+      sys.exit(2)
+    sys.stderr.write(f"{argv[0]}: {msg}\nPass --helpfull to see the flags.\n")
     sys.exit(2)
   except (AttributeError, KeyError, TypeError, ValueError) as e:
     msg = str(e).strip("'\"").replace("\\n", " ").replace("\\'", "'")
@@ -70,6 +85,9 @@ def main(argv):
   except train.NonFiniteLoss as e:
     sys.stderr.write(f"main.py: {e}\n")
     sys.exit(1)
+  except train.Preempted as e:
+    sys.stderr.write(f"main.py: {e}\n")
+    sys.exit(e.exit_code)
 
 
 if __name__ == "__main__":

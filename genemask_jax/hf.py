@@ -170,7 +170,14 @@ def _read_torch_bin(path: pathlib.Path) -> dict[str, np.ndarray]:
         f"{path}: reading pytorch_model.bin needs PyTorch; install the hf extra "
         "(pip install 'genemask-jax[hf]') or convert the checkpoint to model.safetensors"
     ) from e
-  state = torch.load(path, map_location="cpu", weights_only=True)
+  try:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+  except Exception as e:  # pylint: disable=broad-except  (pickle and torch raise many types)
+    # torch's message suggests weights_only=False, which would run arbitrary code: not here.
+    raise HFImportError(
+        f"{path}: not a plain tensor state dict that can be loaded safely (it holds other "
+        f"Python objects, or is damaged: {type(e).__name__}); convert the model to "
+        f"{SAFETENSORS_NAME} with the tool that wrote it") from None
   if not isinstance(state, Mapping):
     raise HFImportError(f"{path}: expected a state dict (name -> tensor), got "
                         f"{type(state).__name__}")
@@ -257,6 +264,10 @@ def model_config_from_hf(hf_config: Mapping[str, Any], *, where: str = CONFIG_NA
   if problems:
     raise HFImportError(f"{where}: not a BERT this project can load:\n  - "
                         + "\n  - ".join(problems))
+  bad = [f"{hf}={hf_config[hf]!r}" for hf in keys.values()
+         if isinstance(hf_config[hf], bool) or not isinstance(hf_config[hf], int)]
+  if bad:
+    raise HFImportError(f"{where}: expected positive integer sizes, got {', '.join(bad)}")
   fields = {ours: int(hf_config[hf]) for ours, hf in keys.items()}
   fields["type_vocab_size"] = int(hf_config.get("type_vocab_size", 2))
   fields["layer_norm_eps"] = float(hf_config.get("layer_norm_eps", 1e-12))
@@ -721,8 +732,21 @@ def init_state_from_hf(state: Any, hf_dir: PathLike, cfg: model_lib.ModelConfig,
     check_vocab: compare ``vocab.txt`` with the tokenizer.
 
   Raises:
-    ValueError: the HF model's shape differs from ``cfg`` (differing fields listed), or an
-      ``HFImportError`` for a bad directory.
+    HFImportError: the HF model's shape differs from ``cfg`` (differing fields listed), or
+      a bad directory.
+  """
+  ckpt = load_hf_for_init(hf_dir, cfg, k=k, check_vocab=check_vocab)
+  return state.replace(params=replace_params(state.params, mlm_params(ckpt)))
+
+
+def load_hf_for_init(hf_dir: PathLike, cfg: model_lib.ModelConfig, *, k: int | None = None,
+                     check_vocab: bool = True) -> HFCheckpoint:
+  """Reads an HF directory and checks it fits ``cfg``; the first half of `init_state_from_hf`.
+
+  The pretraining binary calls it during setup, before anything is written.
+
+  Raises:
+    HFImportError: a bad directory, or an HF model of another shape than ``cfg``.
   """
   if k is None:
     k = next((kk for kk in range(tokenizer.MIN_K, tokenizer.MAX_K + 1)
@@ -732,9 +756,9 @@ def init_state_from_hf(state: Any, hf_dir: PathLike, cfg: model_lib.ModelConfig,
   diff = config_differences(ckpt.config, cfg)
   if diff:
     details = ", ".join(f"{f}: HF {a!r} vs ours {b!r}" for f, (a, b) in diff.items())
-    raise ValueError(f"{hf_dir}: the HF model does not match the configured model ({details});"
-                     " choose the model size that matches the HF checkpoint")
-  return state.replace(params=replace_params(state.params, mlm_params(ckpt)))
+    raise HFImportError(f"{hf_dir}: the HF model does not match the configured model "
+                        f"({details}); choose the model size that matches the HF checkpoint")
+  return ckpt
 
 
 # ----------------------------------------------------------------------------- export
@@ -863,9 +887,14 @@ def restore_params(checkpoint: PathLike, step: int | None = None
   try:
     meta = checkpointer.metadata(state_dir)
   except Exception as e:  # pylint: disable=broad-except  (orbax raises many types)
-    raise HFExportError(f"{state_dir}: unreadable orbax checkpoint ({e})") from e
+    raise HFExportError(f"{state_dir}: unreadable orbax checkpoint "
+                        f"({type(e).__name__}: {_first_line(e)})") from None
   tree = getattr(meta, "item_metadata", meta)
   tree = getattr(tree, "tree", tree)
+  if tree is None:
+    missing = "" if (state_dir / "_METADATA").exists() else " (_METADATA missing)"
+    raise HFExportError(f"{state_dir}: damaged checkpoint, its tree metadata cannot be "
+                        f"read{missing}; export another step with --step=N")
   if not isinstance(tree, Mapping) or "params" not in tree:
     raise HFExportError(f"{state_dir}: no 'params' in the saved tree; expected "
                         "TrainState(step, params, opt_state)")
@@ -887,12 +916,22 @@ def restore_params(checkpoint: PathLike, step: int | None = None
   single = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   target = {"params": jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=single), want)}
-  restored = checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(
-      item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-      partial_restore=True))
+  try:
+    restored = checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(
+        item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+        partial_restore=True))
+  except Exception as e:  # pylint: disable=broad-except  (orbax/tensorstore raise many types)
+    raise HFExportError(f"{state_dir}: damaged checkpoint, its arrays cannot be read "
+                        f"({type(e).__name__}: {_first_line(e)}); export another step with "
+                        "--step=N") from None
   params = jax.tree.map(lambda x: np.asarray(x, np.float32), restored["params"])
   return cfg, params, {"step": int(step_dir.name), "workdir": workdir,
                        "run_config": run_config}
+
+
+def _first_line(e: BaseException) -> str:
+  """An exception's message cut to one line (tensorstore's run to dozens)."""
+  return str(e).strip().split("\n")[0].split(" See full TensorStore details")[0][:200]
 
 
 def _results_markdown(path: pathlib.Path) -> str:

@@ -29,9 +29,13 @@ class MetricWriter:
       to a local staging directory and copied to the workdir (through etils.epath) at
       every `flush` and at `close`, since object stores do not append.
     enabled: False on every process but 0, so a multi-host run writes one copy.
+    resume_step: the step a run starts (or resumes) from: rows of `log.jsonl` with a
+      larger step were written after the last checkpoint by a run that stopped, and are
+      dropped (the file is rewritten atomically) so that no step appears twice, and
+      TensorBoard is told to purge them from the older event files.
   """
 
-  def __init__(self, workdir: str, enabled: bool = True):
+  def __init__(self, workdir: str, enabled: bool = True, resume_step: int | None = None):
     self.enabled = enabled
     self._tb = None
     self._jsonl = None
@@ -46,8 +50,19 @@ class MetricWriter:
       local = tempfile.mkdtemp(prefix="genemask-logs-")
     self._local = local
     os.makedirs(local, exist_ok=True)
-    self._tb = SummaryWriter(logdir=os.path.join(local, "tb"))
-    self._jsonl = open(os.path.join(local, "log.jsonl"), "a", encoding="utf-8")
+    jsonl = os.path.join(local, "log.jsonl")
+    if self._remote is not None:  # Continue the cloud copy, not a fresh file.
+      from etils import epath  # pylint: disable=g-import-not-at-top
+      remote_jsonl = epath.Path(self._remote) / "log.jsonl"
+      if remote_jsonl.exists():
+        with open(jsonl, "wb") as f:
+          f.write(remote_jsonl.read_bytes())
+    if resume_step is not None:
+      truncate_jsonl(jsonl, resume_step)
+    # purge_step: TensorBoard hides the older event files' points from that step on.
+    self._tb = SummaryWriter(logdir=os.path.join(local, "tb"), purge_step=(
+        None if resume_step is None else resume_step + 1))
+    self._jsonl = open(jsonl, "a", encoding="utf-8")
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any], prefix: str = "") -> None:
     if not self.enabled:
@@ -95,3 +110,33 @@ def read_jsonl(path: str) -> list[dict[str, Any]]:
   """Reads a `log.jsonl` back as a list of rows."""
   with open(path, encoding="utf-8") as f:
     return [json.loads(line) for line in f if line.strip()]
+
+
+def truncate_jsonl(path: str, last_step: int) -> int:
+  """Drops the rows of a `log.jsonl` whose step is past `last_step`; returns how many.
+
+  The file is rewritten through a temporary file and a rename, so a crash leaves either
+  the old or the new file. A torn last line (a run killed mid-write) is dropped too.
+  """
+  if not os.path.exists(path):
+    return 0
+  kept, dropped = [], 0
+  with open(path, encoding="utf-8") as f:
+    for line in f:
+      if not line.strip():
+        continue
+      try:
+        row = json.loads(line)
+      except json.JSONDecodeError:
+        dropped += 1
+        continue
+      if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] > last_step:
+        dropped += 1
+      else:
+        kept.append(line if line.endswith("\n") else line + "\n")
+  if dropped:
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+      f.writelines(kept)
+    os.replace(tmp, path)
+  return dropped

@@ -10,6 +10,13 @@ What a run leaves in its workdir:
   npmi/            the NPMI table computed from the corpus (when npmi.source = "corpus")
   tfds/            the corpus as a TFDS array_record dataset (unless data.tfds_dir is set)
   tb/              TensorBoard event files;  log.jsonl  the same scalars as JSON lines
+  .lock            pid and host of the run using the workdir, removed when it ends
+  checkpoints.damaged/   steps that could not be restored (or unfinished saves), moved
+                   aside at resume so that a new save of the same step cannot clash
+
+A run stopped by SIGTERM/SIGINT (or the cluster's preemption notice) saves a checkpoint and
+raises `Preempted`; main.py exits with its `exit_code` (143 = 128 + SIGTERM, 130 for
+SIGINT) so that `main.py && next` never treats an unfinished run as done.
 """
 
 from __future__ import annotations
@@ -19,7 +26,11 @@ import dataclasses
 import json
 import math
 import os
+import pathlib
 import signal
+import socket
+import sys
+import tempfile
 import time
 from typing import Any
 
@@ -86,6 +97,75 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if not 0 < config.masking.max_predictions <= config.data.max_len:
     raise UserError(f"config.masking.max_predictions must be in 1..data.max_len, got "
                     f"{config.masking.max_predictions}")
+  _validate_run_config(config)
+
+
+def _validate_run_config(config: ml_collections.ConfigDict) -> None:
+  """The checks of #20: values that used to fail only after the dataset build or mid-run."""
+  t, o, e = config.train, config.optim, config.eval
+  if t.keep_checkpoints < 1:
+    raise UserError(f"config.train.keep_checkpoints must be >= 1 (the last N checkpoints are "
+                    f"kept; 0 would delete every one), got {t.keep_checkpoints}")
+  for key in ("every", "num_examples", "batch_size"):
+    if e[key] < 1:
+      raise UserError(f"config.eval.{key} must be >= 1, got {e[key]}")
+  if e.batch_size % jax.process_count():
+    raise UserError(f"config.eval.batch_size={e.batch_size} is not divisible by the "
+                    f"{jax.process_count()} processes")
+  if not 0 <= o.warmup_steps <= t.num_steps:
+    raise UserError(f"config.optim.warmup_steps={o.warmup_steps} must be in "
+                    f"0..config.train.num_steps={t.num_steps}")
+  if o.peak_lr < 0:
+    raise UserError(f"config.optim.peak_lr must be >= 0, got {o.peak_lr}")
+  for key in ("b1", "b2"):
+    if not 0 <= o[key] < 1:
+      raise UserError(f"config.optim.{key} must be in [0, 1), got {o[key]}")
+  if o.eps <= 0 or o.weight_decay < 0:
+    raise UserError(f"config.optim.eps must be > 0 and config.optim.weight_decay >= 0, got "
+                    f"eps={o.eps}, weight_decay={o.weight_decay}")
+  if o.clip_norm is not None and o.clip_norm <= 0:
+    raise UserError(f"config.optim.clip_norm must be > 0 (or None for no clipping), got "
+                    f"{o.clip_norm}")
+  m = config.masking
+  if m.p is not None and not 0 < m.p <= 1:
+    raise UserError(f"config.masking.p must be in (0, 1], got {m.p}")
+  if m.rank_source not in ("content", "position"):
+    raise UserError(f"config.masking.rank_source={m.rank_source!r}; expected 'content' or "
+                    "'position'")
+  if m.random_over not in ("kmers", "vocab"):
+    raise UserError(f"config.masking.random_over={m.random_over!r}; expected 'kmers' or "
+                    "'vocab'")
+  if not config.npmi.source:
+    raise UserError("config.npmi.source is empty; expected 'corpus', 'authors' or the path "
+                    "of an NPMI table (.csv, .npz or .rank.npy)")
+  if config.npmi.source == "corpus" and config.npmi.min_count < 1:
+    raise UserError(f"config.npmi.min_count must be >= 1, got {config.npmi.min_count}")
+  d = config.data
+  if not 0 < d.validation_fraction < 1:
+    raise UserError(f"config.data.validation_fraction must be in (0, 1), got "
+                    f"{d.validation_fraction}")
+  if not 0 <= d.long_chunk_prob <= 1:
+    raise UserError(f"config.data.long_chunk_prob must be in [0, 1], got {d.long_chunk_prob}")
+  if not d.k <= d.min_chunk_bp < d.max_len:
+    raise UserError(f"config.data.min_chunk_bp must be in data.k..data.max_len - 1 "
+                    f"({d.k}..{d.max_len - 1}), got {d.min_chunk_bp}")
+  pr = config.probe
+  if pr.every > 0:
+    try:
+      shots = [int(x) for x in str(pr.shots).split(",") if x.strip()]
+    except ValueError:
+      shots = []
+    if not shots or min(shots) < 1:
+      raise UserError(f"config.probe.shots={pr.shots!r}; expected comma-separated positive "
+                      "integers, e.g. '10,100'")
+    if not any(t.strip() for t in pr.tasks.split(",")):
+      raise UserError("config.probe.tasks is empty; expected comma-separated task names")
+    if pr.max_test_examples < 1:
+      raise UserError(f"config.probe.max_test_examples must be >= 1, got "
+                      f"{pr.max_test_examples}")
+  if config.model.dropout_rate is not None and not 0 <= config.model.dropout_rate < 1:
+    raise UserError(f"config.model.dropout_rate must be in [0, 1), got "
+                    f"{config.model.dropout_rate}")
 
 
 def model_config_of(config: ml_collections.ConfigDict) -> model_lib.ModelConfig:
@@ -116,7 +196,7 @@ def check_workdir(workdir: epath.Path, config: ml_collections.ConfigDict,
   Reads only; nothing in the workdir is written before this passes.
   """
   saved = workdir / "config.json"
-  has_checkpoints = (workdir / "checkpoints").exists() and any(
+  has_checkpoints = (workdir / "checkpoints").is_dir() and any(
       p.name.isdigit() for p in (workdir / "checkpoints").iterdir())
   if not saved.exists():
     if has_checkpoints:
@@ -134,6 +214,117 @@ def check_workdir(workdir: epath.Path, config: ml_collections.ConfigDict,
     raise UserError(f"{workdir} holds a checkpoint of another model ({details}); use another "
                     "--workdir or the matching config")
   return has_checkpoints
+
+
+def resolve_workdir(workdir: str | os.PathLike) -> epath.Path:
+  """The workdir as an absolute path, resolved once at start; cloud URIs are kept as given.
+
+  Orbax 0.12 refuses relative paths in its (async) saves, and a relative path would also
+  change meaning if anything below changed the current directory.
+  """
+  workdir = os.fspath(workdir)
+  if metrics_writer.is_remote(workdir):
+    return epath.Path(workdir)
+  return epath.Path(os.path.abspath(os.path.expanduser(workdir)))
+
+
+def check_writable_dir(path: epath.Path, key: str) -> None:
+  """Raises UserError unless `path` is (or can be created as) a writable directory.
+
+  Probes by creating and removing a file in `path`, or in its nearest existing ancestor
+  when `path` does not exist yet; writes nothing that stays. Cloud paths are not probed.
+  """
+  if metrics_writer.is_remote(os.fspath(path)):
+    return
+  path = pathlib.Path(path)
+  if path.exists() and not path.is_dir():
+    raise UserError(f"{key}={path}: exists and is not a directory")
+  probe_dir = path
+  while not probe_dir.exists():
+    probe_dir = probe_dir.parent
+  if not probe_dir.is_dir():
+    raise UserError(f"{key}={path}: cannot be created, {probe_dir} is not a directory")
+  try:
+    fd, name = tempfile.mkstemp(prefix=".write-probe-", dir=probe_dir)
+    os.close(fd)
+    os.unlink(name)
+  except OSError as e:
+    where = "" if probe_dir == path else f" (its parent {probe_dir} is not writable)"
+    raise UserError(f"{key}={path}: not writable{where}: {e.strerror or e}") from e
+
+
+class WorkdirLock:
+  """An O_EXCL lock file (`WORKDIR/.lock`) holding the pid and host of the run using it.
+
+  A lock left by a dead process on this host (SIGKILL, a crash) is taken over with a
+  warning; a live one, or one from another host, is a UserError naming its owner. Cloud
+  workdirs cannot be locked this way and are not locked.
+  """
+
+  NAME = ".lock"
+
+  def __init__(self, workdir: epath.Path):
+    self.path = None if metrics_writer.is_remote(os.fspath(workdir)) else (
+        pathlib.Path(workdir) / self.NAME)
+    self._held = False
+
+  def acquire(self) -> None:
+    if self.path is None:
+      return
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
+    for _ in range(2):
+      try:
+        fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+      except FileExistsError:
+        owner = self._read_owner()
+        if owner is None or not self._is_stale(owner):
+          raise UserError(self._held_message(owner)) from None
+        logging.warning("%s: taking over the lock of pid %s, which is no longer running",
+                        self.path, owner.get("pid"))
+        print(f"{self.path}: stale lock of pid {owner.get('pid')} (no longer running) "
+              "taken over", file=sys.stderr, flush=True)
+        with contextlib.suppress(FileNotFoundError):
+          self.path.unlink()
+        continue
+      with os.fdopen(fd, "w") as f:
+        json.dump(me, f)
+      self._held = True
+      return
+    raise UserError(self._held_message(self._read_owner()))
+
+  def release(self) -> None:
+    if self._held:
+      with contextlib.suppress(FileNotFoundError):
+        self.path.unlink()
+      self._held = False
+
+  def _read_owner(self) -> dict[str, Any] | None:
+    try:
+      owner = json.loads(self.path.read_text())
+      return owner if isinstance(owner, dict) else None
+    except (OSError, ValueError):
+      return None  # Being written right now, or not ours: treat as held.
+
+  @staticmethod
+  def _is_stale(owner: dict[str, Any]) -> bool:
+    if owner.get("host") != socket.gethostname() or not isinstance(owner.get("pid"), int):
+      return False
+    try:
+      os.kill(owner["pid"], 0)
+    except ProcessLookupError:
+      return True
+    except PermissionError:
+      return False  # Alive, another user's.
+    return False
+
+  def _held_message(self, owner: dict[str, Any] | None) -> str:
+    if owner is None:
+      return (f"{self.path}: the workdir is locked by another run (unreadable lock file); "
+              "if no run uses it, delete that file")
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(owner.get("since", 0)))
+    return (f"{self.path}: the workdir is in use by pid {owner.get('pid')} on host "
+            f"{owner.get('host')} since {since}; wait for it, use another --workdir, or "
+            "delete that file if that run is gone")
 
 
 def fasta_paths_of(config: ml_collections.ConfigDict) -> list[str]:
@@ -167,8 +358,8 @@ def npmi_lookup(config: ml_collections.ConfigDict, fasta_paths: list[str],
   local = (epath.Path(os.path.expanduser("~/.cache/genemask_jax/npmi")) /
            _hash(fingerprint) if metrics_writer.is_remote(os.fspath(workdir)) else remote)
   cache, stamp = local / "table.csv", local / "source.json"
-  fresh = not (cache.exists() and stamp.exists() and
-               json.loads(stamp.read_text()) == fingerprint)
+  fresh = not (cache.exists() and stamp.exists() and  # (JSON turns tuples into lists.)
+               json.loads(stamp.read_text()) == json.loads(json.dumps(fingerprint)))
   if fresh and jax.process_index() == 0:
     t0 = time.time()
     counts = npmi_lib.count_fasta(fasta_paths, k=config.data.k)
@@ -210,12 +401,104 @@ def _build_corpus(tfds_dir: str, fasta_paths: list[str], chunking: genome.ChunkC
 @contextlib.contextmanager
 def _quiet_tfds():
   """TFDS logs every config it opens at WARNING level; keep the run's output readable."""
+  with _quiet_logs(logging.ERROR):
+    yield
+
+
+@contextlib.contextmanager
+def _quiet_logs(level: int):
+  """absl logging at `level` and above only, inside the block."""
   old = logging.get_verbosity()
-  logging.set_verbosity(min(old, logging.ERROR))  # absl: lower = quieter.
+  logging.set_verbosity(min(old, level))  # absl: lower = quieter.
   try:
     yield
   finally:
     logging.set_verbosity(old)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+DAMAGED_DIR = "checkpoints.damaged"  # In the workdir, beside checkpoints/.
+_TMP_SUFFIX = ".orbax-checkpoint-tmp"
+
+
+def _one_line(e: BaseException, limit: int = 200) -> str:
+  text = str(e).strip().split("\n")[0].split(" See full TensorStore details")[0]
+  if len(text) > limit:
+    text = text[:limit - 3] + "..."
+  return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def _move_aside(workdir: epath.Path, path: epath.Path, why: str) -> None:
+  """Moves a checkpoint directory that must not be resumed from to DAMAGED_DIR (kept)."""
+  dest_root = workdir / DAMAGED_DIR
+  dest_root.mkdir(parents=True, exist_ok=True)
+  dest = dest_root / f"{path.name}.{time.strftime('%Y%m%dT%H%M%S')}"
+  path.rename(dest)
+  print(f"{path}: {why}; moved to {dest} (kept, not deleted)", file=sys.stderr, flush=True)
+
+
+def move_unfinished_saves(workdir: epath.Path, ckpt_dir: epath.Path, is_main: bool) -> None:
+  """Moves the `*.orbax-checkpoint-tmp` directories of interrupted saves out of the way.
+
+  Orbax ignores them when listing steps, but deletes one when it saves the same step again;
+  moving them keeps the rule that nothing in a workdir is deleted.
+  """
+  if is_main and ckpt_dir.is_dir():
+    for p in sorted(ckpt_dir.iterdir()):
+      if p.name.endswith(_TMP_SUFFIX):
+        _move_aside(workdir, p, "an unfinished save (never committed), ignored")
+  _sync("tmp_checkpoints")
+
+
+def _damage_signs(step_dir: epath.Path) -> list[str]:
+  """What is visibly missing from a step directory (orbax's own error can mislead)."""
+  signs = []
+  if not (step_dir / "commit_success.txt").exists():
+    signs.append("uncommitted, no commit_success.txt")
+  for name in ("_CHECKPOINT_METADATA", "state/_METADATA", "state/manifest.ocdbt"):
+    if not (step_dir / name).exists():
+      signs.append(f"{name} missing")
+  return signs
+
+
+def restore_newest_intact(manager: ocp.CheckpointManager, workdir: epath.Path,
+                          abstract_state: Any, is_main: bool) -> Any | None:
+  """Restores the newest checkpoint that reads back whole; None if there is none.
+
+  When a step fails to restore (a truncated data file, a missing `_METADATA`, a save that
+  never committed) the next older one is tried. Each failed step (all newer than the one
+  restored) is then reported in one line on stderr and moved to DAMAGED_DIR, never
+  deleted, so that the run's next saves of those steps cannot clash with it.
+
+  Raises:
+    UserError: there are checkpoints but none restores (e.g. another model's).
+  """
+  ckpt_dir = epath.Path(manager.directory)
+  failed: list[tuple[int, str]] = []
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      with _quiet_logs(logging.FATAL):  # Orbax logs each failed read's traceback as ERROR.
+        restored = manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+    except Exception as e:  # pylint: disable=broad-except  (orbax/tensorstore raise many types)
+      reason = "; ".join(_damage_signs(ckpt_dir / str(step)) + [_one_line(e)])
+      failed.append((step, reason))
+      continue
+    _sync("restore")
+    if is_main:  # One line per damaged step.
+      for bad, reason in failed:
+        _move_aside(workdir, ckpt_dir / str(bad),
+                    f"damaged checkpoint ({reason}); resuming from step {step}")
+    _sync("damaged_checkpoints")
+    if failed:
+      manager.reload()
+    return restored
+  if failed:
+    raise UserError(
+        f"{ckpt_dir}: no checkpoint restores into this model (steps "
+        f"{', '.join(str(s) for s, _ in failed)}; step {failed[0][0]}: {failed[0][1]}); "
+        "nothing was changed: fix the config, or move checkpoints/ away to start afresh")
+  return None
 
 
 def _sync(name: str) -> None:
@@ -265,6 +548,7 @@ class _Preemption:
 
   def __init__(self):
     self.requested = False
+    self.signum = signal.SIGTERM  # A cluster's preemption notice counts as SIGTERM.
     self._old = {}
     for sig in (signal.SIGTERM, signal.SIGINT):
       try:
@@ -275,10 +559,31 @@ class _Preemption:
   def _handle(self, signum, frame):  # pylint: disable=unused-argument
     logging.warning("signal %d received: saving a checkpoint and stopping", signum)
     self.requested = True
+    self.signum = signum
 
   def restore(self):
     for sig, old in self._old.items():
       signal.signal(sig, old)
+
+
+class Preempted(Exception):
+  """The run stopped early on a signal or preemption notice, after saving a checkpoint.
+
+  Attributes:
+    step: the step saved.
+    exit_code: 128 + the signal number (143 for SIGTERM and preemption notices, 130 for
+      SIGINT): the binary's exit status, non-zero so that a shell's `&&` stops.
+  """
+
+  def __init__(self, step: int, signum: int):
+    self.step = step
+    self.exit_code = 128 + int(signum)
+    super().__init__(f"stopped at step {step} by signal {int(signum)} after saving a "
+                     f"checkpoint; rerun the same command to resume (exit code "
+                     f"{self.exit_code})")
+
+
+PREEMPTED_EXIT_CODE = 128 + signal.SIGTERM  # 143: see Preempted.
 
 
 def _fmt_time(seconds: float) -> str:
@@ -320,10 +625,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   # --- Setup: every check that can fail runs before anything is written. -----------------
   validate_config(config)
   cfg = model_config_of(config)
-  workdir = epath.Path(workdir)
-  resuming = check_workdir(workdir, config, cfg)
-  fasta_paths = fasta_paths_of(config)
+  workdir = resolve_workdir(workdir)
+  resuming = check_workdir(workdir, config, cfg)  # Reads only; the probes below write.
+  check_writable_dir(workdir, "--workdir")
+  check_writable_dir(workdir / "checkpoints", "--workdir's checkpoints directory")
   is_main = jax.process_index() == 0
+  if config.data.tfds_dir:
+    check_writable_dir(resolve_workdir(config.data.tfds_dir), "config.data.tfds_dir")
+  fasta_paths = fasta_paths_of(config)
+  # A given NPMI table is read now; one computed from the corpus after the dataset build.
+  lookup = (npmi_lookup(config, fasta_paths, workdir) if config.npmi.source != "corpus"
+            else None)
+  hf_init = None
+  if init_from_hf:
+    from genemask_jax import hf  # pylint: disable=g-import-not-at-top
+    hf_init = hf.load_hf_for_init(init_from_hf, cfg, k=config.data.k)
 
   # --- In-training few-shot probe (linear probe on frozen features), data checked now. ----
   probe = None
@@ -344,8 +660,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   mesh = sharding_lib.make_mesh(tuple(config.mesh.shape), tuple(config.mesh.axes))
   rules = sharding_lib.rules_from_config(config.mesh.rules)
   sharding_lib.validate(cfg, mesh, rules, global_batch_size=config.train.batch_size)
+  try:
+    sharding_lib.validate(cfg, mesh, rules, global_batch_size=config.eval.batch_size)
+  except sharding_lib.ShardingConfigError as e:
+    raise UserError(f"config.eval.batch_size={config.eval.batch_size}: {e}") from e
 
   workdir.mkdir(parents=True, exist_ok=True)
+  lock = WorkdirLock(workdir)
+  if is_main:
+    lock.acquire()
+  try:
+    return _train_locked(config, cfg, workdir, resuming=resuming, fasta_paths=fasta_paths,
+                         probe=probe, mesh=mesh, rules=rules, lookup=lookup, hf_init=hf_init)
+  finally:
+    lock.release()
+
+
+def _train_locked(config: ml_collections.ConfigDict, cfg: model_lib.ModelConfig,
+                  workdir: epath.Path, *, resuming: bool, fasta_paths: list[str], probe: Any,
+                  mesh: jax.sharding.Mesh, rules: Any, lookup: npmi_lib.NpmiLookup | None,
+                  hf_init: Any) -> dict[str, float]:
+  """`train_and_evaluate` after its checks, with the workdir locked."""
+  is_main = jax.process_index() == 0
   if is_main:
     (workdir / "config.json").write_text(json.dumps(
         {"config": json.loads(config.to_json_best_effort()),
@@ -375,7 +711,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                     f"than config.eval.batch_size={config.eval.batch_size}; use a larger corpus")
 
   # --- NPMI lookup. -----------------------------------------------------------------------
-  lookup = npmi_lookup(config, fasta_paths, workdir)
+  if lookup is None:
+    lookup = npmi_lookup(config, fasta_paths, workdir)
   rank = np.asarray(lookup.rank, np.int32)
 
   # --- Model, optimizer, state created sharded. -------------------------------------------
@@ -388,27 +725,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                             clip_norm=config.optim.clip_norm)
   state, state_shardings = step_lib.create_train_state(
       model, tx, jax.random.key(config.seed), mesh, rules, seq_len=config.data.max_len)
-  if init_from_hf:
+  if hf_init is not None:
     from genemask_jax import hf  # pylint: disable=g-import-not-at-top
-    state = hf.init_state_from_hf(state, init_from_hf, cfg)
+    state = state.replace(params=hf.replace_params(state.params, hf.mlm_params(hf_init)))
   n_params = sum(x.size for x in jax.tree.leaves(state.params))
 
   # --- Restore. ---------------------------------------------------------------------------
   ckpt_dir = workdir / "checkpoints"
+  move_unfinished_saves(workdir, ckpt_dir, is_main)
   manager = ocp.CheckpointManager(
       ckpt_dir, options=ocp.CheckpointManagerOptions(
           max_to_keep=config.train.keep_checkpoints,
           enable_async_checkpointing=config.train.async_checkpoint))
   start_step = 0
+  restored = None
   if resuming and manager.latest_step() is not None:
-    last = manager.latest_step()
     abstract = jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, state_shardings)
-    try:
-      restored = manager.restore(last, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()))
-    except (ValueError, KeyError) as e:
-      raise UserError(f"{ckpt_dir}/{last}: cannot restore into this model: {e}") from e
+    restored = restore_newest_intact(manager, workdir, abstract, is_main)
+  if restored is not None:
     state = restored.state
     start_step = int(state.step)
     if restored.data.get("global_batch_size") != config.train.batch_size:
@@ -416,7 +751,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                       "continues at batch %d of the new size", restored.data.get(
                           "global_batch_size"), config.train.batch_size, start_step)
     if is_main:
-      print(f"resumed from {ckpt_dir / str(last)} at step {start_step}", flush=True)
+      print(f"resumed from {ckpt_dir / str(start_step)} at step {start_step}", flush=True)
 
   # The data position is the step: global batch s is the same on any process count.
   data = pipeline.train_iterator(
@@ -456,7 +791,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       manager.wait_until_finished()
     writer.flush()  # Also copies the logs to a cloud workdir.
 
-  writer = metrics_writer.MetricWriter(os.fspath(workdir), enabled=is_main)
+  # Rows past the restored step were written after the last save; those steps run again.
+  writer = metrics_writer.MetricWriter(os.fspath(workdir), enabled=is_main,
+                                       resume_step=start_step)
   tokens_per_step = config.train.batch_size * config.data.max_len
   if is_main:
     mem = _per_device_bytes(state)
@@ -475,6 +812,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   step = start_step
   t_last, step_last = time.time(), step
   final_eval: dict[str, float] = {}
+  stopped_early = False
   try:
     while step < config.train.num_steps:
       batch = sharding_lib.global_batch_from_local(next(data), mesh, rules)
@@ -518,10 +856,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         if is_main:
           print(f"preempted: checkpoint saved at step {step}; rerun the same command to "
                 "resume", flush=True)
+        stopped_early = True
         break
   finally:
     manager.wait_until_finished()
     manager.close()
     writer.close()
     preemption.restore()
+  if stopped_early:
+    raise Preempted(step, preemption.signum)
   return final_eval
