@@ -1114,7 +1114,7 @@ def main(argv: Sequence[str]) -> int:
       print(f"wrote HuggingFace BertForMaskedLM directory {out}")
   except (HFImportError, HFExportError) as e:
     print(f"error: {e}", file=sys.stderr)
-    return 1
+    return 2  # A user error, as in every other binary.
   return 0
 
 

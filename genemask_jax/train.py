@@ -138,6 +138,9 @@ def _validate_run_config(config: ml_collections.ConfigDict) -> None:
   if not config.npmi.source:
     raise UserError("config.npmi.source is empty; expected 'corpus', 'authors' or the path "
                     "of an NPMI table (.csv, .npz or .rank.npy)")
+  if not 0.0 <= config.npmi.min_scored_fraction <= 1.0:
+    raise UserError("config.npmi.min_scored_fraction must be in [0, 1], got "
+                    f"{config.npmi.min_scored_fraction}")
   if config.npmi.source == "corpus" and config.npmi.min_count < 1:
     raise UserError(f"config.npmi.min_count must be >= 1, got {config.npmi.min_count}")
   d = config.data
@@ -389,13 +392,8 @@ def _hash(obj: Any) -> str:
 
 def _build_corpus(tfds_dir: str, fasta_paths: list[str], chunking: genome.ChunkConfig,
                   num_workers: int = 0):
-  try:
-    return genome_tfds.build(tfds_dir, fasta_paths, chunking, num_workers=num_workers)
-  except AssertionError as e:  # TFDS refuses to finalise an empty split.
-    if "No examples were yielded" not in str(e):
-      raise
-    raise UserError(f"{', '.join(fasta_paths)}: the corpus yields no training chunk (it needs "
-                    f"runs of A/C/G/T of at least {chunking.min_chunk_bp} bp): {e}") from e
+  # An empty corpus is a genome_tfds.CorpusError (a UserError) raised by the build itself.
+  return genome_tfds.build(tfds_dir, fasta_paths, chunking, num_workers=num_workers)
 
 
 @contextlib.contextmanager

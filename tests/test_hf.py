@@ -390,7 +390,7 @@ def test_import_and_export_commands_round_trip(tmp_path):
                       f"--checkpoint={tmp_path / 'nope'}", f"--output={tmp_path / 'x'}"],
                      cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
                      check=False)
-  assert r.returncode == 1 and "nope' does not exist" in r.stderr, r.stderr[-2000:]
+  assert r.returncode == 2 and "nope' does not exist" in r.stderr, r.stderr[-2000:]
 
 
 def test_model_card_states_masking_steps_data_and_results(tmp_path):
