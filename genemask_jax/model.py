@@ -56,6 +56,31 @@ PAD_ID = 0  # Same as genemask_jax.tokenizer.PAD_ID; the attention mask is ids !
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
+# Activations dtype of "auto", by JAX platform name: bfloat16 where the matrix units run it
+# at full rate (parameters and optimizer state stay float32), float32 on CPU, where bfloat16
+# matmuls are emulated and slower.
+AUTO_DTYPE = {"gpu": "bfloat16", "cuda": "bfloat16", "rocm": "bfloat16", "tpu": "bfloat16"}
+
+
+def resolve_dtype(dtype: str, platform: str | None = None) -> str:
+  """The computation dtype name for a config's ``dtype``: "auto" resolved, others unchanged.
+
+  Args:
+    dtype: "auto", or a name of ``_DTYPES`` ("float32", "bfloat16", "float16").
+    platform: a JAX platform name ("cpu", "gpu", "tpu", ...); default the default backend.
+
+  Returns:
+    "bfloat16" for "auto" on GPU/TPU, "float32" for "auto" elsewhere; ``dtype`` otherwise.
+
+  Raises:
+    ValueError: an unknown dtype name.
+  """
+  if dtype == "auto":
+    return AUTO_DTYPE.get(platform or jax.default_backend(), "float32")
+  if dtype not in _DTYPES:
+    raise ValueError(f"dtype={dtype!r}; expected 'auto' or one of {sorted(_DTYPES)}")
+  return dtype
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
@@ -73,7 +98,8 @@ class ModelConfig:
     attention_dropout_rate: Dropout on attention probabilities.
     layer_norm_eps: LayerNorm epsilon.
     initializer_range: Std of the truncation-free normal init of kernels and embeddings.
-    dtype: Computation dtype name ("float32" or "bfloat16").
+    dtype: Computation dtype name ("float32" or "bfloat16"); a run config's "auto" is
+      resolved by ``resolve_dtype`` before it gets here.
     param_dtype: Parameter dtype name (keep "float32" for training).
     vocab_pad_multiple: Pad the vocabulary rows to a multiple of this, so the ``vocab``
       axis can be sharded (4101 is odd) and matmuls tile well on accelerators.
@@ -110,7 +136,8 @@ class ModelConfig:
     for name in ("dtype", "param_dtype"):
       if getattr(self, name) not in _DTYPES:
         raise ValueError(
-            f"ModelConfig.{name}={getattr(self, name)!r}; expected one of {sorted(_DTYPES)}")
+            f"ModelConfig.{name}={getattr(self, name)!r}; expected one of {sorted(_DTYPES)}"
+            + (" (resolve 'auto' with model.resolve_dtype)" if name == "dtype" else ""))
     if self.attention_impl not in attention_lib.IMPLEMENTATIONS:
       raise ValueError(f"ModelConfig.attention_impl={self.attention_impl!r}; expected one "
                        f"of {attention_lib.IMPLEMENTATIONS}")

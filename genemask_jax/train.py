@@ -89,7 +89,11 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 
 
 def model_config_of(config: ml_collections.ConfigDict) -> model_lib.ModelConfig:
-  overrides = {"dtype": config.model.dtype,
+  try:  # "auto": bfloat16 activations on GPU/TPU, float32 on CPU (params stay float32).
+    dtype = model_lib.resolve_dtype(config.model.dtype)
+  except ValueError as e:
+    raise UserError(f"config.model.{e}") from e
+  overrides = {"dtype": dtype,
                "vocab_pad_multiple": config.model.vocab_pad_multiple,
                "attention_impl": config.model.get("attention_impl", "auto")}
   if config.model.dropout_rate is not None:

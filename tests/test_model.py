@@ -64,6 +64,19 @@ def test_named_sizes_and_overrides():
     model_lib.model_config("tiny", dtype="fp8")
 
 
+def test_auto_dtype_is_bfloat16_on_accelerators_float32_on_cpu():
+  for platform, want in (("cpu", "float32"), ("gpu", "bfloat16"), ("cuda", "bfloat16"),
+                         ("rocm", "bfloat16"), ("tpu", "bfloat16")):
+    assert model_lib.resolve_dtype("auto", platform) == want
+  assert model_lib.resolve_dtype("auto") == "float32"  # The tests run on CPU.
+  assert model_lib.resolve_dtype("float32", "tpu") == "float32"  # An explicit name wins.
+  assert model_lib.resolve_dtype("bfloat16", "cpu") == "bfloat16"
+  with pytest.raises(ValueError, match="dtype='fp8'; expected 'auto' or one of"):
+    model_lib.resolve_dtype("fp8", "gpu")
+  with pytest.raises(ValueError, match="resolve 'auto'"):
+    model_lib.model_config("tiny", dtype="auto")
+
+
 def test_mlm_head_is_dense_gelu_layernorm_tied_decoder(mlm):
   model, params = mlm
   ids = _ids()
