@@ -33,7 +33,8 @@ def _base() -> ml_collections.ConfigDict:
   # Pad the 4101-row vocabulary to a multiple of this so "vocab" can be split over a
   # model axis > 1 (4101 is odd); padded rows are never produced and are sliced off.
   c.model.vocab_pad_multiple = 1
-  # "auto": blockwise attention on CPU, jax.nn.dot_product_attention (fused) elsewhere.
+  # "auto": blockwise attention on CPU; on a GPU cuDNN flash attention when attention
+  # dropout is 0 (and the dtype is bfloat16), else blockwise; "blockwise"|"xla"|"cudnn".
   c.model.attention_impl = "auto"
 
   # Corpus: FASTA files (empty = the human-genome sample embedded in the package), chunked

@@ -104,8 +104,10 @@ class ModelConfig:
     vocab_pad_multiple: Pad the vocabulary rows to a multiple of this, so the ``vocab``
       axis can be sharded (4101 is odd) and matmuls tile well on accelerators.
     pad_id: Token id that is masked out of attention.
-    attention_impl: "auto" (blockwise on CPU, ``jax.nn.dot_product_attention`` elsewhere),
-      "blockwise" or "xla"; see ``genemask_jax.attention``. Numerics are the same.
+    attention_impl: "auto" (blockwise on CPU; cuDNN flash attention on a GPU where its
+      constraints hold, else blockwise; ``jax.nn.dot_product_attention`` on TPU),
+      "blockwise", "xla" or "cudnn" (no attention dropout); see
+      ``genemask_jax.attention``. Numerics are the same.
   """
   vocab_size: int = 4101
   hidden_size: int = 768
@@ -141,6 +143,10 @@ class ModelConfig:
     if self.attention_impl not in attention_lib.IMPLEMENTATIONS:
       raise ValueError(f"ModelConfig.attention_impl={self.attention_impl!r}; expected one "
                        f"of {attention_lib.IMPLEMENTATIONS}")
+    if self.attention_impl == "cudnn" and self.attention_dropout_rate > 0.0:
+      raise ValueError(f"ModelConfig.attention_impl='cudnn' has no attention dropout; set "
+                       f"attention_dropout_rate=0 (got {self.attention_dropout_rate}) or "
+                       "use 'auto'")
     for name in ("dropout_rate", "attention_dropout_rate"):
       if not 0.0 <= getattr(self, name) < 1.0:
         raise ValueError(f"ModelConfig.{name} must be in [0, 1), got {getattr(self, name)}")

@@ -1,4 +1,8 @@
-"""BERT model semantics (HF BertForMaskedLM), named sizes, optimizer and eval step."""
+"""BERT model semantics (HF BertForMaskedLM), named sizes, optimizer and eval step.
+
+Float32 comparisons run at full float32 matmul precision on every backend (a GPU's default
+is TF32-class, a TPU's bfloat16 passes), so the tolerances below mean the same on all.
+"""
 import dataclasses
 import types
 
@@ -11,6 +15,12 @@ import pytest
 from genemask_jax import model as model_lib
 from genemask_jax import optim
 from genemask_jax import train_step as ts
+
+@pytest.fixture(autouse=True, scope="module")
+def _full_precision_matmuls():
+  with jax.default_matmul_precision("highest"):
+    yield
+
 
 CFG = model_lib.ModelConfig(num_layers=2, hidden_size=64, num_heads=4, mlp_dim=128,
                             max_len=32)
