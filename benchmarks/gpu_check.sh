@@ -141,7 +141,7 @@ step "GPU test subset: ${tests[*]}" "$T_TESTS" \
 
 left=$((T_TOTAL - ($(date +%s) - started)))
 if ((left >= T_EXTRA)); then
-  step "bench_train_step, all dropout off, cuDNN attention, JAX only" "$((left - 10))" \
+  step "bench_train_step, all dropout off, ${extra_args[-1]}, JAX only" "$((left - 10))" \
     env XLA_PYTHON_CLIENT_MEM_FRACTION=0.9 "$python" benchmarks/bench_train_step.py \
     "${extra_args[@]}" --no-gpu_dropout --no_torch
 else
@@ -151,6 +151,7 @@ fi
 
 log ""
 log "gpu_check.sh done in $(($(date +%s) - started)) s"
+rm -rf "$work/paper"  # The 60-step run's checkpoint (about 1 GB for :paper).
 cp "$record" "$out/" 2>/dev/null || true
 trace=$(find "$work/prof" -name 'perfetto_trace.json.gz' -size -16M 2>/dev/null | head -1)
 [[ -n $trace ]] && cp "$trace" "$out/"

@@ -164,34 +164,51 @@ def train_step_rows(out: str) -> list[tuple[str, float, float]]:
   return [(f"{size} {shape}", float(j), float(t)) for size, shape, j, t in rows]
 
 
+_GPU_HEAD = re.compile(r"^(\w+) (\d+x\d+) bfloat16 on (.+?) \((.*?)\); model FLOPs", re.MULTILINE)
+_GPU_ROW = re.compile(r"^\s+(jax|torch)\s+(\d+) tokens/s per device\s+MFU\s+([\d.]+%|n/a)",
+                      re.MULTILINE)
+
+
+def _gpu_blocks(out: str) -> list[tuple[re.Match, dict[str, tuple[str, str]]]]:
+  """Each GPU section of bench_train_step.py output: (header match, {side: (tok/s, MFU)})."""
+  heads = list(_GPU_HEAD.finditer(out))
+  blocks = []
+  for i, head in enumerate(heads):
+    end = heads[i + 1].start() if i + 1 < len(heads) else len(out)
+    rows = {k: (t, m) for k, t, m in _GPU_ROW.findall(out[head.end():end])}
+    if "jax" in rows:
+      blocks.append((head, rows))
+  return blocks
+
+
 def gpu_rows(out: str) -> tuple[list[tuple[str, float, float]], str | None]:
-  """([(label, JAX tokens/s, torch tokens/s)], device) of bench_train_step.py's GPU section."""
-  head = re.search(r"^(\w+) (\d+x\d+) bfloat16 on (.+?) \(", out, re.MULTILINE)
-  tok = dict(re.findall(r"^\s+(jax|torch)\s+(\d+) tokens/s per device", out, re.MULTILINE))
-  if not head or "jax" not in tok:
+  """([(label, JAX tokens/s, torch tokens/s)], device) of the first GPU bench section."""
+  blocks = _gpu_blocks(out)
+  if not blocks:
     return [], None
+  head, rows = blocks[0]
   label = f"{head.group(1)} {head.group(2)} bf16"
-  return [(label, float(tok["jax"]), float(tok.get("torch", "nan")))], head.group(3)
+  return [(label, float(rows["jax"][0]), float(rows.get("torch", ("nan",))[0]))], head.group(3)
 
 
 def read_gpu_record(text: str) -> str | None:
-  """One-line reading of a gpu_check.sh record: device, bench, main.py and tests."""
+  """One-line reading of a gpu_check.sh record: device, benches, main.py and tests."""
   device = _num(r"^device: (.+)$", text)
   if not device:
     return None
   parts = [f"on {device}"]
-  gpu = re.findall(r"^\s+(jax|torch)\s+(\d+) tokens/s per device\s+MFU\s+([\d.]+%|n/a)", text,
-                   re.MULTILINE)
-  if gpu:
-    parts.append("bench_train_step bf16: " + ", ".join(
-        f"{k} {int(t):,} tokens/s (MFU {m})" for k, t, m in gpu))
+  for head, rows in _gpu_blocks(text):
+    how = "; ".join(x.strip() for x in head.group(4).split(";")[1:])  # dropout, attention
+    parts.append(f"{head.group(1)} {head.group(2)} bf16 ({how}): " + ", ".join(
+        f"{k} {int(t):,} tokens/s (MFU {m})" for k, (t, m) in rows.items()))
   last = _num(r"^main\.py last log line: (step .*)$", text)
   if last:
     tps = _num(r"([\d,]+) tokens/s", last)
     mfu = _num(r"MFU ([\d.]+%)", last)
     steps = _num(r"^step (\d+/\d+)", last)
     parts.append(f"main.py :paper step {steps}: {tps} tokens/s" + (f", MFU {mfu}" if mfu else ""))
-  tests = re.findall(r"^=+ (.*(?:passed|failed|error).*?) =+$", text, re.MULTILINE)
+  tests = re.findall(r"^=*\s*(\d+ (?:passed|failed|error)[^=\n]* in [\d.]+s[^=\n]*?)\s*=*$", text,
+                     re.MULTILINE)
   if tests:
     parts.append(f"GPU test subset: {tests[-1]}")
   return "; ".join(parts) + "."

@@ -33,21 +33,32 @@ step 60/60  loss 7.8  acc 0.060  lr 0.0e+00  5.50 steps/s  704,000 tokens/s  290
 main.py last log line: step 60/60  loss 7.8  acc 0.060  lr 0.0e+00  5.50 steps/s  704,000 tokens/s  290 TFLOP/s/device  MFU 29.3%  ETA 0:00:00
 
 === GPU test subset: tests/test_attention.py (limit 110 s): ...
-======================== 3 failed, 52 passed, 1 skipped in 95.2s ========================
+3 failed, 52 passed, 1 skipped in 95.20s (0:01:35)
+
+=== bench_train_step, all dropout off, cuDNN attention, JAX only (limit 90 s): ...
+dnabert_base 64x512 bfloat16 on NVIDIA H200 (1 device; torch on n/a; dropout off; attention cudnn); model FLOPs per step 30.09 T; peak 989 TFLOP/s
+  jax        500000 tokens/s per device   MFU  29.2%   (65.5 ms/step)
 """
 
 
 def test_record_reading_names_device_bench_main_and_tests():
   reading = run_all.read_gpu_record(RECORD)
   assert reading.startswith("on NVIDIA H200 (gpu, 1 device(s))")
-  assert "jax 412,345 tokens/s (MFU 24.1%), torch 400,000 tokens/s (MFU 23.8%)" in reading
+  assert ("dnabert_base 64x512 bf16 (torch on cuda; dropout on; attention auto): jax 412,345 "
+          "tokens/s (MFU 24.1%), torch 400,000 tokens/s (MFU 23.8%)") in reading
+  assert ("(torch on n/a; dropout off; attention cudnn): jax 500,000 tokens/s (MFU 29.2%)"
+          in reading)
   assert "main.py :paper step 60/60: 704,000 tokens/s, MFU 29.3%" in reading
-  assert "GPU test subset: 3 failed, 52 passed, 1 skipped in 95.2s" in reading
+  assert "GPU test subset: 3 failed, 52 passed, 1 skipped in 95.20s (0:01:35)" in reading
+  # pytest's non-quiet summary line is framed by '='.
+  framed = RECORD.replace("3 failed, 52 passed, 1 skipped in 95.20s (0:01:35)",
+                          "===== 55 passed in 80.10s (0:01:20) =====")
+  assert "GPU test subset: 55 passed in 80.10s (0:01:20)." in run_all.read_gpu_record(framed)
   assert run_all.read_gpu_record("no device line here") is None
 
 
 def test_gpu_rows_and_cpu_rows_feed_the_plot(tmp_path):
-  rows, device = run_all.gpu_rows(RECORD)
+  rows, device = run_all.gpu_rows(RECORD)  # The first bench: dropout as the size says.
   assert rows == [("dnabert_base 64x512 bf16", 412345.0, 400000.0)] and device == "NVIDIA H200"
   cpu = run_all.train_step_rows(
       "size              B x L    P   jax tok/s  torch tok/s  jax/torch\n"
