@@ -28,6 +28,10 @@ per sequence for attention + the MLM decoder at the masked positions) over the c
 dense bf16 peak (``PEAK_BF16``). The JAX step does fewer FLOPs than that (last layer at
 the masked positions only), so its MFU is "useful model FLOPs", comparable across both.
 
+``--gpu_also=pallas_gpu,...`` adds JAX runners with other attention implementations to the
+GPU section, interleaved with the others (each costs one more compile, ~45 s for
+dnabert_base on an H200).
+
 ``--profile=DIR`` then traces ``--profile_steps`` more JAX steps (of the GPU section when it
 ran, else of the last size) with ``jax.profiler.trace(DIR, create_perfetto_trace=True)``
 and prints the device kernels ranked by time (``profile_trace.py``; open the
@@ -39,6 +43,7 @@ torch/transformers are optional (the ``hf`` extra); without them only JAX is tim
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import statistics
 import time
@@ -209,6 +214,13 @@ def gpu_section(args, have_torch: bool):
   peak = peak_flops(kind)
   runners = {}
   runners["jax"], masks = _jax_side(cfg, ids, p, full_head=False)
+  for impl in filter(None, args.gpu_also.split(",")):
+    try:
+      other = dataclasses.replace(cfg, attention_impl=impl)
+    except ValueError as e:  # e.g. cudnn with attention dropout on
+      print(f"--gpu_also={impl}: skipped ({e})")
+      continue
+    runners[f"jax_{impl}"], _ = _jax_side(other, ids, p, full_head=False)
   torch_device = None
   if have_torch:
     import torch  # pylint: disable=g-import-not-at-top
@@ -255,6 +267,9 @@ def main():
   parser.add_argument("--gpu_dropout", default=True, action=argparse.BooleanOptionalAction,
                       help="the GPU section's size keeps its dropout (--no-gpu_dropout: all "
                            "off, as --attention_impl=cudnn needs)")
+  parser.add_argument("--gpu_also", default="",
+                      help="comma-separated attention implementations to time as extra JAX "
+                           "runners in the GPU section (e.g. pallas_gpu)")
   parser.add_argument("--profile", default="", metavar="DIR",
                       help="trace JAX steps into DIR and print kernels ranked by time")
   parser.add_argument("--profile_steps", type=int, default=3)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The prepared GPU check of issue #14: versions and device, the bf16 train-step bench (JAX vs
-# HF PyTorch, tokens/s, MFU, kernels ranked by time), 60 steps of `main.py :paper` (tokens/s,
-# MFU from its log) and the GPU test subset, each step under its own `timeout`, in <= 8 min on
+# The prepared GPU check of issue #14: versions and device, the bf16 train-step bench (JAX with
+# "auto" attention and with the fused Pallas kernel vs HF PyTorch, tokens/s, MFU, kernels ranked
+# by time), 60 steps of `main.py :paper` (tokens/s, MFU from its log) and the GPU test subset,
+# then the compiled Pallas kernel's tests if time is left, each under its own `timeout`, in <= 8 min on
 # one H200 with the CUDA image of ../shared/GPU.md. The record (docs/gpu_check.txt) is written
 # as it goes; `benchmarks/run_all.py` copies it into docs/benchmarks.md with the device named.
 #
@@ -13,8 +14,8 @@
 # With the device tool: run(command="bash benchmarks/gpu_check.sh", carry=[".whl", ".gpu_data"],
 # timeout_s=540); the record and the kernel ranking come back from $OUT.
 # Step time limits (seconds) can be changed with T_SETUP, T_BENCH, T_MAIN and T_TESTS. When at
-# least T_EXTRA seconds of the T_TOTAL budget are left, a last step times the JAX step with
-# every dropout off and cuDNN attention (what the fused kernel alone gives).
+# least T_EXTRA seconds of the T_TOTAL budget are left, a last step runs the compiled Pallas
+# kernel's tests (tests/test_attention_gpu.py).
 set -uo pipefail
 
 mode=gpu
@@ -86,7 +87,7 @@ fi
 if [[ $mode == cpu_smoke ]]; then
   export JAX_PLATFORMS=cpu
   bench_args=(--sizes= --gpu --gpu_size=tiny --gpu_length=64 --gpu_batch=2 --rounds=1
-              --steps_per_round=2 --warmup=0)
+              --steps_per_round=2 --warmup=0 --gpu_also=pallas_gpu)
   main_args=(--config.model.size=tiny --config.train.batch_size=4 --config.data.max_len=64
              --config.masking.max_predictions=16 --config.train.num_steps=4
              --config.train.log_every=2 --config.optim.warmup_steps=1
@@ -95,18 +96,17 @@ if [[ $mode == cpu_smoke ]]; then
   tests=(tests/test_attention.py -k "cudnn or auto_picks")
   T_BENCH=${T_BENCH:-300} T_MAIN=${T_MAIN:-300} T_TESTS=${T_TESTS:-300}
   T_TOTAL=${T_TOTAL:-100000} T_EXTRA=${T_EXTRA:-300}
-  extra_args=(--sizes= --gpu --gpu_size=tiny --gpu_length=64 --gpu_batch=2 --rounds=1
-              --steps_per_round=2 --warmup=0 --attention_impl=xla)  # No cuDNN on a CPU.
+  extra_tests=(tests/test_attention_gpu.py -k "model")  # Interpreted off the GPU: slow.
 else
-  bench_args=(--sizes= --gpu --gpu_batch=64 --rounds=3 --steps_per_round=4 --warmup=1)
+  bench_args=(--sizes= --gpu --gpu_batch=64 --rounds=3 --steps_per_round=4 --warmup=1
+              --gpu_also=pallas_gpu)
   main_args=(--config.train.num_steps=60 --config.train.log_every=10
              --config.optim.warmup_steps=6 --config.eval.num_examples=200)
   test_env=(JAX_PLATFORMS=cuda XLA_FLAGS=)
   tests=(tests/test_attention.py tests/test_model.py tests/test_masking.py)
-  T_BENCH=${T_BENCH:-170} T_MAIN=${T_MAIN:-170} T_TESTS=${T_TESTS:-110}
-  T_TOTAL=${T_TOTAL:-470} T_EXTRA=${T_EXTRA:-100}
-  extra_args=(--sizes= --gpu --gpu_batch=64 --rounds=2 --steps_per_round=4 --warmup=1
-              --attention_impl=cudnn)
+  T_BENCH=${T_BENCH:-190} T_MAIN=${T_MAIN:-150} T_TESTS=${T_TESTS:-120}
+  T_TOTAL=${T_TOTAL:-470} T_EXTRA=${T_EXTRA:-45}
+  extra_tests=(tests/test_attention_gpu.py -k "compiled or model")
 fi
 T_SETUP=${T_SETUP:-60}
 
@@ -141,12 +141,11 @@ step "GPU test subset: ${tests[*]}" "$T_TESTS" \
 
 left=$((T_TOTAL - ($(date +%s) - started)))
 if ((left >= T_EXTRA)); then
-  step "bench_train_step, all dropout off, ${extra_args[-1]}, JAX only" "$((left - 10))" \
-    env XLA_PYTHON_CLIENT_MEM_FRACTION=0.9 "$python" benchmarks/bench_train_step.py \
-    "${extra_args[@]}" --no-gpu_dropout --no_torch
+  step "Pallas kernel tests: ${extra_tests[*]}" "$((left - 5))" \
+    env "${test_env[@]}" "$python" -m pytest -q -p no:cacheprovider "${extra_tests[@]}"
 else
   log ""
-  log "=== skipped the dropout-off cuDNN bench: ${left} s left of ${T_TOTAL} s (T_EXTRA=${T_EXTRA})"
+  log "=== skipped the Pallas kernel tests: ${left} s left of ${T_TOTAL} s (T_EXTRA=${T_EXTRA})"
 fi
 
 log ""

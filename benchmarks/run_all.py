@@ -143,7 +143,7 @@ def _read_pipeline(out: str) -> str | None:
 
 def _read_train_step(out: str) -> str | None:
   rows = re.findall(r"^(\w+)\s+(\d+x\d+)\s+\d+\s+(\d+)\s+(\d+)\s+([\d.]+)x", out, re.MULTILINE)
-  gpu = re.findall(r"^\s+(jax|torch)\s+(\d+) tokens/s per device\s+MFU\s+([\d.]+%|n/a)", out,
+  gpu = re.findall(r"^\s+(jax\w*|torch)\s+(\d+) tokens/s per device\s+MFU\s+([\d.]+%|n/a)", out,
                    re.MULTILINE)
   gpu_text = ("; GPU bfloat16 " + ", ".join(f"{k} {t} tokens/s (MFU {m})" for k, t, m in gpu)
               if gpu else "")
@@ -165,7 +165,7 @@ def train_step_rows(out: str) -> list[tuple[str, float, float]]:
 
 
 _GPU_HEAD = re.compile(r"^(\w+) (\d+x\d+) bfloat16 on (.+?) \((.*?)\); model FLOPs", re.MULTILINE)
-_GPU_ROW = re.compile(r"^\s+(jax|torch)\s+(\d+) tokens/s per device\s+MFU\s+([\d.]+%|n/a)",
+_GPU_ROW = re.compile(r"^\s+(jax\w*|torch)\s+(\d+) tokens/s per device\s+MFU\s+([\d.]+%|n/a)",
                       re.MULTILINE)
 
 
@@ -207,11 +207,23 @@ def read_gpu_record(text: str) -> str | None:
     mfu = _num(r"MFU ([\d.]+%)", last)
     steps = _num(r"^step (\d+/\d+)", last)
     parts.append(f"main.py :paper step {steps}: {tps} tokens/s" + (f", MFU {mfu}" if mfu else ""))
-  tests = re.findall(r"^=*\s*(\d+ (?:passed|failed|error)[^=\n]* in [\d.]+s[^=\n]*?)\s*=*$", text,
-                     re.MULTILINE)
-  if tests:
-    parts.append(f"GPU test subset: {tests[-1]}")
+  for title in ("GPU test subset", "Pallas kernel tests"):
+    body = _step_output(text, title)
+    if body is None:
+      continue
+    summary = re.findall(r"^=*\s*(\d+ (?:passed|failed|error)[^=\n]* in [\d.]+s[^=\n]*?)\s*=*$",
+                         body, re.MULTILINE)
+    status = _num(rf"^=== {title}: (exit .*)$", text)
+    parts.append(f"{title}: {summary[-1] if summary else 'no pytest summary'}"
+                 + (f" ({status})" if status and "exit 0 " not in status + " " else ""))
   return "; ".join(parts) + "."
+
+
+def _step_output(text: str, title: str) -> str | None:
+  """What one gpu_check.sh step printed: from its '=== TITLE' line to its '=== TITLE:' line."""
+  m = re.search(rf"^=== {re.escape(title)}\b.*?$(.*?)^=== {re.escape(title)}:", text,
+                re.MULTILINE | re.DOTALL)
+  return m.group(1) if m else None
 
 
 def plot_step_speed(cpu: list[tuple[str, float, float]], gpu: list[tuple[str, float, float]],

@@ -20,7 +20,9 @@ Two things make textbook JAX attention slow on a CPU, and both are fixed here:
 ``"xla"`` (``jax.nn.dot_product_attention``'s XLA lowering, with the explicit softmax when
 attention dropout is on), ``"cudnn"`` (cuDNN's fused flash attention on NVIDIA GPUs, for
 bfloat16/float16 without attention dropout: cuDNN's own dropout is not this module's
-hashed mask), or ``"auto"``: blockwise on CPU; on a GPU, cuDNN where its constraints hold
+hashed mask), ``"pallas_gpu"`` (``attention_gpu.flash_attention``, a fused Pallas/Triton
+kernel with this module's dropout; self-attention only, other calls fall back to
+blockwise), or ``"auto"``: blockwise on CPU; on a GPU, cuDNN where its constraints hold
 (``cudnn_supported``) and otherwise blockwise, which never builds the float32 (B, N, L, L)
 tensors that the ``"xla"`` path needs for dropout.
 """
@@ -33,7 +35,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-IMPLEMENTATIONS = ("auto", "blockwise", "xla", "cudnn")
+IMPLEMENTATIONS = ("auto", "blockwise", "xla", "cudnn", "pallas_gpu")
 
 # Queries per block of the blockwise attention: 8 x 8 heads x 64 x 512 float32 scores is
 # 8 MB, which stays in this CPU's 32 MB L3 (64 was at or near the fastest of 32, 64, 128
@@ -280,6 +282,13 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: ja
   rate = dropout_rate if seed is not None else 0.0
   impl = resolve_implementation(implementation, dtype=q.dtype, head_dim=q.shape[-1],
                                 q_len=q.shape[1], kv_len=k.shape[1], dropout_rate=rate)
+  if impl == "pallas_gpu":
+    from genemask_jax import attention_gpu  # pylint: disable=g-import-not-at-top
+    if attention_gpu.supported(q.shape[1], k.shape[1], q.shape[-1]):
+      return attention_gpu.flash_attention(  # Interpreted off the GPU (tests).
+          q, k, v, key_mask, dropout_rate=dropout_rate, seed=seed,
+          interpret=jax.default_backend() != "gpu")
+    impl = "blockwise"  # The last layer's queries at the masked positions only.
   if impl == "blockwise":
     return blockwise_attention(q, k, v, key_mask, dropout_rate=dropout_rate, seed=seed,
                                block_q=block_q)

@@ -106,8 +106,8 @@ class ModelConfig:
     pad_id: Token id that is masked out of attention.
     attention_impl: "auto" (blockwise on CPU; cuDNN flash attention on a GPU where its
       constraints hold, else blockwise; ``jax.nn.dot_product_attention`` on TPU),
-      "blockwise", "xla" or "cudnn" (no attention dropout); see
-      ``genemask_jax.attention``. Numerics are the same.
+      "blockwise", "xla", "cudnn" (no attention dropout) or "pallas_gpu" (fused, with
+      dropout); see ``genemask_jax.attention``. Numerics are the same.
   """
   vocab_size: int = 4101
   hidden_size: int = 768
