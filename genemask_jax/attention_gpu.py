@@ -15,6 +15,9 @@ So ``flash_attention`` equals ``attention.blockwise_attention`` (forward and gra
 dropout included) up to float rounding; ``interpret=True`` runs the same kernels on any
 backend, which is how CPU tests check them. On a GPU it is ``attention_impl="pallas_gpu"``.
 Self-attention only (query and key lengths equal, a multiple of the block sizes).
+
+The kernels are adapted from ``jax/experimental/pallas/ops/gpu/attention.py`` (Copyright
+2023 The JAX Authors, Apache License 2.0).
 """
 
 from __future__ import annotations
