@@ -47,10 +47,11 @@ class Blocks:
 
 
 def supported(q_len: int, kv_len: int, head_dim: int, blocks: Blocks = Blocks()) -> bool:
-  """Whether ``flash_attention`` takes these shapes (self-attention, whole tiles)."""
+  """Whether ``flash_attention`` takes these shapes (self-attention, whole tiles; Triton
+  blocks are powers of two, and the kernels load whole key rows)."""
   b = blocks.fit(q_len)
-  return (q_len == kv_len and head_dim <= 256 and q_len % b.fwd_q == 0
-          and q_len % b.fwd_k == 0 and q_len % b.bwd == 0)
+  return (q_len == kv_len and head_dim <= 256 and q_len & (q_len - 1) == 0
+          and q_len % b.fwd_q == 0 and q_len % b.fwd_k == 0 and q_len % b.bwd == 0)
 
 
 def _mix32(x):
