@@ -4,6 +4,7 @@
     python benchmarks/bench_train_step.py --sizes=tiny --batch=8 --length=512 --rounds=6
     python benchmarks/bench_train_step.py --full_head            # also JAX with all-L MLM head
     python benchmarks/bench_train_step.py --gpu                 # + dnabert_base 512 bf16, MFU
+    python benchmarks/bench_train_step.py --gpu --profile=/tmp/prof   # + kernels by time
 
 For each size both sides run the same model shape in float32 with the same optimizer
 (AdamW, betas (0.9, 0.98), eps 1e-6, weight decay 0.01 off biases/LayerNorm, clip 1.0),
@@ -27,12 +28,22 @@ per sequence for attention + the MLM decoder at the masked positions) over the c
 dense bf16 peak (``PEAK_BF16``). The JAX step does fewer FLOPs than that (last layer at
 the masked positions only), so its MFU is "useful model FLOPs", comparable across both.
 
+``--gpu_also=pallas_gpu,...`` adds JAX runners with other attention implementations to the
+GPU section, interleaved with the others (each costs one more compile, ~45 s for
+dnabert_base on an H200).
+
+``--profile=DIR`` then traces ``--profile_steps`` more JAX steps (of the GPU section when it
+ran, else of the last size) with ``jax.profiler.trace(DIR, create_perfetto_trace=True)``
+and prints the device kernels ranked by time (``profile_trace.py``; open the
+``perfetto_trace.json.gz`` it names in https://ui.perfetto.dev for the timeline).
+
 torch/transformers are optional (the ``hf`` extra); without them only JAX is timed.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import statistics
 import time
@@ -47,6 +58,8 @@ from genemask_jax import model as model_lib
 from genemask_jax import optim
 from genemask_jax import sharding
 from genemask_jax import train_step as ts
+
+import profile_trace  # benchmarks/ is the script's directory, first on sys.path.
 
 DEFAULT_SHAPES = {"tiny": (8, 512), "logo": (8, 512), "dnabert_base": (8, 128), "large": (8, 128)}
 
@@ -175,10 +188,25 @@ def _row(size, b, length, p, med, extra=""):
   return line + f"   ({detail}{extra})"
 
 
-def gpu_section(args, have_torch: bool) -> None:
+def profile(run, directory: str, steps: int, label: str, top: int = 25) -> str:
+  """Traces `steps` calls of `run` into `directory`; prints and returns the kernel ranking."""
+  run()  # Nothing left to compile or warm inside the trace.
+  with jax.profiler.trace(directory, create_perfetto_trace=True):
+    for _ in range(steps):
+      run()
+  path = profile_trace.find_trace(directory)
+  text = (f"\nProfile of {steps} JAX step(s) of {label}: {path}\n" + profile_trace.format_ranking(
+      profile_trace.rank_kernels(profile_trace.load_events(path)), top=top, steps=steps))
+  print(text, flush=True)
+  return text
+
+
+def gpu_section(args, have_torch: bool):
   """dnabert_base at L=512 in bfloat16 on the first GPU: tokens/s and MFU, JAX vs torch."""
   size, length, b = args.gpu_size, args.gpu_length, args.gpu_batch
-  cfg = model_lib.model_config(size, dtype="bfloat16", attention_impl=args.attention_impl)
+  no_dropout = {} if args.gpu_dropout else {"dropout_rate": 0.0, "attention_dropout_rate": 0.0}
+  cfg = model_lib.model_config(size, dtype="bfloat16", attention_impl=args.attention_impl,
+                               **no_dropout)
   p = max(1, int(round(args.prediction_fraction * length)))
   ids = _ids(b, length)
   dev = jax.devices()[0]
@@ -186,6 +214,13 @@ def gpu_section(args, have_torch: bool) -> None:
   peak = peak_flops(kind)
   runners = {}
   runners["jax"], masks = _jax_side(cfg, ids, p, full_head=False)
+  for impl in filter(None, args.gpu_also.split(",")):
+    try:
+      other = dataclasses.replace(cfg, attention_impl=impl)
+    except ValueError as e:  # e.g. cudnn with attention dropout on
+      print(f"--gpu_also={impl}: skipped ({e})")
+      continue
+    runners[f"jax_{impl}"], _ = _jax_side(other, ids, p, full_head=False)
   torch_device = None
   if have_torch:
     import torch  # pylint: disable=g-import-not-at-top
@@ -199,12 +234,14 @@ def gpu_section(args, have_torch: bool) -> None:
                 warmup=args.warmup)
   flops = model_flops_per_step(cfg, b, length, p)
   print(f"\n{size} {b}x{length} bfloat16 on {kind} (1 device; torch on "
-        f"{torch_device or 'n/a'}); model FLOPs per step {flops / 1e12:.2f} T; "
+        f"{torch_device or 'n/a'}; dropout {'on' if args.gpu_dropout else 'off'}; attention "
+        f"{args.attention_impl}); model FLOPs per step {flops / 1e12:.2f} T; "
         f"peak {'%.0f TFLOP/s' % (peak / 1e12) if peak else 'unknown for this device'}")
   for k, sec in med.items():
     mfu = f"{100 * flops / sec / peak:5.1f}%" if peak else "  n/a"
     print(f"  {k:<6} {b * length / sec:>10.0f} tokens/s per device   MFU {mfu}   "
           f"({1e3 * sec:.1f} ms/step)")
+  return runners["jax"], f"{size} {b}x{length} bfloat16 on {kind}"
 
 
 def main():
@@ -227,6 +264,15 @@ def main():
   parser.add_argument("--gpu_size", default="dnabert_base")
   parser.add_argument("--gpu_length", type=int, default=512)
   parser.add_argument("--gpu_batch", type=int, default=32)
+  parser.add_argument("--gpu_dropout", default=True, action=argparse.BooleanOptionalAction,
+                      help="the GPU section's size keeps its dropout (--no-gpu_dropout: all "
+                           "off, as --attention_impl=cudnn needs)")
+  parser.add_argument("--gpu_also", default="",
+                      help="comma-separated attention implementations to time as extra JAX "
+                           "runners in the GPU section (e.g. pallas_gpu)")
+  parser.add_argument("--profile", default="", metavar="DIR",
+                      help="trace JAX steps into DIR and print kernels ranked by time")
+  parser.add_argument("--profile_steps", type=int, default=3)
   args = parser.parse_args()
 
   try:
@@ -252,6 +298,7 @@ def main():
   if have_torch:
     header += f"{'torch tok/s':>13}{'jax/torch':>11}"
   sizes = [x for x in args.sizes.split(",") if x]
+  to_profile = None
   for i, size in enumerate(sizes):
     b, length = DEFAULT_SHAPES.get(size, (8, 128))
     b, length = args.batch or b, args.length or length
@@ -272,14 +319,17 @@ def main():
       print(header)
     print(_row(size, b, length, p, med, f"; setup+compile+measure "
                f"{time.perf_counter() - t0:.0f} s"), flush=True)
+    to_profile = (runners["jax"], f"{size} {b}x{length} float32")
   if have_torch and sizes:
     print(f"torch threads: {threads}")
   gpu = args.gpu if args.gpu is not None else jax.default_backend() == "gpu"
   if gpu:
-    gpu_section(args, have_torch)
+    to_profile = gpu_section(args, have_torch)
   else:
     print("\nNo GPU: the bfloat16 dnabert_base tokens/s and MFU section was not run "
           "(--gpu forces it).")
+  if args.profile and to_profile:
+    profile(to_profile[0], args.profile, args.profile_steps, to_profile[1])
 
 
 if __name__ == "__main__":

@@ -21,6 +21,12 @@ Modest settings (the default), chosen so that the whole run fits ~15 minutes:
 `--full` drops these overrides (scripts' defaults) and adds the few-shot default grid
 (`bench_fewshot.py --grid --seeds=3 --max_test_examples=500`: hours on a 2-core CPU).
 
+The GPU figures come from a separate record, `docs/gpu_check.txt`, written on a GPU
+machine by `benchmarks/gpu_check.sh`; when it exists it is copied in with the device named.
+The train-step section gets a plot, `docs/figures/train_step_speed.png` (CPU sizes, and the
+GPU bf16 step when the record has it); `--plot_only` redraws it from the current doc and
+record without running anything.
+
 Data: `--data_dir` or $GENEMASK_DATA_DIR (the folder holding genome/, fewshot/, npmi/).
 """
 
@@ -43,6 +49,9 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 # The whole few-shot grid takes an hour or more on the CPU, so it is measured separately
 # (`bench_fewshot.py --grid ... --grid_log=docs/fewshot_grid.txt`) and copied in here.
 GRID_LOG = REPO / "docs" / "fewshot_grid.txt"
+# Written on a GPU machine by benchmarks/gpu_check.sh (this machine has none).
+GPU_RECORD = REPO / "docs" / "gpu_check.txt"
+STEP_PLOT = REPO / "docs" / "figures" / "train_step_speed.png"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,7 +143,7 @@ def _read_pipeline(out: str) -> str | None:
 
 def _read_train_step(out: str) -> str | None:
   rows = re.findall(r"^(\w+)\s+(\d+x\d+)\s+\d+\s+(\d+)\s+(\d+)\s+([\d.]+)x", out, re.MULTILINE)
-  gpu = re.findall(r"^\s+(jax|torch)\s+(\d+) tokens/s per device\s+MFU\s+([\d.]+%|n/a)", out,
+  gpu = re.findall(r"^\s+(jax\w*|torch)\s+(\d+) tokens/s per device\s+MFU\s+([\d.]+%|n/a)", out,
                    re.MULTILINE)
   gpu_text = ("; GPU bfloat16 " + ", ".join(f"{k} {t} tokens/s (MFU {m})" for k, t, m in gpu)
               if gpu else "")
@@ -147,6 +156,114 @@ def _read_train_step(out: str) -> str | None:
     return "JAX tokens/s (no PyTorch side): " + "; ".join(
         f"{size} {shape}: {t}" for size, shape, t in rows) + "."
   return None
+
+
+def train_step_rows(out: str) -> list[tuple[str, float, float]]:
+  """(label, JAX tokens/s, torch tokens/s) per size of bench_train_step.py's CPU table."""
+  rows = re.findall(r"^(\w+)\s+(\d+x\d+)\s+\d+\s+(\d+)\s+(\d+)\s+[\d.]+x", out, re.MULTILINE)
+  return [(f"{size} {shape}", float(j), float(t)) for size, shape, j, t in rows]
+
+
+_GPU_HEAD = re.compile(r"^(\w+) (\d+x\d+) bfloat16 on (.+?) \((.*?)\); model FLOPs", re.MULTILINE)
+_GPU_ROW = re.compile(r"^\s+(jax\w*|torch)\s+(\d+) tokens/s per device\s+MFU\s+([\d.]+%|n/a)",
+                      re.MULTILINE)
+
+
+def _gpu_blocks(out: str) -> list[tuple[re.Match, dict[str, tuple[str, str]]]]:
+  """Each GPU section of bench_train_step.py output: (header match, {side: (tok/s, MFU)})."""
+  heads = list(_GPU_HEAD.finditer(out))
+  blocks = []
+  for i, head in enumerate(heads):
+    end = heads[i + 1].start() if i + 1 < len(heads) else len(out)
+    rows = {k: (t, m) for k, t, m in _GPU_ROW.findall(out[head.end():end])}
+    if "jax" in rows:
+      blocks.append((head, rows))
+  return blocks
+
+
+def gpu_rows(out: str) -> tuple[list[tuple[str, float, float]], str | None]:
+  """([(label, JAX tokens/s, torch tokens/s)], device) of the first GPU bench section."""
+  blocks = _gpu_blocks(out)
+  if not blocks:
+    return [], None
+  head, rows = blocks[0]
+  label = f"{head.group(1)} {head.group(2)} bf16"
+  return [(label, float(rows["jax"][0]), float(rows.get("torch", ("nan",))[0]))], head.group(3)
+
+
+def read_gpu_record(text: str) -> str | None:
+  """One-line reading of a gpu_check.sh record: device, benches, main.py and tests."""
+  device = _num(r"^device: (.+)$", text)
+  if not device:
+    return None
+  parts = [f"on {device}"]
+  for head, rows in _gpu_blocks(text):
+    how = "; ".join(x.strip() for x in head.group(4).split(";")[1:])  # dropout, attention
+    parts.append(f"{head.group(1)} {head.group(2)} bf16 ({how}): " + ", ".join(
+        f"{k} {int(t):,} tokens/s (MFU {m})" for k, (t, m) in rows.items()))
+  last = _num(r"^main\.py last log line: (step .*)$", text)
+  if last:
+    tps = _num(r"([\d,]+) tokens/s", last)
+    mfu = _num(r"MFU ([\d.]+%)", last)
+    steps = _num(r"^step (\d+/\d+)", last)
+    parts.append(f"main.py :paper step {steps}: {tps} tokens/s" + (f", MFU {mfu}" if mfu else ""))
+  for title in ("GPU test subset", "Pallas kernel tests"):
+    body = _step_output(text, title)
+    if body is None:
+      continue
+    summary = re.findall(r"^=*\s*(\d+ (?:passed|failed|error)[^=\n]* in [\d.]+s[^=\n]*?)\s*=*$",
+                         body, re.MULTILINE)
+    status = _num(rf"^=== {title}: (exit .*)$", text)
+    parts.append(f"{title}: {summary[-1] if summary else 'no pytest summary'}"
+                 + (f" ({status})" if status and "exit 0 " not in status + " " else ""))
+  return "; ".join(parts) + "."
+
+
+def _step_output(text: str, title: str) -> str | None:
+  """What one gpu_check.sh step printed: from its '=== TITLE' line to its '=== TITLE:' line."""
+  m = re.search(rf"^=== {re.escape(title)}\b.*?$(.*?)^=== {re.escape(title)}:", text,
+                re.MULTILINE | re.DOTALL)
+  return m.group(1) if m else None
+
+
+def plot_step_speed(cpu: list[tuple[str, float, float]], gpu: list[tuple[str, float, float]],
+                    device: str | None, path: pathlib.Path) -> bool:
+  """Bar chart of JAX vs HF PyTorch tokens/s (CPU sizes; GPU bf16 if measured) -> PNG."""
+  if not cpu and not gpu:
+    return False
+  try:
+    import matplotlib  # pylint: disable=g-import-not-at-top
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return False
+  panels = [(f"CPU ({os.cpu_count()} cores), float32", cpu)] if cpu else []
+  if gpu:
+    panels.append((f"{device or 'GPU'}, bfloat16", gpu))
+  fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels) + 1, 3.6), squeeze=False)
+  for ax, (title, rows) in zip(axes[0], panels):
+    x = range(len(rows))
+    ax.bar([i - 0.2 for i in x], [r[1] for r in rows], 0.4, label="JAX", color="#1f77b4")
+    ax.bar([i + 0.2 for i in x], [r[2] for r in rows], 0.4, label="HF PyTorch", color="#ff7f0e")
+    for i, (_, j, t) in enumerate(rows):
+      if t == t and t > 0:  # not NaN
+        ax.annotate(f"{j / t:.2f}x", (i, max(j, t)), ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(list(x), [r[0] for r in rows], fontsize=8)
+    ax.set_ylabel("tokens/s (train step)")
+    ax.set_title(title, fontsize=9)
+    ax.margins(y=0.15)
+  axes[0][0].legend(fontsize=8)
+  fig.tight_layout()
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return True
+
+
+def _train_step_block(doc: str) -> str:
+  """The verbatim output block of the train-step section of an existing benchmarks.md."""
+  m = re.search(r"^## Train step .*?^```\n(.*?)^```", doc, re.MULTILINE | re.DOTALL)
+  return m.group(1) if m else ""
 
 
 def _read_fewshot(out: str) -> str | None:
@@ -274,6 +391,11 @@ def run_one(b: Bench, args: list[str], env: dict[str, str], timeout: int) -> tup
   return _clean(out), _clean(err)[-3000:], wall, rc
 
 
+def out_dir_of(output: str) -> pathlib.Path:
+  """The folder of the written doc (image links are relative to it)."""
+  return pathlib.Path(output).resolve().parent
+
+
 def main(argv: Sequence[str]) -> None:
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                               formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -284,7 +406,18 @@ def main(argv: Sequence[str]) -> None:
   p.add_argument("--full", action="store_true",
                  help="The scripts' own defaults and the few-shot grid (hours on 2 cores).")
   p.add_argument("--timeout", type=int, default=1800, help="Seconds per script.")
+  p.add_argument("--plot_only", action="store_true",
+                 help=f"Only redraw {STEP_PLOT.relative_to(REPO)} from --output and the GPU "
+                      "record; run nothing.")
   a = p.parse_args(argv)
+
+  record = GPU_RECORD.read_text(encoding="utf-8").strip() if GPU_RECORD.exists() else ""
+  gpu, device = gpu_rows(record)
+  if a.plot_only:
+    doc = pathlib.Path(a.output).read_text(encoding="utf-8")
+    ok = plot_step_speed(train_step_rows(_train_step_block(doc)), gpu, device, STEP_PLOT)
+    print(f"[run_all] {'wrote ' + str(STEP_PLOT) if ok else 'no train-step figures to plot'}")
+    return
 
   env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
   if a.data_dir:
@@ -335,12 +468,12 @@ def main(argv: Sequence[str]) -> None:
   L.append("**GPU.** " + (
       "No GPU was available in this run (jax platform: "
       f"{platform_}). " if platform_ not in ("gpu", "cuda", "rocm") else
-      f"A GPU was available (jax platform {platform_}). ") +
-      "The GPU figures the issue asks for (`dnabert_base` at 512 tokens in bfloat16: "
-      "tokens/s and MFU per GPU) are printed by `bench_train_step.py` only when a GPU is "
-      "present" + ("" if "mfu" in (REPO / "benchmarks" / "bench_train_step.py").read_text().lower()
-                   else "; note that the `bench_train_step.py` of this commit does not yet "
-                        "contain that GPU section") + ", so this document has none.")
+      f"A GPU was available (jax platform {platform_}). ") + (
+          f"The GPU figures (measured on {device or 'a GPU'} by `benchmarks/gpu_check.sh`) "
+          "are in the section [GPU check](#gpu-check-benchmarksgpu_checksh) below."
+          if record else
+          "No GPU record exists yet: `bash benchmarks/gpu_check.sh` on one GPU (see its "
+          "header) writes `docs/gpu_check.txt`, which this document then includes."))
   L.append("")
   for b, extra, out, err, wall, rc, lb, la in results:
     L.append(f"## {b.title} (`benchmarks/{b.script}`)")
@@ -365,6 +498,11 @@ def main(argv: Sequence[str]) -> None:
     L.append("Reading: " + (reading or "see the figures above (no summary line could be "
                                        "extracted automatically)."))
     L.append("")
+    if b.name == "train_step" and rc == 0 and plot_step_speed(train_step_rows(out), gpu,
+                                                              device, STEP_PLOT):
+      L.append(f"![train step tokens/s, JAX vs HF PyTorch]"
+               f"({os.path.relpath(STEP_PLOT, out_dir_of(a.output))})")
+      L.append("")
     if b.name == "fewshot" and GRID_LOG.exists():
       grid = GRID_LOG.read_text(encoding="utf-8").strip()
       L.append("### The whole default grid (measured separately)")
@@ -381,6 +519,20 @@ def main(argv: Sequence[str]) -> None:
         L.append(f"Reading: the whole default grid of Script-B fine-tunes took {minutes} min "
                  "(see its first two lines for the date, commit and load).")
         L.append("")
+  if record:
+    L.append("## GPU check (`benchmarks/gpu_check.sh`)")
+    L.append("")
+    L.append(f"Measured on {device or 'a GPU (device not named in the record)'}; copied "
+             f"verbatim from `{GPU_RECORD.relative_to(REPO)}`, written there by the script "
+             "named on its first line:")
+    L.append("")
+    L.append("```")
+    L.append(record)
+    L.append("```")
+    L.append("")
+    L.append("Reading: " + (read_gpu_record(record) or "see the record above (no device "
+                                                      "line found)."))
+    L.append("")
   L.append("## Reproduce")
   L.append("")
   L.append("```bash")

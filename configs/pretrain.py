@@ -26,12 +26,15 @@ def _base() -> ml_collections.ConfigDict:
   # Model: a named size from genemask_jax.model.MODEL_SIZES.
   c.model = ml_collections.ConfigDict()
   c.model.size = "tiny"
-  c.model.dtype = "float32"  # Activations; parameters stay float32. "bfloat16" on accelerators.
+  # Activations: "auto" = bfloat16 on GPU/TPU, float32 on CPU; parameters and optimizer
+  # state stay float32. "float32" / "bfloat16" force one.
+  c.model.dtype = "auto"
   c.model.dropout_rate = config_dict.placeholder(float)  # None: the size's default.
   # Pad the 4101-row vocabulary to a multiple of this so "vocab" can be split over a
   # model axis > 1 (4101 is odd); padded rows are never produced and are sliced off.
   c.model.vocab_pad_multiple = 1
-  # "auto": blockwise attention on CPU, jax.nn.dot_product_attention (fused) elsewhere.
+  # "auto": blockwise attention on CPU; on a GPU cuDNN flash attention when attention
+  # dropout is 0 (and the dtype is bfloat16), else blockwise; "blockwise"|"xla"|"cudnn".
   c.model.attention_impl = "auto"
 
   # Corpus: FASTA files (empty = the human-genome sample embedded in the package), chunked
@@ -153,7 +156,6 @@ def _apply(c: ml_collections.ConfigDict, preset: str) -> None:
     c.eval.batch_size = 50
   elif preset == "large":
     c.model.size = "large"
-    c.model.dtype = "bfloat16"
     c.train.batch_size = 256
   elif preset in ("genemask", "dnabert", "bert"):
     c.masking.strategy = preset

@@ -17,8 +17,14 @@ Two things make textbook JAX attention slow on a CPU, and both are fixed here:
   is recomputed in the backward pass instead of stored.
 
 ``dot_product_attention`` picks the implementation: ``"blockwise"`` (the default on CPU),
-``"xla"`` (``jax.nn.dot_product_attention``, which GPUs run as a fused kernel, with the
-explicit softmax when attention dropout is on), or ``"auto"``.
+``"xla"`` (``jax.nn.dot_product_attention``'s XLA lowering, with the explicit softmax when
+attention dropout is on), ``"cudnn"`` (cuDNN's fused flash attention on NVIDIA GPUs, for
+bfloat16/float16 without attention dropout: cuDNN's own dropout is not this module's
+hashed mask), ``"pallas_gpu"`` (``attention_gpu.flash_attention``, a fused Pallas/Triton
+kernel with this module's dropout; self-attention only, other calls fall back to
+blockwise), or ``"auto"``: blockwise on CPU; on a GPU, cuDNN where its constraints hold
+(``cudnn_supported``) and otherwise blockwise, which never builds the float32 (B, N, L, L)
+tensors that the ``"xla"`` path needs for dropout.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-IMPLEMENTATIONS = ("auto", "blockwise", "xla")
+IMPLEMENTATIONS = ("auto", "blockwise", "xla", "cudnn", "pallas_gpu")
 
 # Queries per block of the blockwise attention: 8 x 8 heads x 64 x 512 float32 scores is
 # 8 MB, which stays in this CPU's 32 MB L3 (64 was at or near the fastest of 32, 64, 128
@@ -210,13 +216,61 @@ def reference_attention(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.
   return jnp.einsum("bnqk,bknd->bqnd", probs, v)
 
 
-def resolve_implementation(implementation: str) -> str:
-  """``"auto"`` -> ``"blockwise"`` on CPU, ``"xla"`` elsewhere; others unchanged."""
+def cudnn_attention(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array, *,
+                    implementation: str = "cudnn") -> jax.Array:
+  """``jax.nn.dot_product_attention`` with cuDNN's fused kernel; no dropout.
+
+  cuDNN takes the key mask as an additive bias of the full (B, 1, Lq, Lk) shape (it
+  rejects a (B, 1, 1, Lk) one); the same call with ``implementation="xla"`` runs anywhere,
+  which is how CPU tests check this wrapper.
+
+  Args:
+    q, k, v: (B, Lq, N, D), (B, Lk, N, D), (B, Lk, N, D) in bfloat16 or float16 for cuDNN.
+    key_mask: (B, Lk) bool, True for keys that may be attended to.
+    implementation: "cudnn", or "xla" to run the same call without cuDNN.
+
+  Returns:
+    (B, Lq, N, D) in q's dtype.
+  """
+  mask = jnp.broadcast_to(key_mask[:, None, None, :],
+                          (q.shape[0], 1, q.shape[1], k.shape[1]))
+  return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation)
+
+
+def cudnn_supported(dtype, head_dim: int, q_len: int, kv_len: int,
+                    dropout_rate: float) -> bool:
+  """Whether ``cudnn_attention`` can run this shape (cuDNN flash-attention constraints).
+
+  bfloat16/float16 inputs, a head dim that is a multiple of 8 and at most 128 (256 on
+  Hopper, not assumed here), even query and key lengths (cuDNN's rule for training with a
+  bias), and no attention dropout (cuDNN would draw its own mask, not ``keep_mask``).
+  """
+  return (jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+          and head_dim % 8 == 0 and head_dim <= 128 and q_len % 2 == 0 and kv_len % 2 == 0
+          and dropout_rate == 0.0)
+
+
+def gpu_implementation(dtype, head_dim: int, q_len: int, kv_len: int,
+                       dropout_rate: float) -> str:
+  """``"auto"`` on a GPU: ``"cudnn"`` where ``cudnn_supported``, else ``"blockwise"``."""
+  return ("cudnn" if cudnn_supported(dtype, head_dim, q_len, kv_len, dropout_rate)
+          else "blockwise")
+
+
+def resolve_implementation(implementation: str, *, platform: str | None = None,
+                           dtype=jnp.float32, head_dim: int = 64, q_len: int = 512,
+                           kv_len: int = 512, dropout_rate: float = 0.0) -> str:
+  """``"auto"`` -> ``"blockwise"`` on CPU, ``gpu_implementation`` on GPU, ``"xla"``
+  elsewhere; others unchanged. ``platform`` defaults to JAX's default backend; the other
+  keywords describe the call (they matter on a GPU only)."""
   if implementation not in IMPLEMENTATIONS:
     raise ValueError(
         f"attention implementation {implementation!r}; expected one of {IMPLEMENTATIONS}")
   if implementation == "auto":
-    return "blockwise" if jax.default_backend() == "cpu" else "xla"
+    platform = platform or jax.default_backend()
+    if platform == "gpu":
+      return gpu_implementation(dtype, head_dim, q_len, kv_len, dropout_rate)
+    return "blockwise" if platform == "cpu" else "xla"
   return implementation
 
 
@@ -225,7 +279,22 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: ja
                           implementation: str = "auto",
                           block_q: int = DEFAULT_BLOCK_Q) -> jax.Array:
   """BERT self-attention: (B, L, N, D) q, k, v and (B, L) key mask -> (B, L, N, D)."""
-  if resolve_implementation(implementation) == "blockwise":
+  rate = dropout_rate if seed is not None else 0.0
+  impl = resolve_implementation(implementation, dtype=q.dtype, head_dim=q.shape[-1],
+                                q_len=q.shape[1], kv_len=k.shape[1], dropout_rate=rate)
+  if impl == "pallas_gpu":
+    from genemask_jax import attention_gpu  # pylint: disable=g-import-not-at-top
+    if attention_gpu.supported(q.shape[1], k.shape[1], q.shape[-1]):
+      return attention_gpu.flash_attention(  # Interpreted off the GPU (tests).
+          q, k, v, key_mask, dropout_rate=dropout_rate, seed=seed,
+          interpret=jax.default_backend() != "gpu")
+    impl = "blockwise"  # The last layer's queries at the masked positions only.
+  if impl == "blockwise":
     return blockwise_attention(q, k, v, key_mask, dropout_rate=dropout_rate, seed=seed,
                                block_q=block_q)
+  if impl == "cudnn":
+    if rate > 0.0:
+      raise ValueError(f"attention implementation 'cudnn' has no dropout (rate {rate}); "
+                       "set the attention dropout to 0 or use 'auto' or 'blockwise'")
+    return cudnn_attention(q, k, v, key_mask)
   return reference_attention(q, k, v, key_mask, dropout_rate=dropout_rate, seed=seed)

@@ -56,6 +56,31 @@ PAD_ID = 0  # Same as genemask_jax.tokenizer.PAD_ID; the attention mask is ids !
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
+# Activations dtype of "auto", by JAX platform name: bfloat16 where the matrix units run it
+# at full rate (parameters and optimizer state stay float32), float32 on CPU, where bfloat16
+# matmuls are emulated and slower.
+AUTO_DTYPE = {"gpu": "bfloat16", "cuda": "bfloat16", "rocm": "bfloat16", "tpu": "bfloat16"}
+
+
+def resolve_dtype(dtype: str, platform: str | None = None) -> str:
+  """The computation dtype name for a config's ``dtype``: "auto" resolved, others unchanged.
+
+  Args:
+    dtype: "auto", or a name of ``_DTYPES`` ("float32", "bfloat16", "float16").
+    platform: a JAX platform name ("cpu", "gpu", "tpu", ...); default the default backend.
+
+  Returns:
+    "bfloat16" for "auto" on GPU/TPU, "float32" for "auto" elsewhere; ``dtype`` otherwise.
+
+  Raises:
+    ValueError: an unknown dtype name.
+  """
+  if dtype == "auto":
+    return AUTO_DTYPE.get(platform or jax.default_backend(), "float32")
+  if dtype not in _DTYPES:
+    raise ValueError(f"dtype={dtype!r}; expected 'auto' or one of {sorted(_DTYPES)}")
+  return dtype
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
@@ -73,13 +98,16 @@ class ModelConfig:
     attention_dropout_rate: Dropout on attention probabilities.
     layer_norm_eps: LayerNorm epsilon.
     initializer_range: Std of the truncation-free normal init of kernels and embeddings.
-    dtype: Computation dtype name ("float32" or "bfloat16").
+    dtype: Computation dtype name ("float32" or "bfloat16"); a run config's "auto" is
+      resolved by ``resolve_dtype`` before it gets here.
     param_dtype: Parameter dtype name (keep "float32" for training).
     vocab_pad_multiple: Pad the vocabulary rows to a multiple of this, so the ``vocab``
       axis can be sharded (4101 is odd) and matmuls tile well on accelerators.
     pad_id: Token id that is masked out of attention.
-    attention_impl: "auto" (blockwise on CPU, ``jax.nn.dot_product_attention`` elsewhere),
-      "blockwise" or "xla"; see ``genemask_jax.attention``. Numerics are the same.
+    attention_impl: "auto" (blockwise on CPU; cuDNN flash attention on a GPU where its
+      constraints hold, else blockwise; ``jax.nn.dot_product_attention`` on TPU),
+      "blockwise", "xla", "cudnn" (no attention dropout) or "pallas_gpu" (fused, with
+      dropout); see ``genemask_jax.attention``. Numerics are the same.
   """
   vocab_size: int = 4101
   hidden_size: int = 768
@@ -110,10 +138,15 @@ class ModelConfig:
     for name in ("dtype", "param_dtype"):
       if getattr(self, name) not in _DTYPES:
         raise ValueError(
-            f"ModelConfig.{name}={getattr(self, name)!r}; expected one of {sorted(_DTYPES)}")
+            f"ModelConfig.{name}={getattr(self, name)!r}; expected one of {sorted(_DTYPES)}"
+            + (" (resolve 'auto' with model.resolve_dtype)" if name == "dtype" else ""))
     if self.attention_impl not in attention_lib.IMPLEMENTATIONS:
       raise ValueError(f"ModelConfig.attention_impl={self.attention_impl!r}; expected one "
                        f"of {attention_lib.IMPLEMENTATIONS}")
+    if self.attention_impl == "cudnn" and self.attention_dropout_rate > 0.0:
+      raise ValueError(f"ModelConfig.attention_impl='cudnn' has no attention dropout; set "
+                       f"attention_dropout_rate=0 (got {self.attention_dropout_rate}) or "
+                       "use 'auto'")
     for name in ("dropout_rate", "attention_dropout_rate"):
       if not 0.0 <= getattr(self, name) < 1.0:
         raise ValueError(f"ModelConfig.{name} must be in [0, 1), got {getattr(self, name)}")

@@ -43,6 +43,7 @@ from absl import logging
 from etils import epath
 
 from genemask_jax import errors
+from genemask_jax import flops as flops_lib
 from genemask_jax import masking
 from genemask_jax import metrics_writer
 from genemask_jax import model as model_lib
@@ -172,7 +173,11 @@ def _validate_run_config(config: ml_collections.ConfigDict) -> None:
 
 
 def model_config_of(config: ml_collections.ConfigDict) -> model_lib.ModelConfig:
-  overrides = {"dtype": config.model.dtype,
+  try:  # "auto": bfloat16 activations on GPU/TPU, float32 on CPU (params stay float32).
+    dtype = model_lib.resolve_dtype(config.model.dtype)
+  except ValueError as e:
+    raise UserError(f"config.model.{e}") from e
+  overrides = {"dtype": dtype,
                "vocab_pad_multiple": config.model.vocab_pad_multiple,
                "attention_impl": config.model.get("attention_impl", "auto")}
   if config.model.dropout_rate is not None:
@@ -793,6 +798,11 @@ def _train_locked(config: ml_collections.ConfigDict, cfg: model_lib.ModelConfig,
   writer = metrics_writer.MetricWriter(os.fspath(workdir), enabled=is_main,
                                        resume_step=start_step)
   tokens_per_step = config.train.batch_size * config.data.max_len
+  # Model FLOPs per device per step, and the chip's dense bf16 peak (None if unknown): MFU.
+  flops_per_device = flops_lib.model_flops_per_step(
+      cfg, config.train.batch_size, config.data.max_len,
+      config.masking.max_predictions) / jax.device_count()
+  peak = flops_lib.peak_flops(getattr(jax.devices()[0], "device_kind", ""))
   if is_main:
     mem = _per_device_bytes(state)
     summary = (f"model {config.model.size}: {n_params:,} parameters; mesh "
@@ -823,13 +833,18 @@ def _train_locked(config: ml_collections.ConfigDict, cfg: model_lib.ModelConfig,
         now = time.time()
         rate = (step - step_last) / max(now - t_last, 1e-9)
         scalars = {k: float(v) for k, v in history[-1][1].items()}
-        scalars.update(steps_per_sec=rate, tokens_per_sec=rate * tokens_per_step)
+        scalars.update(steps_per_sec=rate, tokens_per_sec=rate * tokens_per_step,
+                       tflops_per_device=rate * flops_per_device / 1e12)
+        if peak:
+          scalars["mfu"] = rate * flops_per_device / peak
         writer.write_scalars(step, scalars, prefix="train/")
         if is_main:
           eta = (config.train.num_steps - step) / max(rate, 1e-9)
+          mfu = f"  MFU {100 * scalars['mfu']:.1f}%" if peak else ""
           print(f"step {step}/{config.train.num_steps}  loss {scalars['loss']:.4f}  "
                 f"acc {scalars['accuracy']:.3f}  lr {scalars['learning_rate']:.2e}  "
                 f"{rate:.2f} steps/s  {rate * tokens_per_step:,.0f} tokens/s  "
+                f"{scalars['tflops_per_device']:.3g} TFLOP/s/device{mfu}  "
                 f"ETA {_fmt_time(eta)}", flush=True)
         history.clear()
         t_last, step_last = time.time(), step

@@ -1,4 +1,10 @@
-"""Blockwise attention and hashed dropout: same numbers as the textbook computation."""
+"""Blockwise attention and hashed dropout: same numbers as the textbook computation.
+
+Implementations are compared at full float32 matmul precision on every backend (GPUs
+default to TF32-class matmuls, TPUs to bfloat16 passes), so the CPU tolerances hold on a
+GPU too; ``test_default_precision_matches_float64`` checks the backend's default precision
+against float64 with a tolerance set by that precision.
+"""
 
 import jax
 import jax.numpy as jnp
@@ -7,6 +13,22 @@ import pytest
 
 from genemask_jax import attention
 from genemask_jax import model as model_lib
+
+ON_GPU = jax.default_backend() == "gpu"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _full_precision_matmuls():
+  with jax.default_matmul_precision("highest"):
+    yield
+
+
+def _default_matmul_rtol() -> float:
+  """Relative error of one float32 matmul at the backend's default precision."""
+  backend = jax.default_backend()
+  if backend == "cpu":
+    return 1e-5
+  return 2.0**-9 if backend == "gpu" else 2.0**-7  # TF32 (10-bit mantissa); bf16 passes.
 
 
 def _qkv(b, lq, lk, n, d, seed=0, dtype=np.float32):
@@ -108,6 +130,96 @@ def test_blockwise_dropout_equals_reference_with_the_same_mask():
   no_dropout = attention.blockwise_attention(q, k, v, mask, block_q=16)
   assert not np.allclose(attention.blockwise_attention(
       q, k, v, mask, dropout_rate=0.2, seed=seed, block_q=16), no_dropout)
+
+
+def _np_attention(q, k, v, key_mask):
+  """Float64 numpy reference: (B, L, N, D) in and out."""
+  q, k, v = (np.asarray(x, np.float64) for x in (q, k, v))
+  s = np.einsum("bqnd,bknd->bnqk", q, k) / np.sqrt(q.shape[-1])
+  s = np.where(np.asarray(key_mask)[:, None, None, :], s, -1e30)
+  p = np.exp(s - s.max(-1, keepdims=True))
+  return np.einsum("bnqk,bknd->bqnd", p / p.sum(-1, keepdims=True), v)
+
+
+@pytest.mark.parametrize("impl", ["blockwise", "xla"])
+def test_default_precision_matches_float64(impl):
+  q, k, v = _qkv(2, 48, 48, 4, 16, seed=9)
+  mask = _key_mask(2, 48)
+  with jax.default_matmul_precision("default"):  # What the backend computes unless told.
+    got = jax.jit(lambda q, k, v: attention.dot_product_attention(
+        q, k, v, mask, implementation=impl, block_q=16))(q, k, v)
+  want = _np_attention(q, k, v, mask)
+  # Scores of |q.k| / 4 ~ 4 carry ~4 x rtol absolute error; outputs are weighted means of v.
+  tol = 20 * _default_matmul_rtol()
+  np.testing.assert_allclose(np.asarray(got, np.float64), want, atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("lq", [40, 12])
+def test_cudnn_wrapper_equals_reference_forward_and_gradients(lq):
+  # The wrapper's mask layout, run through jax's XLA lowering (cuDNN itself needs a GPU).
+  q, _, _ = _qkv(2, lq, 40, 3, 8, seed=5)
+  _, k, v = _qkv(2, 40, 40, 3, 8, seed=6)
+  mask = _key_mask(2, 40)
+  w = jnp.cos(jnp.arange(8.0))
+  wrapped = lambda q, k, v: (attention.cudnn_attention(q, k, v, mask, implementation="xla")
+                             * w).sum()
+  blockwise = lambda q, k, v: (attention.blockwise_attention(q, k, v, mask, block_q=16)
+                               * w).sum()
+  np.testing.assert_allclose(
+      attention.cudnn_attention(q, k, v, mask, implementation="xla"),
+      attention.blockwise_attention(q, k, v, mask, block_q=16), atol=2e-6, rtol=1e-5)
+  got = jax.grad(wrapped, argnums=(0, 1, 2))(q, k, v)
+  want = jax.grad(blockwise, argnums=(0, 1, 2))(q, k, v)
+  for g, r in zip(got, want):
+    np.testing.assert_allclose(g, r, atol=5e-6, rtol=1e-4)
+
+
+def test_auto_picks_cudnn_on_gpu_only_where_its_constraints_hold():
+  bf16 = jnp.bfloat16
+  pick = lambda **kw: attention.resolve_implementation(
+      "auto", **{"platform": "gpu", "dtype": bf16, "head_dim": 64, "q_len": 512,
+                 "kv_len": 512, "dropout_rate": 0.0, **kw})
+  assert pick() == "cudnn"
+  assert pick(q_len=102) == "cudnn"  # The last layer's queries at the masked positions.
+  assert pick(dtype=jnp.float16) == "cudnn"
+  assert pick(dropout_rate=0.1) == "blockwise"  # cuDNN's dropout is not keep_mask.
+  assert pick(dtype=jnp.float32) == "blockwise"
+  assert pick(head_dim=12) == "blockwise"
+  assert pick(head_dim=256) == "blockwise"
+  assert pick(q_len=101) == "blockwise"
+  assert pick(platform="cpu") == "blockwise"
+  for impl in ("blockwise", "xla", "cudnn"):  # An explicit choice is kept.
+    assert attention.resolve_implementation(impl, platform="gpu", dropout_rate=0.1) == impl
+
+
+def test_cudnn_with_dropout_is_an_error():
+  q, k, v = _qkv(1, 4, 4, 1, 8)
+  with pytest.raises(ValueError, match="'cudnn' has no dropout"):
+    attention.dot_product_attention(
+        q, k, v, jnp.ones((1, 4), bool), dropout_rate=0.1,
+        seed=attention.dropout_seed(jax.random.key(0)), implementation="cudnn")
+  with pytest.raises(ValueError, match="attention_dropout_rate=0"):
+    model_lib.model_config("tiny", attention_impl="cudnn")
+  assert model_lib.model_config("tiny", attention_impl="cudnn",
+                                attention_dropout_rate=0.0).attention_impl == "cudnn"
+
+
+@pytest.mark.skipif(not ON_GPU, reason="cuDNN flash attention needs an NVIDIA GPU")
+def test_cudnn_kernel_on_gpu_matches_blockwise_in_bfloat16():
+  q, k, v = (x.astype(jnp.bfloat16) for x in _qkv(2, 64, 64, 4, 64, seed=11))
+  mask = _key_mask(2, 64)
+  w = jnp.cos(jnp.arange(64.0)).astype(jnp.bfloat16)
+  loss = lambda fn: lambda q, k, v: (fn(q, k, v).astype(jnp.float32) * w).sum()
+  cudnn = lambda q, k, v: attention.cudnn_attention(q, k, v, mask)
+  blockwise = lambda q, k, v: attention.blockwise_attention(q, k, v, mask, block_q=16)
+  # Both compute softmax in float32 from bfloat16 inputs; outputs round to bfloat16 (2^-8).
+  np.testing.assert_allclose(np.asarray(cudnn(q, k, v), np.float32),
+                             np.asarray(blockwise(q, k, v), np.float32), atol=2e-2)
+  got = jax.grad(loss(cudnn), argnums=(0, 1, 2))(q, k, v)
+  want = jax.grad(loss(blockwise), argnums=(0, 1, 2))(q, k, v)
+  for g, r in zip(got, want):
+    np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(r, np.float32),
+                               atol=5e-2, rtol=5e-2)
 
 
 def test_bad_implementation_and_missing_seed_are_errors():

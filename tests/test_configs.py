@@ -39,6 +39,21 @@ def test_preset_loads_and_builds_model_abstractly(preset):
   assert n == model_lib.param_count_formula(cfg)
 
 
+@pytest.mark.parametrize("preset", ["default", "dnabert_base", "paper", "large"])
+def test_dtype_auto_by_default_and_a_bad_dtype_names_the_key(preset, monkeypatch):
+  from genemask_jax import train  # pylint: disable=g-import-not-at-top
+  config = _load(preset)
+  assert config.model.dtype == "auto"  # bfloat16 on GPU/TPU without a flag.
+  assert train.model_config_of(config).dtype == "float32"  # The tests run on CPU.
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  assert train.model_config_of(config).dtype == "bfloat16"
+  config.model.dtype = "float32"
+  assert train.model_config_of(config).dtype == "float32"
+  config.model.dtype = "fp8"
+  with pytest.raises(train.UserError, match="config.model.dtype='fp8'; expected 'auto'"):
+    train.model_config_of(config)
+
+
 def test_paper_preset_is_script_a():
   c = _load("paper")
   assert (c.model.size, c.train.batch_size, c.train.num_steps) == ("dnabert_base", 250, 10_000)

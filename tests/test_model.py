@@ -1,4 +1,8 @@
-"""BERT model semantics (HF BertForMaskedLM), named sizes, optimizer and eval step."""
+"""BERT model semantics (HF BertForMaskedLM), named sizes, optimizer and eval step.
+
+Float32 comparisons run at full float32 matmul precision on every backend (a GPU's default
+is TF32-class, a TPU's bfloat16 passes), so the tolerances below mean the same on all.
+"""
 import dataclasses
 import types
 
@@ -11,6 +15,12 @@ import pytest
 from genemask_jax import model as model_lib
 from genemask_jax import optim
 from genemask_jax import train_step as ts
+
+@pytest.fixture(autouse=True, scope="module")
+def _full_precision_matmuls():
+  with jax.default_matmul_precision("highest"):
+    yield
+
 
 CFG = model_lib.ModelConfig(num_layers=2, hidden_size=64, num_heads=4, mlp_dim=128,
                             max_len=32)
@@ -62,6 +72,19 @@ def test_named_sizes_and_overrides():
     model_lib.model_config("tiny", hidden_size=100)
   with pytest.raises(ValueError, match="dtype='fp8'"):
     model_lib.model_config("tiny", dtype="fp8")
+
+
+def test_auto_dtype_is_bfloat16_on_accelerators_float32_on_cpu():
+  for platform, want in (("cpu", "float32"), ("gpu", "bfloat16"), ("cuda", "bfloat16"),
+                         ("rocm", "bfloat16"), ("tpu", "bfloat16")):
+    assert model_lib.resolve_dtype("auto", platform) == want
+  assert model_lib.resolve_dtype("auto") == "float32"  # The tests run on CPU.
+  assert model_lib.resolve_dtype("float32", "tpu") == "float32"  # An explicit name wins.
+  assert model_lib.resolve_dtype("bfloat16", "cpu") == "bfloat16"
+  with pytest.raises(ValueError, match="dtype='fp8'; expected 'auto' or one of"):
+    model_lib.resolve_dtype("fp8", "gpu")
+  with pytest.raises(ValueError, match="resolve 'auto'"):
+    model_lib.model_config("tiny", dtype="auto")
 
 
 def test_mlm_head_is_dense_gelu_layernorm_tied_decoder(mlm):

@@ -81,6 +81,7 @@ def test_run_writes_checkpoint_events_and_jsonl(straight):
   workdir, r = straight
   assert "over 2 cpu device(s)" in r.stdout
   assert "step 8/8" in r.stdout and "eval step 8" in r.stdout
+  assert "TFLOP/s/device" in r.stdout and "MFU" not in r.stdout  # No known peak for a CPU.
   steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
   assert steps == [4, 8]
   assert list((workdir / "tb").glob("events.out.tfevents.*"))
@@ -89,6 +90,8 @@ def test_run_writes_checkpoint_events_and_jsonl(straight):
   assert sorted(losses) == list(range(1, 9))
   assert all(7.0 < v < 9.0 for v in losses.values())  # ln(4101) = 8.32 at the start.
   assert any("eval/perplexity" in r for r in rows)
+  assert all(row["train/tflops_per_device"] > 0 and row["train/tokens_per_sec"] > 0
+             for row in rows if "train/loss" in row)
   probe_rows = [r for r in rows if "fewshot/prom_core_10shot/accuracy" in r]
   assert [r["step"] for r in probe_rows] == [4, 8]
   assert all(0.0 <= r["fewshot/prom_core_10shot/accuracy"] <= 1.0 for r in probe_rows)
