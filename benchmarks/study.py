@@ -97,7 +97,8 @@ PAIRS = [("genemask", "dnabert"), ("genemask", "genemask_position"), ("genemask"
 # per token, so even at a quarter of base's efficiency ~1.2 M tokens/s: ~16 s per run,
 # 8 runs 4 at a time (compiles overlap) ~2.5 min with start-up; Script-B and the probe on
 # all four tasks, whole test sets, 4 processes at a time, ~4-5 min. An estimate from GPU.md
-# figures (no GPU was at hand when it was sized); --time_limit_min=9 stops new stages.
+# figures (no GPU was at hand when it was sized): no stage starts after 8 min and a running
+# one is stopped at 9, so the run and its report end inside a 10-minute device call.
 BUDGETS: dict[str, dict[str, Any]] = {
     "toy": dict(model_size="tiny", dtype="float32", max_len=64, steps=4, batch_size=4,
                 pretrain_seeds=2, fewshot_seeds=1, finetune_tasks="prom_core",
@@ -110,7 +111,7 @@ BUDGETS: dict[str, dict[str, Any]] = {
     "gpu": dict(model_size="logo", dtype="bfloat16", max_len=512, steps=600, batch_size=64,
                 pretrain_seeds=2, fewshot_seeds=2, finetune_tasks=",".join(TASKS),
                 probe_tasks=",".join(TASKS), shots="10,50,100", max_test_examples=0,
-                stats_rows=1024, eval_examples=512, jobs=4, time_limit_min=9.0, epochs=0),
+                stats_rows=1024, eval_examples=512, jobs=4, time_limit_min=8.0, epochs=0),
 }
 MACHINE = {"toy": "this machine", "cpu": "the 2-core CPU dev machine (shared with other work)",
            "gpu": "one GPU"}
@@ -550,17 +551,21 @@ def write_report(a, timings: dict[str, Any], command: str) -> pathlib.Path:
         xs, ys, keys = st.pair_up(rows, x, y, "mcc", mode)
         if len(keys) >= 2:
           tests.append((mode, x, y, st.paired_test(xs, ys)))
+  adjusted = st.holm([t["wilcoxon_p"] for _, _, _, t in tests])
+  for (_, _, _, t), h in zip(tests, adjusted):
+    t["holm_p"] = h
   constant = st.constant_runs(rows)
   L += ["## Summary", ""]
   if not tests:
     L.append("- No paired comparison has two or more matched cells yet.")
   for mode, x, y, t in tests:
-    verdict = ("differ at the 5% level" if t["wilcoxon_p"] < 0.05 else
-               "do not differ detectably at the 5% level")
+    verdict = ("differ at the 5% level after Holm's correction" if t["holm_p"] < 0.05 else
+               "do not differ detectably at the 5% level after Holm's correction")
     L.append(f"- {mode}: {LABELS[x]} vs {LABELS[y]}: mean MCC difference "
              f"{t['mean_diff']:+.3f} over {t['n']} matched cells (95% bootstrap interval "
              f"{t['boot_ci'][0]:+.3f} to {t['boot_ci'][1]:+.3f}); Wilcoxon p = "
-             f"{t['wilcoxon_p']:.3g}: they {verdict} (uncorrected; {len(tests)} tests).")
+             f"{t['wilcoxon_p']:.3g}, Holm-adjusted over the {len(tests)} tests "
+             f"{t['holm_p']:.3g}: they {verdict}.")
   L.append(f"- Constant predictors (all test predictions one class): {len(constant)} of "
            f"{len({(r['arm'], r['replicate'], r['mode'], r['task'], r['shot']) for r in rows})}"
            " runs; listed below. Their MCC of 0 is kept in the means.")
@@ -660,11 +665,17 @@ def write_report(a, timings: dict[str, Any], command: str) -> pathlib.Path:
       plot_mcc(summary, mode, tasks, figs / name)
       L += [f"![MCC vs shots, {mode}](figures/{name})", ""]
   L += ["## Paired tests (MCC)", "", "| mode | comparison | pairs | mean diff | first better / "
-        "worse | Wilcoxon p | bootstrap 95% | bootstrap p |", "|---|---|---|---|---|---|---|---|"]
+        "worse | Wilcoxon p | Holm p | bootstrap 95% | bootstrap p |",
+        "|---|---|---|---|---|---|---|---|---|"]
   for mode, x, y, t in tests:
     L.append(f"| {mode} | {LABELS[x]} vs {LABELS[y]} | {t['n']} | {t['mean_diff']:+.4f} | "
-             f"{t['wins']} / {t['losses']} | {t['wilcoxon_p']:.3g} | {t['boot_ci'][0]:+.3f} "
-             f"to {t['boot_ci'][1]:+.3f} | {t['boot_p']:.3g} |")
+             f"{t['wins']} / {t['losses']} | {t['wilcoxon_p']:.3g} | {t['holm_p']:.3g} | "
+             f"{t['boot_ci'][0]:+.3f} to {t['boot_ci'][1]:+.3f} | "
+             f"{'< 1e-4' if t['boot_p'] == 0 else format(t['boot_p'], '.3g')} |")
+  L.append("")
+  L.append("With n pairs, the smallest two-sided Wilcoxon p is 2/2^n (0.0625 at n = 4): few "
+           "pairs cannot reach 5% whatever the differences. The bootstrap interval of a "
+           "handful of pairs is too narrow (it ignores the spread it cannot see).")
   L.append("")
   L += ["## Sanity check of Script-B: constant predictors", ""]
   L.append("A run whose test predictions are all one class has MCC exactly 0 and macro recall "
@@ -718,6 +729,12 @@ def write_report(a, timings: dict[str, Any], command: str) -> pathlib.Path:
         ""]
   out = docs / report_name(a)
   out.write_text("\n".join(L) + "\n", encoding="utf-8")
+  data = {"command": command, "rows": rows, "masking": plan, "timings": timings,
+          "paired_tests": [{"mode": m, "a": x, "b": y, **t} for m, x, y, t in tests],
+          "constant_runs": constant,
+          "eval_loss": {f"{arm}_s{s}": series(read_log(pretrain_dir(a, arm, s)), "eval/loss")
+                        for arm in ARMS for s in range(a.pretrain_seeds)}}
+  (docs / f"study_data{suffix}.json").write_text(json.dumps(data, indent=1), encoding="utf-8")
   return out
 
 

@@ -10,7 +10,7 @@
 - `solve_p`: the centre probability that gives an arm a target masked fraction
   (``--equalise_rate``).
 - `paired_test`: Wilcoxon signed-rank (scipy) and a paired bootstrap over matched
-  (mode, task, shot, replicate) cells of two arms.
+  (mode, task, shot, replicate) cells of two arms; `holm` adjusts a family of p-values.
 - `constant_runs`: few-shot runs whose predictions were all one class.
 """
 
@@ -165,6 +165,18 @@ def paired_test(x: Sequence[float], y: Sequence[float], n_boot: int = 10_000,
   return {"n": int(d.size), "mean_diff": float(d.mean()), "wins": int((d > 0).sum()),
           "losses": int((d < 0).sum()), "wilcoxon_p": wp, "boot_ci": (float(lo), float(hi)),
           "boot_p": bp}
+
+
+def holm(pvalues: Sequence[float]) -> list[float]:
+  """Holm-Bonferroni adjusted p-values (family-wise error over all the tests given)."""
+  m = len(pvalues)
+  order = sorted(range(m), key=lambda i: pvalues[i])
+  out = [0.0] * m
+  running = 0.0
+  for rank, i in enumerate(order):
+    running = max(running, min(1.0, (m - rank) * pvalues[i]))
+    out[i] = running
+  return out
 
 
 def pair_up(rows: Sequence[dict[str, Any]], a: str, b: str, metric: str,

@@ -108,6 +108,12 @@ def test_paired_test_against_scipy():
     st.paired_test([], [])
 
 
+def test_holm_adjustment():
+  # Sorted 0.01, 0.03, 0.04: x3 = 0.03, x2 = 0.06, x1 = 0.04 -> raised to 0.06 (monotone).
+  assert st.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+  assert st.holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
+
+
 def test_pair_up_matches_cells_and_replicates():
   rows = [{"arm": arm, "mode": "finetune", "task": "t", "shot": 10, "replicate": r,
            "metric": "mcc", "value": v}
@@ -204,6 +210,8 @@ def test_run_plan_resumes_and_report(tmp_path, data_dir, monkeypatch):
   assert "Constant predictors (all test predictions one class): 0 of 40 runs" in text
   assert (tmp_path / "docs" / "figures" / "mcc_finetune.png").stat().st_size > 0
   assert (tmp_path / "docs" / "figures" / "mlm_loss.png").stat().st_size > 0
+  data = json.loads((tmp_path / "docs" / "study_data.json").read_text())
+  assert len(data["paired_tests"]) == 16 and len(data["rows"]) == 80  # 5 arms x 2 shots x 2 metrics x 2 modes x 2
 
 
 def test_pack_copies_what_a_run_reads(tmp_path, data_dir):
