@@ -9,10 +9,15 @@ and 100 shots; a paired test across cells and seeds. One script, two budgets, re
         # ~90 min on the 2-core dev machine; writes docs/results.md and docs/figures/
 
     GENEMASK_DATA_DIR=../shared/data python benchmarks/study.py --budget=gpu --pack=.study_pack
-        # here: copies the corpus, few-shot tasks and an NPMI table into .study_pack/
-    python3 benchmarks/study.py --budget=gpu --data_dir=.study_pack \
-        --npmi=.study_pack/npmi/table.csv --workdir=/tmp/study_gpu --docs_dir=$OUT/docs
-        # on one H200 (../shared/GPU.md), <= 9 min; writes DOCS/results_gpu.md
+    ../shared/tools/gpu_wheels.sh .whl
+        # here: the corpus, few-shot tasks and NPMI table (~38 MiB) and the wheels the
+        # CUDA image lacks (~11 MB), both git-ignored, carried to the GPU machine; there:
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl \
+      && export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 \
+      && python3 benchmarks/study.py --budget=gpu --data_dir=.study_pack \
+         --npmi=.study_pack/npmi/table.csv --workdir=/tmp/study_gpu --docs_dir=$OUT/docs
+        # one H200 (../shared/GPU.md): no stage starts after 8 min, none runs past 9;
+        # writes DOCS/results_gpu.md, study_data_gpu.json and figures/*_gpu.png
 
     GENEMASK_DATA_DIR=... python benchmarks/study.py --budget=toy   # minutes, smoke size
 
@@ -44,7 +49,6 @@ the report names the cells not reached.
 from __future__ import annotations
 
 import argparse
-import collections
 import concurrent.futures
 import csv
 import datetime
@@ -59,9 +63,16 @@ import threading
 import time
 from typing import Any, Sequence
 
-import numpy as np
+# This process only draws masks for the statistics: keep its JAX on the CPU so that it
+# holds no accelerator memory (JAX preallocates 75% of a GPU); the children get the
+# caller's setting back (`_child_env`).
+_CALLER_JAX_PLATFORMS = os.environ.get("JAX_PLATFORMS")
+os.environ["JAX_PLATFORMS"] = "cpu"
 
-import study_stats as st  # pylint: disable=g-import-not-at-top
+import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+import study_plots  # pylint: disable=g-import-not-at-top,wrong-import-position
+import study_stats as st  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -111,7 +122,7 @@ BUDGETS: dict[str, dict[str, Any]] = {
     "gpu": dict(model_size="logo", dtype="bfloat16", max_len=512, steps=600, batch_size=64,
                 pretrain_seeds=2, fewshot_seeds=2, finetune_tasks=",".join(TASKS),
                 probe_tasks=",".join(TASKS), shots="10,50,100", max_test_examples=0,
-                stats_rows=1024, eval_examples=512, jobs=4, time_limit_min=8.0, epochs=0),
+                stats_rows=512, eval_examples=512, jobs=4, time_limit_min=8.0, epochs=0),
 }
 MACHINE = {"toy": "this machine", "cpu": "the 2-core CPU dev machine (shared with other work)",
            "gpu": "one GPU"}
@@ -217,6 +228,18 @@ def _run(cmd: list[str], log_path: pathlib.Path, env: dict[str, str],
   return wall
 
 
+def _child_env(a) -> dict[str, str]:
+  """The binaries' environment: the caller's (JAX_PLATFORMS as the caller had it), the
+  data dir, and this checkout first on PYTHONPATH."""
+  env = dict(os.environ, GENEMASK_DATA_DIR=a.data_dir,
+             PYTHONPATH=os.pathsep.join([str(REPO), *filter(None, [os.environ.get(
+                 "PYTHONPATH")])]))
+  env.pop("JAX_PLATFORMS")
+  if _CALLER_JAX_PLATFORMS is not None:
+    env["JAX_PLATFORMS"] = _CALLER_JAX_PLATFORMS
+  return env
+
+
 def genome_files(data_dir: str) -> list[str]:
   files = sorted(str(p) for p in (pathlib.Path(data_dir) / "genome").glob("*.fa*"))
   if not files:
@@ -245,7 +268,7 @@ def pack(a) -> pathlib.Path:
     if not table.exists():
       _run([sys.executable, "-m", "genemask_jax.npmi",
             f"--fasta={','.join(genome_files(a.data_dir))}", f"--output={table}"],
-           dest / "npmi" / "npmi.log", dict(os.environ, PYTHONPATH=str(REPO)))
+           dest / "npmi" / "npmi.log", _child_env(a))
   else:
     shutil.copy2(a.npmi, table)
   size = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file())
@@ -345,9 +368,7 @@ def run_study(a) -> dict[str, Any]:
   clock = Clock(a.time_limit_min)
   work = pathlib.Path(a.workdir)
   (work / "logs").mkdir(parents=True, exist_ok=True)
-  env = dict(os.environ, GENEMASK_DATA_DIR=a.data_dir,
-             PYTHONPATH=os.pathsep.join([str(REPO), *filter(None, [os.environ.get(
-                 "PYTHONPATH")])]))
+  env = _child_env(a)
   if a.budget == "gpu":  # Several processes share the GPU: split its memory between them.
     env["XLA_PYTHON_CLIENT_MEM_FRACTION"] = f"{0.9 / max(a.jobs, 1):.2f}"
   timings_path = work / "timings.json"
@@ -413,92 +434,6 @@ def read_results(a) -> list[dict[str, Any]]:
   return rows
 
 
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-  """Mean and sample standard deviation (ddof=1; 0 for one value)."""
-  n = len(values)
-  m = sum(values) / n
-  return m, (sum((v - m) ** 2 for v in values) / (n - 1)) ** 0.5 if n > 1 else 0.0
-
-
-def summarize(rows) -> dict[tuple, tuple[float, float, int]]:
-  """{(arm, mode, task, shot, metric): (mean, sample std, n replicates)}."""
-  groups = collections.defaultdict(list)
-  for r in rows:
-    groups[(r["arm"], r["mode"], r["task"], r["shot"], r["metric"])].append(r["value"])
-  return {k: (*mean_std(v), len(v)) for k, v in groups.items()}
-
-
-def read_log(workdir: pathlib.Path) -> list[dict[str, Any]]:
-  path = workdir / "log.jsonl"
-  if not path.exists():
-    return []
-  with open(path, encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.strip()]
-
-
-def series(log, key: str) -> list[tuple[int, float]]:
-  """(step, value) of `key`; the last write of a step wins (a resumed run rewrites steps)."""
-  d = {}
-  for row in log:
-    if isinstance(row.get(key), (int, float)):
-      d[row["step"]] = float(row[key])
-  return sorted(d.items())
-
-
-# ------------------------------------------------------------------------------ figures
-def _plt():
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  return plt
-
-
-def plot_mcc(summary, mode: str, tasks: Sequence[str], path: pathlib.Path) -> None:
-  """MCC vs shots per task, mean ± sample std over replicates (pretraining x few-shot
-  seeds), one line per arm."""
-  plt = _plt()
-  fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.8), squeeze=False)
-  for ax, task in zip(axes[0], tasks):
-    for arm in ORDER:
-      pts = sorted((k[3], v[0], v[1]) for k, v in summary.items()
-                   if k[0] == arm and k[1] == mode and k[2] == task and k[4] == "mcc")
-      if pts:
-        x, y, e = zip(*pts)
-        ax.errorbar(x, y, yerr=e, marker="o", capsize=3, label=LABELS[arm],
-                    color=COLORS[arm], linestyle="--" if arm == RANDOM else "-")
-    ax.set_xscale("log")
-    ax.set_xlabel("shots" + (" (x10 per class)" if task == "splice_40" else ""))
-    ax.set_title(task + (" (GUE proxy test)" if task == "prom_300" else ""))
-    ax.set_ylabel("MCC")
-    ax.grid(alpha=0.3)
-  handles, labels = axes[0][0].get_legend_handles_labels()
-  fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8)
-  fig.suptitle(f"{mode}: MCC vs shots (mean ± sample std over replicates)")
-  fig.tight_layout(rect=(0, 0.08, 1, 1))
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-
-
-def plot_loss(a, path: pathlib.Path) -> None:
-  """Held-out MLM loss vs step, one line per pretraining run (colour = arm)."""
-  plt = _plt()
-  fig, ax = plt.subplots(figsize=(6, 4))
-  for arm in ARMS:
-    for s in range(a.pretrain_seeds):
-      pts = series(read_log(pretrain_dir(a, arm, s)), "eval/loss")
-      if pts:
-        ax.plot(*zip(*pts), marker=".", color=COLORS[arm], alpha=0.9 if s == 0 else 0.5,
-                label=LABELS[arm] if s == 0 else None)
-  ax.set_xlabel("pretraining step")
-  ax.set_ylabel("held-out MLM loss (nats)")
-  ax.set_title("MLM eval loss per arm (each on its own masking)")
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-
-
 # ------------------------------------------------------------------------------ report
 def _fmt(v) -> str:
   return "—" if v is None else f"{v[0]:.3f} ± {v[1]:.3f} ({v[2]})"
@@ -530,7 +465,7 @@ def write_report(a, timings: dict[str, Any], command: str) -> pathlib.Path:
   figs.mkdir(parents=True, exist_ok=True)
   suffix = "_gpu" if a.budget == "gpu" else ""
   rows = read_results(a)
-  summary = summarize(rows)
+  summary = st.summarize(rows)
   plan_path = work / "masking.json"
   plan = json.loads(plan_path.read_text()) if plan_path.exists() else {"arms": {}}
   masks = plan["arms"]
@@ -579,7 +514,8 @@ def write_report(a, timings: dict[str, Any], command: str) -> pathlib.Path:
   # --- Masking.
   L += ["## Masking, measured on real corpus rows before pretraining", ""]
   L.append(f"{plan.get('rows', '?')} train rows of block {a.max_len} (the first rows of each "
-           "FASTA file, cut by the training chunker: not a random sample of the corpus); P sized on 4 centre draws per "
+           "FASTA file, cut by the training chunker: not a random sample of the corpus); P "
+           "sized on 4 centre draws per "
            "row; centres drawn at the sampler's 16-bit "
            "resolution, spans by `masking.spans_from_centres`. `max_predictions` P is the "
            "smallest multiple of 8 with at most 1% of rows over it; the overflow is re-checked "
@@ -662,7 +598,7 @@ def write_report(a, timings: dict[str, Any], command: str) -> pathlib.Path:
       L.append("")
     if tasks:
       name = f"mcc_{mode}{suffix}.png"
-      plot_mcc(summary, mode, tasks, figs / name)
+      study_plots.plot_mcc(summary, mode, tasks, figs / name, arms, LABELS, COLORS, RANDOM)
       L += [f"![MCC vs shots, {mode}](figures/{name})", ""]
   L += ["## Paired tests (MCC)", "", "| mode | comparison | pairs | mean diff | first better / "
         "worse | Wilcoxon p | Holm p | bootstrap 95% | bootstrap p |",
@@ -685,7 +621,9 @@ def write_report(a, timings: dict[str, Any], command: str) -> pathlib.Path:
         or ["- none"])
   L.append("")
   name = f"mlm_loss{suffix}.png"
-  plot_loss(a, figs / name)
+  study_plots.plot_loss([(LABELS[arm] if s == 0 else None, COLORS[arm], 0.9 if s == 0 else 0.5,
+                          st.series(st.read_log(pretrain_dir(a, arm, s)), "eval/loss"))
+                         for arm in ARMS for s in range(a.pretrain_seeds)], figs / name)
   L += ["## MLM eval loss vs step", "",
         f"![MLM eval loss](figures/{name})", "",
         "Each arm's held-out loss is on its own masking (different targets and rates), so the "
@@ -732,7 +670,8 @@ def write_report(a, timings: dict[str, Any], command: str) -> pathlib.Path:
   data = {"command": command, "rows": rows, "masking": plan, "timings": timings,
           "paired_tests": [{"mode": m, "a": x, "b": y, **t} for m, x, y, t in tests],
           "constant_runs": constant,
-          "eval_loss": {f"{arm}_s{s}": series(read_log(pretrain_dir(a, arm, s)), "eval/loss")
+          "eval_loss": {f"{arm}_s{s}": st.series(st.read_log(pretrain_dir(a, arm, s)),
+                                                   "eval/loss")
                         for arm in ARMS for s in range(a.pretrain_seeds)}}
   (docs / f"study_data{suffix}.json").write_text(json.dumps(data, indent=1), encoding="utf-8")
   return out

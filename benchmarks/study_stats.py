@@ -11,14 +11,18 @@
   (``--equalise_rate``).
 - `paired_test`: Wilcoxon signed-rank (scipy) and a paired bootstrap over matched
   (mode, task, shot, replicate) cells of two arms; `holm` adjusts a family of p-values.
+- `summarize`, `series`: means and sample stds per cell; a metric's curve in a log.jsonl.
 - `constant_runs`: few-shot runs whose predictions were all one class.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import itertools
+import json
 import math
+import pathlib
 from typing import Any, Sequence
 
 import numpy as np
@@ -188,6 +192,39 @@ def pair_up(rows: Sequence[dict[str, Any]], a: str, b: str, metric: str,
   ia, ib = index(a), index(b)
   keys = sorted(set(ia) & set(ib))
   return [ia[k] for k in keys], [ib[k] for k in keys], keys
+
+
+# --------------------------------------------------------------------------- summaries
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+  """Mean and sample standard deviation (ddof=1; 0 for one value)."""
+  n = len(values)
+  m = sum(values) / n
+  return m, (sum((v - m) ** 2 for v in values) / (n - 1)) ** 0.5 if n > 1 else 0.0
+
+
+def summarize(rows) -> dict[tuple, tuple[float, float, int]]:
+  """{(arm, mode, task, shot, metric): (mean, sample std, n replicates)}."""
+  groups = collections.defaultdict(list)
+  for r in rows:
+    groups[(r["arm"], r["mode"], r["task"], r["shot"], r["metric"])].append(r["value"])
+  return {k: (*mean_std(v), len(v)) for k, v in groups.items()}
+
+
+def read_log(workdir: pathlib.Path) -> list[dict[str, Any]]:
+  path = workdir / "log.jsonl"
+  if not path.exists():
+    return []
+  with open(path, encoding="utf-8") as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def series(log, key: str) -> list[tuple[int, float]]:
+  """(step, value) of `key`; the last write of a step wins (a resumed run rewrites steps)."""
+  d = {}
+  for row in log:
+    if isinstance(row.get(key), (int, float)):
+      d[row["step"]] = float(row[key])
+  return sorted(d.items())
 
 
 # --------------------------------------------------------------------------- sanity

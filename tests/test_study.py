@@ -211,7 +211,8 @@ def test_run_plan_resumes_and_report(tmp_path, data_dir, monkeypatch):
   assert (tmp_path / "docs" / "figures" / "mcc_finetune.png").stat().st_size > 0
   assert (tmp_path / "docs" / "figures" / "mlm_loss.png").stat().st_size > 0
   data = json.loads((tmp_path / "docs" / "study_data.json").read_text())
-  assert len(data["paired_tests"]) == 16 and len(data["rows"]) == 80  # 5 arms x 2 shots x 2 metrics x 2 modes x 2
+  # 8 pairs x 2 modes; rows: 5 arms x 2 shots x 2 metrics x 2 modes x 2 replicates.
+  assert len(data["paired_tests"]) == 16 and len(data["rows"]) == 80
 
 
 def test_pack_copies_what_a_run_reads(tmp_path, data_dir):
@@ -224,6 +225,18 @@ def test_pack_copies_what_a_run_reads(tmp_path, data_dir):
   assert (dest / "fewshot" / "Cohn-enh" / "test.csv").exists()
   assert not (dest / "fewshot" / "Prom-core" / "50").exists()  # Only the shots asked for.
   assert (dest / "npmi" / "table.csv").exists()
+
+
+def test_children_get_the_callers_jax_platforms(data_dir, monkeypatch):
+  """The study's own process keeps JAX on the CPU (no GPU memory held); the binaries it
+  starts run where the caller asked."""
+  a = study.parse_args([f"--data_dir={data_dir}"])
+  assert os.environ["JAX_PLATFORMS"] == "cpu"
+  monkeypatch.setattr(study, "_CALLER_JAX_PLATFORMS", None)
+  assert "JAX_PLATFORMS" not in study._child_env(a)
+  monkeypatch.setattr(study, "_CALLER_JAX_PLATFORMS", "cuda")
+  env = study._child_env(a)
+  assert env["JAX_PLATFORMS"] == "cuda" and env["PYTHONPATH"].startswith(str(REPO))
 
 
 def test_bad_arguments(data_dir):
