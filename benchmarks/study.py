@@ -97,19 +97,23 @@ PAIRS = [("genemask", "dnabert"), ("genemask", "genemask_position"), ("genemask"
          ("dnabert", "bert"), ("genemask", RANDOM), ("dnabert", RANDOM),
          ("genemask_position", RANDOM), ("bert", RANDOM)]
 
-# Budgets. cpu: sized from a measured 1.7 s/step of `tiny` at 8 x 512 (20 steps at nice 10,
-# 1-min load 6.5-7 on the 2-core dev machine, 2026-11-28): 8 pretraining runs x (120 steps
-# x 1.7 s + ~1 min start-up) ~ 35 min; Script-B on prom_core (the shortest promoter task)
-# measured ~94 s per model at 100 shots, ~3 min per model for 10+50+100 -> ~30 min for 10
-# models; the linear probe on all four tasks ~15 min; NPMI, corpus build, statistics ~6 min.
-# gpu: the `logo` model (the authors' Code-E LOGO-like size, 1.4x tiny's encoder) in
-# bfloat16, 64 x 512 x 600 steps = 19.7 M tokens per run (40x the CPU budget's 0.49 M).
-# GPU.md measured dnabert_base at 220k tokens/s (64 x 512); logo needs ~1/22 of its FLOPs
-# per token, so even at a quarter of base's efficiency ~1.2 M tokens/s: ~16 s per run,
-# 8 runs 4 at a time (compiles overlap) ~2.5 min with start-up; Script-B and the probe on
-# all four tasks, whole test sets, 4 processes at a time, ~4-5 min. An estimate from GPU.md
-# figures (no GPU was at hand when it was sized): no stage starts after 8 min and a running
-# one is stopped at 9, so the run and its report end inside a 10-minute device call.
+# Budgets. cpu: sized from a measured 0.56-0.60 steps/s (1.7 s/step) of `tiny` at 8 x 512
+# (steps 5-20 of a 20-step main.py run at nice 10, 1-min load 5.8-6.6 from other jobs on the
+# 2-core dev machine, 2026-11-28): 8 pretraining runs x (120 steps x 1.7 s + ~40-60 s
+# start-up, as the toy runs measured) ~ 35 min; Script-B on prom_core (the shortest
+# promoter task) took 94 s per model at 100 shots in the previous study (docs/results.md,
+# load 4.6), so ~3 min per model for 10+50+100 -> ~30 min for 10 models; the probe on all
+# four tasks ~15 min; NPMI (2 s), two corpus builds (~20 s each), statistics ~2 min. No
+# stage starts after 88 min.
+# gpu: the `logo` model (the authors' Code-E LOGO-like size: MLP 3072 vs tiny's 1024, ~1.7x
+# tiny's parameters) in bfloat16, 64 x 512 x 600 steps = 19.7 M tokens per run (40x the
+# CPU budget's 0.49 M). GPU.md measured dnabert_base at 220k tokens/s (64 x 512); logo
+# needs ~1/22 of its FLOPs per token, so even at a quarter of base's efficiency ~1.2 M
+# tokens/s: ~16 s per run, 8 runs 4 at a time (compiles overlap) ~2.5 min with start-up;
+# Script-B and the probe on all four tasks, whole test sets, 4 processes at a time, ~4-5
+# min. An estimate from GPU.md figures (no GPU was at hand when it was sized): no stage
+# starts after 8 min and a running one is stopped at 9, so the run and its report end
+# inside a 10-minute device call.
 BUDGETS: dict[str, dict[str, Any]] = {
     "toy": dict(model_size="tiny", dtype="float32", max_len=64, steps=4, batch_size=4,
                 pretrain_seeds=2, fewshot_seeds=1, finetune_tasks="prom_core",
@@ -118,7 +122,7 @@ BUDGETS: dict[str, dict[str, Any]] = {
     "cpu": dict(model_size="tiny", dtype="float32", max_len=512, steps=120, batch_size=8,
                 pretrain_seeds=2, fewshot_seeds=1, finetune_tasks="prom_core",
                 probe_tasks=",".join(TASKS), shots="10,50,100", max_test_examples=256,
-                stats_rows=512, eval_examples=32, jobs=1, time_limit_min=90.0, epochs=0),
+                stats_rows=512, eval_examples=32, jobs=1, time_limit_min=88.0, epochs=0),
     "gpu": dict(model_size="logo", dtype="bfloat16", max_len=512, steps=600, batch_size=64,
                 pretrain_seeds=2, fewshot_seeds=2, finetune_tasks=",".join(TASKS),
                 probe_tasks=",".join(TASKS), shots="10,50,100", max_test_examples=0,
@@ -306,19 +310,40 @@ def pretrain_cmd(a, arm: str, seed: int, npmi_csv: str, masks: dict[str, Any]) -
   return cmd
 
 
-def fewshot_dir(a, mode: str, seed: int) -> pathlib.Path:
-  return pathlib.Path(a.workdir) / "fewshot" / f"{mode}_s{seed}"
+# Fine-tuning runs one process per task, costliest first (Splice-40's "N-shot" files hold
+# 10 N rows per class; Cohn-enh has 497-token rows), so that a stage stopped at the budget
+# loses one task and the long ones start first; the probe runs all tasks in one process.
+_FINETUNE_ORDER = ["splice_40", "cohn_enh", "prom_300", "prom_core"]
 
 
-def fewshot_cmd(a, mode: str, seed: int) -> list[str]:
+def eval_units(a) -> list[tuple[str, int, list[str]]]:
+  """(mode, pretraining seed, tasks) of each few-shot process, in launch order."""
+  units = []
+  for mode in a.modes:
+    tasks = mode_tasks(a, mode)
+    if mode == "finetune":
+      groups = [[t] for t in sorted(tasks, key=lambda t: (
+          _FINETUNE_ORDER.index(t) if t in _FINETUNE_ORDER else len(_FINETUNE_ORDER)))]
+    else:
+      groups = [tasks]
+    units += [(mode, s, g) for g in groups for s in range(a.pretrain_seeds)]
+  return units
+
+
+def fewshot_dir(a, mode: str, seed: int, tasks: Sequence[str]) -> pathlib.Path:
+  name = f"{mode}_s{seed}" + (f"_{tasks[0]}" if mode == "finetune" else "")
+  return pathlib.Path(a.workdir) / "fewshot" / name
+
+
+def fewshot_cmd(a, mode: str, seed: int, tasks: Sequence[str]) -> list[str]:
   models = [f"{arm}={pretrain_dir(a, arm, seed)}" for arm in a.arms if arm in ARMS]
   if RANDOM in a.arms:
     models.append("random=random")
   cmd = [sys.executable, "-m", "genemask_jax.fewshot", f"--data_dir={a.data_dir}",
          f"--checkpoint={','.join(models)}", f"--model_size={a.model_size}",
-         f"--tasks={','.join(mode_tasks(a, mode))}", f"--shots={a.shots}",
+         f"--tasks={','.join(tasks)}", f"--shots={a.shots}",
          f"--seeds={a.fewshot_seeds}", f"--seed_offset={seed * a.fewshot_seeds}",
-         f"--mode={mode}", f"--output_dir={fewshot_dir(a, mode, seed)}", "--noprogress"]
+         f"--mode={mode}", f"--output_dir={fewshot_dir(a, mode, seed, tasks)}", "--noprogress"]
   if a.max_test_examples:
     cmd.append(f"--max_test_examples={a.max_test_examples}")
   if a.epochs:
@@ -415,9 +440,11 @@ def run_study(a) -> dict[str, Any]:
   if pre:  # The first run builds the shared corpus; the others reuse it.
     stage(*pre[0])
     in_parallel(pre[1:])
-  evals = [(f"fewshot/{mode}_s{s}", fewshot_cmd(a, mode, s), f"fewshot_{mode}_s{s}.log",
-            lambda mode=mode, s=s: (fewshot_dir(a, mode, s) / "results.csv").exists())
-           for mode in a.modes for s in range(a.pretrain_seeds)]
+  evals = []
+  for mode, s, tasks in eval_units(a):
+    out = fewshot_dir(a, mode, s, tasks)
+    evals.append((f"fewshot/{out.name}", fewshot_cmd(a, mode, s, tasks),
+                  f"fewshot_{out.name}.log", lambda out=out: (out / "results.csv").exists()))
   in_parallel(evals)
   return timings
 

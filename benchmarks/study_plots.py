@@ -55,7 +55,7 @@ def plot_loss(curves: Sequence[tuple[str | None, str, float, Sequence[tuple[int,
   ax.set_ylabel("held-out MLM loss (nats)")
   ax.set_title("MLM eval loss per arm (each on its own masking)")
   ax.grid(alpha=0.3)
-  if any(label for label, *_ in curves):
+  if any(label and pts for label, _, _, pts in curves):
     ax.legend(fontsize=7)
   fig.tight_layout()
   fig.savefig(path, dpi=110)

@@ -215,6 +215,17 @@ def test_run_plan_resumes_and_report(tmp_path, data_dir, monkeypatch):
   assert len(data["paired_tests"]) == 16 and len(data["rows"]) == 80
 
 
+def test_gpu_plan_splits_finetuning_per_task_longest_first(data_dir):
+  a = study.parse_args([f"--data_dir={data_dir}", "--budget=gpu"])
+  units = study.eval_units(a)
+  assert units[0] == ("finetune", 0, ["splice_40"]) and units[1] == ("finetune", 1, ["splice_40"])
+  assert [u for u in units if u[0] == "finetune"][-1] == ("finetune", 1, ["prom_core"])
+  assert units[-2:] == [("linear_probe", 0, study.TASKS), ("linear_probe", 1, study.TASKS)]
+  names = {study.fewshot_dir(a, *u).name for u in units}
+  assert len(names) == len(units) == 10  # Each process its own results.csv.
+  assert a.model_size == "logo" and a.max_test_examples == 0 and a.jobs == 4
+
+
 def test_pack_copies_what_a_run_reads(tmp_path, data_dir):
   a = study.parse_args([f"--data_dir={data_dir}", "--budget=gpu", f"--pack={tmp_path / 'p'}",
                         f"--npmi={data_dir / AUTHORS_NPMI}", "--shots=10"])
