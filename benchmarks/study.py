@@ -68,6 +68,8 @@ from typing import Any, Sequence
 # caller's setting back (`_child_env`).
 _CALLER_JAX_PLATFORMS = os.environ.get("JAX_PLATFORMS")
 os.environ["JAX_PLATFORMS"] = "cpu"
+# This checkout's genemask_jax, as the children get it.
+sys.path.insert(1, str(pathlib.Path(__file__).resolve().parent.parent))
 
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
