@@ -316,6 +316,7 @@ def pretrain_cmd(a, arm: str, seed: int, npmi_csv: str, masks: dict[str, Any]) -
 # 10 N rows per class; Cohn-enh has 497-token rows), so that a stage stopped at the budget
 # loses one task and the long ones start first; the probe runs all tasks in one process.
 _FINETUNE_ORDER = ["splice_40", "cohn_enh", "prom_300", "prom_core"]
+DONE = "study_done"  # Written into a few-shot output dir once its process succeeded.
 
 
 def eval_units(a) -> list[tuple[str, int, list[str]]]:
@@ -420,16 +421,21 @@ def run_study(a) -> dict[str, Any]:
   timings.setdefault("masking statistics", {"seconds": time.time() - t0,
                                             "load_after": os.getloadavg()[0]})
 
-  def stage(key, cmd, log_name, done):
+  def stage(key, cmd, log_name, done, mark=None):
+    """Runs `cmd` unless done(); `mark` (a file) is written after it succeeds."""
     if done():
       return
     if clock.left() <= 0:
       _log(f"{key}: not started, the {a.time_limit_min:g}-min budget is spent")
       return
+    t0 = time.time()
     try:
       record(key, _run(cmd, work / "logs" / log_name, env, timeout=clock.left() + 60))
+      if mark is not None:
+        mark.write_text("done\n")
     except RuntimeError as e:
       _log(f"{key} FAILED: {e}")
+      record(f"{key} (FAILED or stopped: {log_name}; partial results kept)", time.time() - t0)
 
   def in_parallel(jobs):
     with concurrent.futures.ThreadPoolExecutor(max(1, a.jobs)) as ex:
@@ -445,8 +451,10 @@ def run_study(a) -> dict[str, Any]:
   evals = []
   for mode, s, tasks in eval_units(a):
     out = fewshot_dir(a, mode, s, tasks)
+    # The few-shot binary writes results.csv as it goes: a stopped run leaves a partial
+    # one (reported, and rerun on the next call), so completion is our own marker.
     evals.append((f"fewshot/{out.name}", fewshot_cmd(a, mode, s, tasks),
-                  f"fewshot_{out.name}.log", lambda out=out: (out / "results.csv").exists()))
+                  f"fewshot_{out.name}.log", lambda out=out: (out / DONE).exists(), out / DONE))
   in_parallel(evals)
   return timings
 

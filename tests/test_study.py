@@ -194,6 +194,9 @@ def test_run_plan_resumes_and_report(tmp_path, data_dir, monkeypatch):
   assert ft["--tasks"] == "prom_core" and ft["--max_test_examples"] == "256"
   assert ft["--checkpoint"].endswith("random=random") and "bert_s1" in ft["--checkpoint"]
 
+  done = sorted(p.parent.name for p in (work / "fewshot").glob(f"*/{study.DONE}"))
+  assert done == ["finetune_s0_prom_core", "finetune_s1_prom_core", "linear_probe_s0",
+                  "linear_probe_s1"]
   calls.clear()
   for arm in study.ARMS:
     for s in (0, 1):
@@ -201,6 +204,11 @@ def test_run_plan_resumes_and_report(tmp_path, data_dir, monkeypatch):
                                                                         exist_ok=True)
   study.run_study(a)
   assert calls == []  # Everything done: nothing runs again.
+  # A few-shot process stopped midway leaves a partial results.csv but no marker: rerun.
+  (work / "fewshot" / "linear_probe_s1" / study.DONE).unlink()
+  study.run_study(a)
+  assert [c for c in calls if "--mode=linear_probe" in c and "--seed_offset=1" in c]
+  calls.clear()
 
   text = study.write_report(a, {}, "python benchmarks/study.py --budget=cpu").read_text()
   assert "| (d) BERT tokens | 0.10000 | 15.00% | 70.0 (120) | 120 | 0.40% (0.60%)" in text
