@@ -1,709 +1,731 @@
-r"""The reproduction study: does GeneMask masking buy few-shot accuracy at laptop scale?
+r"""The reproduction study of issue #15: does GeneMask's masking show at block 512?
 
-One command pretrains four variants with everything else equal, evaluates them and a
-no-pretraining baseline with the few-shot binary, and regenerates `docs/results.md` and
-`docs/figures/*.png`:
+Four masking arms pretrained with everything else equal, two pretraining seeds each, plus
+no pretraining; every model scored by Script-B fine-tuning and by a linear probe at 10, 50
+and 100 shots; a paired test across cells and seeds. One script, two budgets, resumable
+(rerun the same command after a crash; finished stages are kept):
 
-    GENEMASK_DATA_DIR=/path/to/data python benchmarks/study.py               # size run here
-    GENEMASK_DATA_DIR=... python benchmarks/study.py --steps=2000 --seeds=5 \
-        --max_test_examples=2000                                             # full size
-    GENEMASK_DATA_DIR=... python benchmarks/study.py --quick                  # smoke test
+    GENEMASK_DATA_DIR=../shared/data nice python benchmarks/study.py --budget=cpu
+        # ~90 min on the 2-core dev machine; writes docs/results.md and docs/figures/
 
-Variants (same `tiny` model, same corpus = every FASTA in DATA/genome, same steps, batch,
-length, learning-rate schedule and seed; only the masking differs):
+    GENEMASK_DATA_DIR=../shared/data python benchmarks/study.py --budget=gpu --pack=.study_pack
+    ../shared/tools/gpu_wheels.sh .whl
+        # here: the corpus, few-shot tasks and NPMI table (~38 MiB) and the wheels the
+        # CUDA image lacks (~11 MB), both git-ignored, carried to the GPU machine; there:
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl \
+      && export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 \
+      && python3 benchmarks/study.py --budget=gpu --data_dir=.study_pack \
+         --npmi=.study_pack/npmi/table.csv --workdir=/tmp/study_gpu --docs_dir=$OUT/docs
+        # one H200 (../shared/GPU.md): no stage starts after 8 min, none runs past 9;
+        # writes DOCS/results_gpu.md, study_data_gpu.json and figures/*_gpu.png
 
-  (a) genemask           GeneMask, NPMI rank looked up by token content (ours)
-  (b) genemask_position  GeneMask as the authors' released code: rank by position (`:position`)
+    GENEMASK_DATA_DIR=... python benchmarks/study.py --budget=toy   # minutes, smoke size
+
+Arms (same model, corpus, steps, batch, block, schedule and seeds; only the masking differs):
+
+  (a) genemask           GeneMask, NPMI rank of the token at each position (ours)
+  (b) genemask_position  GeneMask as the authors' repository HEAD (`:position` preset): rank
+                         looked up by position, their defaultdict(int) table (positions 1-4
+                         rank 0 = best), random replacement over the whole vocabulary. Their
+                         first release (July 2023) also put every 11-token span on the last
+                         centre; no arm reproduces that.
   (c) dnabert            DNABERT 6-token span masking
-  (d) bert               BERT token masking (15%)
-  (e) random             no pretraining (`--init=random` in the few-shot binary)
+  (d) bert               BERT token masking
+  (e) random             no pretraining (a random encoder per replicate)
 
-(a) and (c) also run the in-training linear probe (`config.probe.*`) every
-`--probe_every` steps. Every pretraining reads one NPMI table computed once from the same
-corpus (`python -m genemask_jax.npmi`) and one shared TFDS build of the corpus.
+Before pretraining, every arm's masks are drawn on real corpus rows (the training chunker,
+block `max_len`): `max_predictions` is sized per arm so that at most 1% of rows overflow
+it, and the realised masked fraction, overflow share and the share of rows where the NPMI
+"better half" rule engaged (more than 8 centres) go into the report. `--equalise_rate=F`
+solves each arm's centre probability so that every arm masks the fraction F of tokens.
 
-Work goes to `--workdir` (default /tmp/genemask_study, never the repository); only
-`docs/results.md` and `docs/figures/` are written into the repository. The script is
-resumable: a variant whose workdir holds the final checkpoint is not pretrained again, and
-a few-shot evaluation whose results.csv exists is not rerun (`--report_only` just rebuilds
-the report from what is there).
+Replicates: pretraining seed s = 0..S-1 with few-shot seeds s*F .. s*F+F-1 (the same
+few-shot seeds for every arm, so replicate r of two arms shares its training data order).
+Work goes to `--workdir` (never the repository); only the report and figures are written
+into `--docs_dir`. The stages are budgeted: no stage starts after `--time_limit_min`, and
+the report names the cells not reached.
 """
 
 from __future__ import annotations
 
 import argparse
-import collections
+import concurrent.futures
 import csv
 import datetime
-import glob
 import json
-import math
 import os
 import pathlib
-import re
 import shlex
+import shutil
 import subprocess
 import sys
+import threading
 import time
 from typing import Any, Sequence
 
+# This process only draws masks for the statistics: keep its JAX on the CPU so that it
+# holds no accelerator memory (JAX preallocates 75% of a GPU); the children get the
+# caller's setting back (`_child_env`).
+_CALLER_JAX_PLATFORMS = os.environ.get("JAX_PLATFORMS")
+os.environ["JAX_PLATFORMS"] = "cpu"
+# This checkout's genemask_jax, as the children get it.
+sys.path.insert(1, str(pathlib.Path(__file__).resolve().parent.parent))
+
+import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+import study_plots  # pylint: disable=g-import-not-at-top,wrong-import-position
+import study_stats as st  # pylint: disable=g-import-not-at-top,wrong-import-position
+
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
-# name -> (label, config presets, in-training probe?)
-VARIANTS: dict[str, tuple[str, str, bool]] = {
-    "genemask": ("(a) GeneMask, content rank (ours)", "default,genemask", True),
-    "genemask_position": ("(b) GeneMask, position rank (authors' code)",
-                          "default,genemask,position", False),
-    "dnabert": ("(c) DNABERT span masking", "default,dnabert", True),
-    "bert": ("(d) BERT token masking", "default,bert", False),
+# name -> (label, config presets, masking strategy, masking options as the config sets them)
+ARMS: dict[str, tuple[str, str, str, dict[str, Any]]] = {
+    "genemask": ("(a) GeneMask, content rank", "genemask", "genemask", {}),
+    "genemask_position": ("(b) GeneMask, position rank (authors' HEAD)", "genemask,position",
+                          "genemask", {"rank_source": "position", "specials_rank_zero": True,
+                                       "random_over": "vocab"}),
+    "dnabert": ("(c) DNABERT 6-token spans", "dnabert", "dnabert", {}),
+    "bert": ("(d) BERT tokens", "bert", "bert", {}),
 }
 RANDOM = "random"
-LABELS = {**{k: v[0] for k, v in VARIANTS.items()}, RANDOM: "(e) no pretraining"}
-ORDER = ["genemask", "genemask_position", "dnabert", "bert", RANDOM]
-COLORS = dict(zip(ORDER, ["C0", "C1", "C2", "C3", "C4"]))  # Same colour per model in every plot.
+LABELS = {**{k: v[0] for k, v in ARMS.items()}, RANDOM: "(e) no pretraining"}
+ORDER = [*ARMS, RANDOM]
+COLORS = dict(zip(ORDER, ["C0", "C1", "C2", "C3", "C7"]))
 TASKS = ["prom_core", "prom_300", "cohn_enh", "splice_40"]
 TASK_DIRS = {"prom_core": "Prom-core", "prom_300": "Prom-300", "cohn_enh": "Cohn-enh",
              "splice_40": "Splice-40"}
-PROXY_NOTE = "Prom-300 is scored on the GUE prom_300_all test split, a proxy (see the data README)"
+MODES = ("finetune", "linear_probe")
+PAIRS = [("genemask", "dnabert"), ("genemask", "genemask_position"), ("genemask", "bert"),
+         ("dnabert", "bert"), ("genemask", RANDOM), ("dnabert", RANDOM),
+         ("genemask_position", RANDOM), ("bert", RANDOM)]
+
+# Budgets. cpu: sized from a measured 0.56-0.60 steps/s (1.7 s/step) of `tiny` at 8 x 512
+# (steps 5-20 of a 20-step main.py run at nice 10, 1-min load 5.8-6.6 from other jobs on the
+# 2-core dev machine, 2026-11-28): 8 pretraining runs x (120 steps x 1.7 s + ~40-60 s
+# start-up, as the toy runs measured) ~ 35 min; Script-B on prom_core (the shortest
+# promoter task) took 94 s per model at 100 shots in the previous study (docs/results.md,
+# load 4.6), so ~3 min per model for 10+50+100 -> ~30 min for 10 models; the probe on all
+# four tasks ~15 min; NPMI (2 s), two corpus builds (~20 s each), statistics ~2 min. No
+# stage starts after 88 min.
+# gpu: the `logo` model (the authors' Code-E LOGO-like size: MLP 3072 vs tiny's 1024, ~1.7x
+# tiny's parameters) in bfloat16, 64 x 512 x 600 steps = 19.7 M tokens per run (40x the
+# CPU budget's 0.49 M). GPU.md measured dnabert_base at 220k tokens/s (64 x 512); logo
+# needs ~1/22 of its FLOPs per token, so even at a quarter of base's efficiency ~1.2 M
+# tokens/s: ~16 s per run, 8 runs 4 at a time (compiles overlap) ~2.5 min with start-up;
+# Script-B and the probe on all four tasks, whole test sets, 4 processes at a time, ~4-5
+# min. An estimate from GPU.md figures (no GPU was at hand when it was sized): no stage
+# starts after 8 min and a running one is stopped at 9, so the run and its report end
+# inside a 10-minute device call.
+BUDGETS: dict[str, dict[str, Any]] = {
+    "toy": dict(model_size="tiny", dtype="float32", max_len=64, steps=4, batch_size=4,
+                pretrain_seeds=2, fewshot_seeds=1, finetune_tasks="prom_core",
+                probe_tasks="prom_core", shots="10", max_test_examples=32, stats_rows=64,
+                eval_examples=8, jobs=1, time_limit_min=30.0, epochs=2),
+    "cpu": dict(model_size="tiny", dtype="float32", max_len=512, steps=120, batch_size=8,
+                pretrain_seeds=2, fewshot_seeds=1, finetune_tasks="prom_core",
+                probe_tasks=",".join(TASKS), shots="10,50,100", max_test_examples=256,
+                stats_rows=512, eval_examples=32, jobs=1, time_limit_min=88.0, epochs=0),
+    "gpu": dict(model_size="logo", dtype="bfloat16", max_len=512, steps=600, batch_size=64,
+                pretrain_seeds=2, fewshot_seeds=2, finetune_tasks=",".join(TASKS),
+                probe_tasks=",".join(TASKS), shots="10,50,100", max_test_examples=0,
+                stats_rows=512, eval_examples=512, jobs=4, time_limit_min=8.0, epochs=0),
+}
+MACHINE = {"toy": "this machine", "cpu": "the 2-core CPU dev machine (shared with other work)",
+           "gpu": "one GPU"}
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--workdir", default="/tmp/genemask_study",
-                 help="Pretraining workdirs, few-shot outputs, logs (outside the repo).")
+  p.add_argument("--budget", choices=sorted(BUDGETS), default="cpu")
+  p.add_argument("--workdir", default=None, help="Default /tmp/genemask_study_BUDGET.")
   p.add_argument("--data_dir", default=os.environ.get("GENEMASK_DATA_DIR", ""),
                  help="Folder holding genome/ and fewshot/ (default $GENEMASK_DATA_DIR).")
   p.add_argument("--docs_dir", default=None,
-                 help="Where results.md and figures/ go (default: the repo's docs/; with "
-                 "--quick, WORKDIR/docs).")
-  p.add_argument("--steps", type=int, default=500, help="Pretraining steps per variant.")
-  p.add_argument("--batch_size", type=int, default=16, help="Pretraining sequences/step.")
-  p.add_argument("--max_len", type=int, default=128, help="Pretraining tokens/sequence.")
-  p.add_argument("--model_size", default="tiny")
-  p.add_argument("--seed", type=int, default=0, help="Pretraining seed (all variants).")
-  p.add_argument("--probe_every", type=int, default=100,
-                 help="In-training probe period for (a) and (c); 0 = off.")
-  p.add_argument("--probe_tasks", default="prom_core")
-  p.add_argument("--probe_shots", default="10,100")
-  p.add_argument("--probe_max_test_examples", type=int, default=1000)
-  p.add_argument("--seeds", type=int, default=3, help="Few-shot seeds per cell.")
-  p.add_argument("--mode", default="linear_probe", choices=["linear_probe", "finetune"])
-  p.add_argument("--max_test_examples", type=int, default=500,
-                 help="Test rows scored per task (fixed random subset).")
-  p.add_argument("--tasks", default=",".join(TASKS))
-  p.add_argument("--shots", default="", help="Empty = every shot each task ships.")
-  p.add_argument("--resample", type=int, default=-1,
-                 help="1/0: few-shot --resample; -1 = on for linear_probe (a frozen encoder "
-                 "with one fixed train file gives identical seeds), off for finetune.")
-  p.add_argument("--finetune_timing", type=int, default=1,
-                 help="1: time one Script-B fine-tune (model (a), prom_core 100-shot, 1 "
-                 "seed) so the doc can state what the full fine-tune grid would cost.")
-  p.add_argument("--quick", action="store_true",
-                 help="Smoke size: 12 steps x 8 x 64 tokens, 2 seeds, 2 tasks, 10-shot, "
-                 "64 test rows, in WORKDIR_quick (report in WORKDIR_quick/docs).")
-  p.add_argument("--report_only", action="store_true",
-                 help="Only rebuild the report from the workdir.")
+                 help="Report and figures (default: the repo's docs/ for cpu and gpu, "
+                 "WORKDIR/docs for toy).")
+  p.add_argument("--npmi", default="corpus",
+                 help="'corpus': compute one table from the study's FASTA (once, in the "
+                 "workdir); else the path of a table every GeneMask arm reads.")
+  p.add_argument("--pack", default="",
+                 help="Copy what a run of this budget needs from --data_dir (corpus, "
+                 "few-shot tasks, the NPMI table) into this folder of the repo, then stop.")
+  p.add_argument("--arms", default=",".join(ORDER), help="Subset of " + ",".join(ORDER))
+  p.add_argument("--equalise_rate", type=float, default=0.0,
+                 help="> 0: every arm's centre probability solved so it masks this fraction "
+                 "of tokens (e.g. 0.15); 0 = each arm's own default rate.")
+  p.add_argument("--modes", default=",".join(MODES))
+  p.add_argument("--report_only", action="store_true")
+  for key, value in BUDGETS["cpu"].items():  # Each budget value can be overridden.
+    p.add_argument(f"--{key}", type=type(value), default=None,
+                   help=f"Override the budget's {key} (cpu: {value}).")
   a = p.parse_args(argv)
-  if a.quick:
-    a.steps, a.batch_size, a.max_len, a.seeds = 12, 8, 64, 2
-    a.probe_every, a.probe_max_test_examples = 6, 64
-    a.max_test_examples, a.tasks, a.shots, a.finetune_timing = 64, "prom_core,splice_40", "10", 0
-    if a.workdir == p.get_default("workdir"):
-      a.workdir += "_quick"
+  for key, value in BUDGETS[a.budget].items():
+    if getattr(a, key) is None:
+      setattr(a, key, value)
+  a.workdir = a.workdir or f"/tmp/genemask_study_{a.budget}"
   if a.docs_dir is None:
-    a.docs_dir = os.path.join(a.workdir, "docs") if a.quick else str(REPO / "docs")
+    a.docs_dir = (os.path.join(a.workdir, "docs") if a.budget == "toy"
+                  else str(REPO / "docs"))
   if not a.data_dir:
     p.error("--data_dir or $GENEMASK_DATA_DIR is required (the folder holding genome/ and "
             "fewshot/)")
-  if a.resample < 0:
-    a.resample = int(a.mode == "linear_probe")
-  if a.seeds < 2:
-    p.error(f"--seeds must be >= 2 to measure a seed-to-seed spread, got {a.seeds}")
+  a.arms = [x for x in a.arms.split(",") if x]
+  a.modes = [x for x in a.modes.split(",") if x]
+  bad = [x for x in a.arms if x not in ORDER] + [x for x in a.modes if x not in MODES]
+  if bad:
+    p.error(f"unknown arm(s) or mode(s) {bad}; arms: {ORDER}; modes: {list(MODES)}")
+  if a.pretrain_seeds < 2 and a.budget != "toy":
+    p.error(f"--pretrain_seeds must be >= 2 to measure a pretraining spread, got "
+            f"{a.pretrain_seeds}")
+  if not 0.0 <= a.equalise_rate < 1.0:
+    p.error(f"--equalise_rate must be in [0, 1), got {a.equalise_rate}")
   return a
 
 
-# ------------------------------------------------------------------------------- running
+def shots(a) -> list[int]:
+  return [int(s) for s in a.shots.split(",") if s.strip()]
+
+
+def mode_tasks(a, mode: str) -> list[str]:
+  return [t for t in (a.finetune_tasks if mode == "finetune" else a.probe_tasks).split(",")
+          if t]
+
+
+# ------------------------------------------------------------------------------ running
+_print_lock = threading.Lock()
+
+
 def _log(msg: str) -> None:
-  print(f"[study {datetime.datetime.now(datetime.timezone.utc):%H:%M:%S}Z] {msg}", flush=True)
+  with _print_lock:
+    print(f"[study {datetime.datetime.now(datetime.timezone.utc):%H:%M:%S}Z] {msg}",
+          flush=True)
 
 
-def _run(cmd: list[str], log_path: pathlib.Path, env: dict[str, str]) -> float:
-  """Runs `cmd` with output teed to `log_path`; returns wall seconds; raises on failure."""
+class Clock:
+  """The stage budget: no stage starts after the limit; a running one is stopped 60 s past
+  it (its results are then missing and the report says so)."""
+
+  def __init__(self, limit_min: float):
+    self.t0 = time.time()
+    self.limit = limit_min * 60
+
+  def left(self) -> float:
+    return self.limit - (time.time() - self.t0)
+
+
+def _run(cmd: list[str], log_path: pathlib.Path, env: dict[str, str],
+         timeout: float | None = None) -> float:
+  """Runs `cmd` (output to `log_path`); returns wall seconds; raises on failure."""
   _log("$ " + " ".join(shlex.quote(c) for c in cmd))
   t0 = time.time()
-  with open(log_path, "w", encoding="utf-8", buffering=1) as f:
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    for line in proc.stdout:
-      f.write(line)
-      if not line.startswith(("\r", " ")) and ("step" in line or "Error" in line
-                                                or "error" in line or "done" in line):
-        sys.stdout.write("    " + line)
-    rc = proc.wait()
+  with open(log_path, "w", encoding="utf-8") as f:
+    try:
+      rc = subprocess.run(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT,
+                          timeout=timeout, check=False).returncode
+    except subprocess.TimeoutExpired as e:
+      raise RuntimeError(f"stopped at the time budget after {time.time() - t0:.0f}s: "
+                         f"see {log_path}") from e
   wall = time.time() - t0
   if rc:
-    raise RuntimeError(f"exit {rc} after {wall:.0f}s: {' '.join(cmd)}; see {log_path}")
-  _log(f"  done in {wall / 60:.1f} min")
+    tail = log_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-3:]
+    raise RuntimeError(f"exit {rc} after {wall:.0f}s ({log_path}): {' | '.join(tail)}")
+  _log(f"  done in {wall:.0f}s: {log_path.name}")
   return wall
 
 
+def _child_env(a) -> dict[str, str]:
+  """The binaries' environment: the caller's (JAX_PLATFORMS as the caller had it), the
+  data dir, and this checkout first on PYTHONPATH."""
+  env = dict(os.environ, GENEMASK_DATA_DIR=a.data_dir,
+             PYTHONPATH=os.pathsep.join([str(REPO), *filter(None, [os.environ.get(
+                 "PYTHONPATH")])]))
+  env.pop("JAX_PLATFORMS")
+  if _CALLER_JAX_PLATFORMS is not None:
+    env["JAX_PLATFORMS"] = _CALLER_JAX_PLATFORMS
+  return env
+
+
 def genome_files(data_dir: str) -> list[str]:
-  files = sorted(glob.glob(os.path.join(data_dir, "genome", "*.fa*")))
+  files = sorted(str(p) for p in (pathlib.Path(data_dir) / "genome").glob("*.fa*"))
   if not files:
     raise SystemExit(f"no FASTA files in {data_dir}/genome")
   return files
 
 
-def final_checkpoint(workdir: pathlib.Path, steps: int) -> pathlib.Path:
-  return workdir / "checkpoints" / str(steps)
+def pack(a) -> pathlib.Path:
+  """Copies the corpus, the few-shot files the budget reads and an NPMI table into a folder
+  of the repository (git-ignored), so that a device run can carry them."""
+  dest = (REPO / a.pack) if not os.path.isabs(a.pack) else pathlib.Path(a.pack)
+  src = pathlib.Path(a.data_dir)
+  (dest / "genome").mkdir(parents=True, exist_ok=True)
+  for f in genome_files(a.data_dir):
+    shutil.copy2(f, dest / "genome")
+  wanted = {str(s) for s in shots(a)}
+  for task in sorted({t for m in a.modes for t in mode_tasks(a, m)}):
+    d = src / "fewshot" / TASK_DIRS[task]
+    shutil.copytree(d, dest / "fewshot" / TASK_DIRS[task], dirs_exist_ok=True,
+                    ignore=lambda where, names, d=d: [
+                        n for n in names if pathlib.Path(where) == d
+                        and (pathlib.Path(where) / n).is_dir() and n not in wanted])
+  (dest / "npmi").mkdir(exist_ok=True)
+  table = dest / "npmi" / "table.csv"
+  if a.npmi == "corpus":
+    if not table.exists():
+      _run([sys.executable, "-m", "genemask_jax.npmi",
+            f"--fasta={','.join(genome_files(a.data_dir))}", f"--output={table}"],
+           dest / "npmi" / "npmi.log", _child_env(a))
+  else:
+    shutil.copy2(a.npmi, table)
+  size = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file())
+  _log(f"packed {size / 2**20:.1f} MiB into {dest}")
+  return dest
 
 
-def pretrain_cmd(a: argparse.Namespace, name: str, fasta: list[str], npmi_csv: pathlib.Path,
-                 tfds_dir: pathlib.Path) -> list[str]:
-  _, presets, probe = VARIANTS[name]
-  cmd = [sys.executable, "main.py", f"--config=configs/pretrain.py:{presets}",
-         f"--workdir={pathlib.Path(a.workdir) / name}",
-         f"--config.seed={a.seed}",
+def pretrain_dir(a, arm: str, seed: int) -> pathlib.Path:
+  return pathlib.Path(a.workdir) / "pretrain" / f"{arm}_s{seed}"
+
+
+def pretrain_cmd(a, arm: str, seed: int, npmi_csv: str, masks: dict[str, Any]) -> list[str]:
+  _, presets, _, _ = ARMS[arm]
+  steps = a.steps
+  cmd = [sys.executable, "main.py", f"--config=configs/pretrain.py:default,{presets}",
+         f"--workdir={pretrain_dir(a, arm, seed)}",
+         f"--config.seed={seed}",
          f"--config.model.size={a.model_size}",
-         f"--config.data.fasta={','.join(fasta)}",
-         f"--config.data.tfds_dir={tfds_dir}",
+         f"--config.model.dtype={a.dtype}",
+         f"--config.data.fasta={','.join(genome_files(a.data_dir))}",
+         f"--config.data.tfds_dir={pathlib.Path(a.workdir) / 'tfds'}",
          f"--config.data.max_len={a.max_len}",
-         f"--config.masking.max_predictions={max(4, a.max_len // 4)}",
+         f"--config.masking.max_predictions={masks[arm]['max_predictions']}",
          f"--config.npmi.source={npmi_csv}",
          f"--config.train.batch_size={a.batch_size}",
-         f"--config.train.num_steps={a.steps}",
-         f"--config.train.log_every={max(1, min(20, a.steps // 10))}",
-         f"--config.train.checkpoint_every={max(1, a.steps // 2)}",
-         f"--config.optim.warmup_steps={max(1, a.steps // 10)}",
-         f"--config.eval.every={max(1, a.probe_every or a.steps // 5)}",
-         f"--config.eval.batch_size={min(16, a.batch_size)}",
-         f"--config.eval.num_examples={4 * min(16, a.batch_size)}"]
-  if probe and a.probe_every > 0:
-    cmd += [f"--config.probe.every={a.probe_every}",
-            f"--config.probe.tasks={a.probe_tasks}",
-            f"--config.probe.shots={a.probe_shots}",
-            f"--config.probe.data_dir={a.data_dir}",
-            f"--config.probe.max_test_examples={a.probe_max_test_examples}"]
+         f"--config.train.num_steps={steps}",
+         f"--config.train.log_every={max(1, min(20, steps // 10))}",
+         f"--config.train.checkpoint_every={steps}",
+         f"--config.optim.warmup_steps={max(1, steps // 10)}",
+         f"--config.eval.every={max(1, steps // 5)}",
+         f"--config.eval.batch_size={min(a.eval_examples, 64)}",
+         f"--config.eval.num_examples={a.eval_examples}"]
+  if a.equalise_rate:
+    cmd.append(f"--config.masking.p={masks[arm]['p']}")
   return cmd
 
 
-def shipped_shots(data_dir: str, task: str) -> list[int]:
-  """The N-shot train folders the task ships (e.g. [10, 50, 100, 500])."""
-  d = pathlib.Path(data_dir) / "fewshot" / TASK_DIRS[task]
-  return sorted(int(p.name) for p in d.iterdir() if p.is_dir() and p.name.isdigit())
+# Fine-tuning runs one process per task, costliest first (Splice-40's "N-shot" files hold
+# 10 N rows per class; Cohn-enh has 497-token rows), so that a stage stopped at the budget
+# loses one task and the long ones start first; the probe runs all tasks in one process.
+_FINETUNE_ORDER = ["splice_40", "cohn_enh", "prom_300", "prom_core"]
+DONE = "study_done"  # Written into a few-shot output dir once its process succeeded.
 
 
-def eval_plan(a: argparse.Namespace) -> list[tuple[int, list[str]]]:
-  """[(shot, tasks having it)], smallest shot first, so a cut-short run has every task."""
-  wanted = {int(s) for s in a.shots.split(",") if s.strip()}
-  by_shot = collections.defaultdict(list)
-  for task in a.tasks.split(","):
-    for shot in shipped_shots(a.data_dir, task):
-      if not wanted or shot in wanted:
-        by_shot[shot].append(task)
-  return sorted(by_shot.items())
+def eval_units(a) -> list[tuple[str, int, list[str]]]:
+  """(mode, pretraining seed, tasks) of each few-shot process, in launch order."""
+  units = []
+  for mode in a.modes:
+    tasks = mode_tasks(a, mode)
+    if mode == "finetune":
+      groups = [[t] for t in sorted(tasks, key=lambda t: (
+          _FINETUNE_ORDER.index(t) if t in _FINETUNE_ORDER else len(_FINETUNE_ORDER)))]
+    else:
+      groups = [tasks]
+    units += [(mode, s, g) for g in groups for s in range(a.pretrain_seeds)]
+  return units
 
 
-def fewshot_cmd(a: argparse.Namespace, name: str, out: pathlib.Path, shot: int,
-                tasks: Sequence[str]) -> list[str]:
+def fewshot_dir(a, mode: str, seed: int, tasks: Sequence[str]) -> pathlib.Path:
+  name = f"{mode}_s{seed}" + (f"_{tasks[0]}" if mode == "finetune" else "")
+  return pathlib.Path(a.workdir) / "fewshot" / name
+
+
+def fewshot_cmd(a, mode: str, seed: int, tasks: Sequence[str]) -> list[str]:
+  models = [f"{arm}={pretrain_dir(a, arm, seed)}" for arm in a.arms if arm in ARMS]
+  if RANDOM in a.arms:
+    models.append("random=random")
   cmd = [sys.executable, "-m", "genemask_jax.fewshot", f"--data_dir={a.data_dir}",
-         f"--tasks={','.join(tasks)}", f"--shots={shot}", f"--seeds={a.seeds}",
-         f"--mode={a.mode}", f"--max_test_examples={a.max_test_examples}",
-         f"--output_dir={out}", "--noprogress", f"--resample={bool(a.resample)}"]
-  if name == RANDOM:
-    cmd += ["--init=random", f"--model_size={a.model_size}"]
-  else:
-    cmd += [f"--checkpoint={name}={pathlib.Path(a.workdir) / name}"]
+         f"--checkpoint={','.join(models)}", f"--model_size={a.model_size}",
+         f"--tasks={','.join(tasks)}", f"--shots={a.shots}",
+         f"--seeds={a.fewshot_seeds}", f"--seed_offset={seed * a.fewshot_seeds}",
+         f"--mode={mode}", f"--output_dir={fewshot_dir(a, mode, seed, tasks)}", "--noprogress"]
+  if a.max_test_examples:
+    cmd.append(f"--max_test_examples={a.max_test_examples}")
+  if a.epochs:
+    cmd.append(f"--epochs={a.epochs}")
   return cmd
 
 
-def run_study(a: argparse.Namespace) -> dict[str, Any]:
-  """Runs every missing stage; returns the timings (also kept in WORKDIR/timings.json)."""
+def masking_plan(a, npmi_csv: str) -> dict[str, Any]:
+  """Per arm: p, max_predictions and the statistics (cached in WORK/masking.json, so a
+  resumed run pretrains with the same settings)."""
+  path = pathlib.Path(a.workdir) / "masking.json"
+  if path.exists():
+    plan = json.loads(path.read_text())
+    if (plan.get("max_len") == a.max_len and plan.get("equalise_rate") == a.equalise_rate
+        and all(arm in plan["arms"] for arm in a.arms if arm in ARMS)):
+      return plan["arms"]
+  from genemask_jax import npmi  # pylint: disable=g-import-not-at-top
+  rank = npmi.load_lookup(npmi_csv).rank
+  t0 = time.time()
+  rows = st.corpus_rows(genome_files(a.data_dir), a.max_len,
+                        max(1, a.stats_rows // len(genome_files(a.data_dir))))
+  arms = {}
+  for arm in ARMS:
+    if arm not in a.arms:
+      continue
+    _, _, strategy, opts = ARMS[arm]
+    p = (st.solve_p(rows, rank, strategy, opts, a.equalise_rate) if a.equalise_rate
+         else None)
+    # P is sized on 4 independent centre draws per row (the 99th percentile of 512 rows
+    # alone is noisy), then checked on a fifth.
+    s = st.masking_stats(np.tile(rows, (4, 1)), rank, strategy, opts, p=p, seed=1)
+    # Check on an independent draw of centres: the overflow a run will see.
+    check = st.masking_stats(rows, rank, strategy, opts, p=s.p,
+                             max_predictions=s.max_predictions, seed=2)
+    arms[arm] = {**s.as_dict(), "check_overflow_share": check.overflow_share}
+    _log(f"masking {arm}: p={s.p:.5f} masked {s.masked_fraction:.4f}, P={s.max_predictions} "
+         f"(overflow {s.overflow_share:.4f}, independent draw {check.overflow_share:.4f}), "
+         f"NPMI rule engaged in {s.engaged_share} of rows")
+  path.write_text(json.dumps({"max_len": a.max_len, "equalise_rate": a.equalise_rate,
+                              "rows": int(rows.shape[0]), "seconds": time.time() - t0,
+                              "arms": arms}, indent=2))
+  return arms
+
+
+def run_study(a) -> dict[str, Any]:
+  """Runs every missing stage within the time budget; returns the timings."""
+  clock = Clock(a.time_limit_min)
   work = pathlib.Path(a.workdir)
   (work / "logs").mkdir(parents=True, exist_ok=True)
-  env = dict(os.environ, GENEMASK_DATA_DIR=a.data_dir, PYTHONPATH=str(REPO))
+  env = _child_env(a)
+  if a.budget == "gpu":  # Several processes share the GPU: split its memory between them.
+    env["XLA_PYTHON_CLIENT_MEM_FRACTION"] = f"{0.9 / max(a.jobs, 1):.2f}"
   timings_path = work / "timings.json"
   timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
+  lock = threading.Lock()
 
   def record(key, seconds):
-    timings[key] = {"seconds": seconds, "load_after": os.getloadavg()[0]}
-    timings_path.write_text(json.dumps(timings, indent=2))
+    with lock:
+      timings[key] = {"seconds": seconds, "load_after": os.getloadavg()[0]}
+      timings_path.write_text(json.dumps(timings, indent=2))
 
-  fasta = genome_files(a.data_dir)
-  npmi_csv = work / "npmi" / "table.csv"
-  if not npmi_csv.exists():
-    npmi_csv.parent.mkdir(parents=True, exist_ok=True)
-    record("npmi", _run([sys.executable, "-m", "genemask_jax.npmi", f"--fasta={','.join(fasta)}",
-                         f"--output={npmi_csv}"], work / "logs" / "npmi.log", env))
-  tfds_dir = work / "tfds"
-  for name in ["genemask", "dnabert", "genemask_position", "bert"]:  # Key pair first.
-    if final_checkpoint(work / name, a.steps).exists():
-      _log(f"{name}: final checkpoint {a.steps} exists, not pretraining again")
-      continue
-    record(f"pretrain/{name}", _run(pretrain_cmd(a, name, fasta, npmi_csv, tfds_dir),
-                                    work / "logs" / f"pretrain_{name}.log", env))
-  if a.finetune_timing and a.mode != "finetune":
-    out = work / "finetune_timing"
-    if not (out / "results.csv").exists():
-      cmd = [sys.executable, "-m", "genemask_jax.fewshot", f"--data_dir={a.data_dir}",
-             "--tasks=prom_core", "--shots=100", "--seeds=1", "--mode=finetune",
-             f"--max_test_examples={a.max_test_examples}", f"--output_dir={out}",
-             "--noprogress", f"--checkpoint=genemask={work / 'genemask'}"]
-      record("finetune_timing", _run(cmd, work / "logs" / "finetune_timing.log", env))
-  for shot, tasks in eval_plan(a):  # Small shots for every model first.
-    for name in ["genemask", "dnabert", RANDOM, "genemask_position", "bert"]:
-      out = work / "fewshot" / name / f"shot{shot}"
-      if (out / "results.csv").exists():
-        _log(f"{name} {shot}-shot: few-shot results exist, not evaluating again")
-        continue
-      record(f"fewshot/{name}/{shot}", _run(fewshot_cmd(a, name, out, shot, tasks),
-                                            work / "logs" / f"fewshot_{name}_{shot}.log", env))
+  npmi_csv = a.npmi
+  if a.npmi == "corpus":
+    npmi_csv = str(work / "npmi" / "table.csv")
+    if not pathlib.Path(npmi_csv).exists():
+      pathlib.Path(npmi_csv).parent.mkdir(parents=True, exist_ok=True)
+      record("npmi", _run([sys.executable, "-m", "genemask_jax.npmi",
+                           f"--fasta={','.join(genome_files(a.data_dir))}",
+                           f"--output={npmi_csv}"], work / "logs" / "npmi.log", env))
+  t0 = time.time()
+  masks = masking_plan(a, npmi_csv)
+  timings.setdefault("masking statistics", {"seconds": time.time() - t0,
+                                            "load_after": os.getloadavg()[0]})
+
+  def stage(key, cmd, log_name, done, mark=None):
+    """Runs `cmd` unless done(); `mark` (a file) is written after it succeeds."""
+    if done():
+      return
+    if clock.left() <= 0:
+      _log(f"{key}: not started, the {a.time_limit_min:g}-min budget is spent")
+      return
+    t0 = time.time()
+    try:
+      record(key, _run(cmd, work / "logs" / log_name, env, timeout=clock.left() + 60))
+      if mark is not None:
+        mark.write_text("done\n")
+    except RuntimeError as e:
+      _log(f"{key} FAILED: {e}")
+      record(f"{key} (FAILED or stopped: {log_name}; partial results kept)", time.time() - t0)
+
+  def in_parallel(jobs):
+    with concurrent.futures.ThreadPoolExecutor(max(1, a.jobs)) as ex:
+      list(ex.map(lambda j: stage(*j), jobs))
+
+  pre = [(f"pretrain/{arm}_s{s}", pretrain_cmd(a, arm, s, npmi_csv, masks),
+          f"pretrain_{arm}_s{s}.log",
+          lambda arm=arm, s=s: (pretrain_dir(a, arm, s) / "checkpoints" / str(a.steps)).exists())
+         for s in range(a.pretrain_seeds) for arm in ARMS if arm in a.arms]
+  if pre:  # The first run builds the shared corpus; the others reuse it.
+    stage(*pre[0])
+    in_parallel(pre[1:])
+  evals = []
+  for mode, s, tasks in eval_units(a):
+    out = fewshot_dir(a, mode, s, tasks)
+    # The few-shot binary writes results.csv as it goes: a stopped run leaves a partial
+    # one (reported, and rerun on the next call), so completion is our own marker.
+    evals.append((f"fewshot/{out.name}", fewshot_cmd(a, mode, s, tasks),
+                  f"fewshot_{out.name}.log", lambda out=out: (out / DONE).exists(), out / DONE))
+  in_parallel(evals)
   return timings
 
 
-# Script-B per shot: epochs; rows per class = shot (Splice-40: 10 x shot); tokens = k-mers + 2.
-_TASK_ROWS = {"prom_core": (2, 1), "prom_300": (2, 1), "cohn_enh": (2, 1), "splice_40": (3, 10)}
-def measured_grid_lines(num_models: int) -> list[str]:
-  """A paragraph on the measured whole fine-tune grid (docs/fewshot_grid.txt), if any."""
-  path = REPO / "docs" / "fewshot_grid.txt"
-  if not path.exists():
-    return []
-  text = path.read_text(encoding="utf-8")
-  grid = re.search(r"default grid: .*? x (\d+) seed\(s\), test rows (\w+): (\d+)s", text)
-  started = re.search(r"started (.*? UTC), git commit (\w+)", text)
-  if not grid:
-    return []
-  minutes = int(grid.group(3)) / 60
-  when = f" on {started.group(1)} at commit {started.group(2)}" if started else ""
-  return [f"Measured{when} (`docs/fewshot_grid.txt`, from `benchmarks/bench_fewshot.py "
-          f"--grid`): the whole default Script-B fine-tune grid of one tiny model, "
-          f"{grid.group(1)} seeds, {grid.group(2)} test rows, took {minutes:.0f} min on this "
-          f"CPU, so the {num_models} models of this study would need about "
-          f"{num_models * minutes / 60:.1f} hours of fine-tuning.", ""]
-
-
-_TASK_TOKENS = {"prom_core": 67, "prom_300": 297, "cohn_enh": 497, "splice_40": 37}
-
-
-def finetune_grid_units(a: argparse.Namespace, only: tuple[str, int] | None = None) -> float:
-  """Training tokens of one seed of the Script-B grid (rows x epochs x length)."""
-  total = 0.0
-  for shot, tasks in eval_plan(a):
-    for task in tasks:
-      if only and (task, shot) != only:
-        continue
-      classes, per = _TASK_ROWS[task]
-      epochs = 20 if shot <= 100 else 5
-      total += classes * per * shot * epochs * _TASK_TOKENS[task]
-  return total
-
-
-# ------------------------------------------------------------------------------- analysis
-def read_results(work: pathlib.Path) -> list[dict[str, Any]]:
-  """Rows of every few-shot results.csv, `model` set to the variant name."""
+# ------------------------------------------------------------------------------ analysis
+def read_results(a) -> list[dict[str, Any]]:
+  """Every few-shot row: arm, mode, task, shot, replicate (= few-shot seed), metric, value."""
   rows = []
-  for name in ORDER:
-    for path in sorted((work / "fewshot" / name).glob("shot*/results.csv")):
-      with open(path, encoding="utf-8") as f:
-        for r in csv.DictReader(f):
-          r["model"] = name
-          r["shot"] = int(r["shot"])
-          r["value"] = float(r["value"])
-          rows.append(r)
+  for path in sorted((pathlib.Path(a.workdir) / "fewshot").glob("*/results.csv")):
+    with open(path, encoding="utf-8") as f:
+      for r in csv.DictReader(f):
+        rows.append({**r, "arm": r["model"], "shot": int(r["shot"]),
+                     "replicate": int(r["seed"]), "value": float(r["value"])})
   return rows
 
 
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-  """Mean and sample standard deviation (ddof=1; 0 for a single value)."""
-  n = len(values)
-  m = sum(values) / n
-  s = math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
-  return m, s
+# ------------------------------------------------------------------------------ report
+def _fmt(v) -> str:
+  return "—" if v is None else f"{v[0]:.3f} ± {v[1]:.3f} ({v[2]})"
 
 
-def summarize(rows: Sequence[dict[str, Any]]) -> dict[tuple[str, str, int, str], tuple[float, float, int]]:
-  """{(model, task, shot, metric): (mean, sample std, n seeds)}."""
-  groups = collections.defaultdict(list)
-  for r in rows:
-    groups[(r["model"], r["task"], r["shot"], r["metric"])].append(r["value"])
-  return {k: (*mean_std(v), len(v)) for k, v in groups.items()}
+def _pct(x) -> str:
+  return "—" if x is None else f"{100 * x:.2f}%"
 
 
-def compare(summary, a: str, b: str, metric: str, factor: float = 2.0) -> list[dict[str, Any]]:
-  """Per (task, shot): mean(a) - mean(b), pooled std, and whether |diff| > factor * pooled.
-
-  pooled = sqrt((s_a^2 + s_b^2) / 2) with sample stds over seeds.
-  """
-  out = []
-  for (m, task, shot, met), (mean_a, std_a, n) in sorted(summary.items()):
-    if m != a or met != metric or (b, task, shot, metric) not in summary:
-      continue
-    mean_b, std_b, _ = summary[(b, task, shot, metric)]
-    pooled = math.sqrt((std_a ** 2 + std_b ** 2) / 2)
-    diff = mean_a - mean_b
-    out.append({"task": task, "shot": shot, "diff": diff, "pooled": pooled,
-                "exceeds": abs(diff) > factor * pooled})
-  return out
+def report_name(a) -> str:
+  return "results_gpu.md" if a.budget == "gpu" else "results.md"
 
 
-def read_log(workdir: pathlib.Path) -> list[dict[str, Any]]:
-  path = workdir / "log.jsonl"
-  if not path.exists():
-    return []
-  with open(path, encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.strip()]
+def machine(a) -> str:
+  if a.budget != "gpu":
+    return MACHINE[a.budget]
+  try:
+    out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                         capture_output=True, text=True, timeout=30, check=True).stdout
+    return "one " + out.strip().splitlines()[0]
+  except (OSError, subprocess.SubprocessError, IndexError):
+    return MACHINE["gpu"]
 
 
-def series(log: Sequence[dict[str, Any]], key: str) -> list[tuple[int, float]]:
-  """(step, value) of `key`, last write per step wins (a resumed run rewrites steps)."""
-  d = {}
-  for row in log:
-    if key in row and isinstance(row[key], (int, float)):
-      d[row["step"]] = float(row[key])
-  return sorted(d.items())
-
-
-def first_step_reaching(points: Sequence[tuple[int, float]], threshold: float) -> int | None:
-  for step, v in points:
-    if v >= threshold:
-      return step
-  return None
-
-
-# ------------------------------------------------------------------------------- plots
-def plot_fewshot(summary, tasks: Sequence[str], metric: str, path: pathlib.Path) -> None:
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.8), squeeze=False)
-  for ax, task in zip(axes[0], tasks):
-    for model in ORDER:
-      pts = sorted((shot, m, s) for (mo, t, shot, met), (m, s, _) in summary.items()
-                   if mo == model and t == task and met == metric)
-      if not pts:
-        continue
-      x, y, e = zip(*pts)
-      ax.errorbar(x, y, yerr=e, marker="o", capsize=3, label=LABELS[model], color=COLORS[model],
-                  linestyle="--" if model == RANDOM else "-")
-    ax.set_xscale("log")
-    ax.set_xlabel("shots (Splice-40: x10 per class)" if task == "splice_40" else "shots")
-    ax.set_title(task + (" (GUE proxy test)" if task == "prom_300" else ""))
-    ax.set_ylabel(metric)
-    ax.grid(alpha=0.3)
-  handles, labels = axes[0][0].get_legend_handles_labels()
-  fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8)
-  fig.suptitle(f"Few-shot {metric} (mean ± sample std over seeds)")
-  fig.tight_layout(rect=(0, 0.07, 1, 1))
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-
-
-def plot_training(logs: dict[str, list], probe_keys: Sequence[str], path: pathlib.Path) -> None:
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  n = len(probe_keys) + 1
-  fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.8), squeeze=False)
-  ax = axes[0][0]
-  for name, log in logs.items():
-    pts = series(log, "eval/loss")
-    if pts:
-      ax.plot(*zip(*pts), marker=".", label=LABELS[name], color=COLORS[name])
-  ax.set_title("held-out MLM loss (own masking)")
-  ax.set_xlabel("pretraining step")
-  ax.legend(fontsize=7)
-  ax.grid(alpha=0.3)
-  for ax, key in zip(axes[0][1:], probe_keys):
-    for name, log in logs.items():
-      pts = series(log, key)
-      if pts:
-        ax.plot(*zip(*pts), marker="o", label=LABELS[name], color=COLORS[name])
-    ax.set_title(key.removeprefix("fewshot/"))
-    ax.set_xlabel("pretraining step")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-  fig.suptitle("In-training linear probe vs pretraining step")
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-
-
-# ------------------------------------------------------------------------------- report
-def _fmt(summary, model, task, shot, metric) -> str:
-  v = summary.get((model, task, shot, metric))
-  return "—" if v is None else f"{v[0]:.3f} ± {v[1]:.3f}"
-
-
-def write_report(a: argparse.Namespace, timings: dict[str, Any], command: str) -> pathlib.Path:
+def write_report(a, timings: dict[str, Any], command: str) -> pathlib.Path:
   work = pathlib.Path(a.workdir)
   docs = pathlib.Path(a.docs_dir)
   figs = docs / "figures"
   figs.mkdir(parents=True, exist_ok=True)
-  rows = read_results(work)
-  summary = summarize(rows)
-  tasks = [t for t in a.tasks.split(",") if any(r["task"] == t for r in rows)]
-  models = [m for m in ORDER if any(r["model"] == m for r in rows)]
-  meta = {}
-  for r in rows:
-    meta.setdefault((r["task"], r["shot"]), r)
+  suffix = "_gpu" if a.budget == "gpu" else ""
+  rows = read_results(a)
+  summary = st.summarize(rows)
+  plan_path = work / "masking.json"
+  plan = json.loads(plan_path.read_text()) if plan_path.exists() else {"arms": {}}
+  masks = plan["arms"]
+  arms = [x for x in ORDER if x in a.arms]
+  tokens = a.steps * a.batch_size * a.max_len
+  L = [f"# Reproduction study ({a.budget} budget): GeneMask vs DNABERT vs BERT masking at "
+       f"block {a.max_len}", ""]
+  now = datetime.datetime.now(datetime.timezone.utc)
+  L.append(f"Generated by `{command}` on {now:%Y-%m-%d %H:%M} UTC on {machine(a)}. Design: "
+           "issue #15; code: `benchmarks/study.py`.")
+  L.append("")
 
-  logs = {n: read_log(work / n) for n in VARIANTS}
-  probe_keys = sorted({k for n in ("genemask", "dnabert") for row in logs[n] for k in row
-                       if k.startswith("fewshot/") and k.endswith("/mcc")})
-  L = []
-  L.append("# Reproduction study: GeneMask vs DNABERT vs BERT masking at laptop scale")
+  # --- Summary, from the paired tests only.
+  tests = []
+  for mode in a.modes:
+    for x, y in PAIRS:
+      if x in arms and y in arms:
+        xs, ys, keys = st.pair_up(rows, x, y, "mcc", mode)
+        if len(keys) >= 2:
+          tests.append((mode, x, y, st.paired_test(xs, ys)))
+  adjusted = st.holm([t["wilcoxon_p"] for _, _, _, t in tests])
+  for (_, _, _, t), h in zip(tests, adjusted):
+    t["holm_p"] = h
+  constant = st.constant_runs(rows)
+  L += ["## Summary", ""]
+  if not tests:
+    L.append("- No paired comparison has two or more matched cells yet.")
+  for mode, x, y, t in tests:
+    verdict = ("differ at the 5% level after Holm's correction" if t["holm_p"] < 0.05 else
+               "do not differ detectably at the 5% level after Holm's correction")
+    L.append(f"- {mode}: {LABELS[x]} vs {LABELS[y]}: mean MCC difference "
+             f"{t['mean_diff']:+.3f} over {t['n']} matched cells (95% bootstrap interval "
+             f"{t['boot_ci'][0]:+.3f} to {t['boot_ci'][1]:+.3f}); Wilcoxon p = "
+             f"{t['wilcoxon_p']:.3g}, Holm-adjusted over the {len(tests)} tests "
+             f"{t['holm_p']:.3g}: they {verdict}.")
+  L.append(f"- Constant predictors (all test predictions one class): {len(constant)} of "
+           f"{len({(r['arm'], r['replicate'], r['mode'], r['task'], r['shot']) for r in rows})}"
+           " runs; listed below. Their MCC of 0 is kept in the means.")
+  L.append(f"- Scale: {a.steps} steps x {a.batch_size} x {a.max_len} tokens = "
+           f"{tokens / 1e6:.2f} M tokens per pretraining run of a `{a.model_size}` model, "
+           f"against the paper's 10k x 250 x 512 = 1,280 M for DNABERT-base: read every "
+           "difference as what this budget shows, not as a test of the paper's full-scale "
+           "claim.")
   L.append("")
-  L.append(f"Generated by `{command}` on {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC "
-           f"(2-core CPU dev machine, no GPU). Regenerate with the same command; the "
-           f"full-size command is at the end.")
+
+  # --- Masking.
+  L += ["## Masking, measured on real corpus rows before pretraining", ""]
+  L.append(f"{plan.get('rows', '?')} train rows of block {a.max_len} (the first rows of each "
+           "FASTA file, cut by the training chunker: not a random sample of the corpus); P "
+           "sized on 4 centre draws per "
+           "row; centres drawn at the sampler's 16-bit "
+           "resolution, spans by `masking.spans_from_centres`. `max_predictions` P is the "
+           "smallest multiple of 8 with at most 1% of rows over it; the overflow is re-checked "
+           "on an independent draw. \"NPMI rule engaged\" = rows with more than 8 centres "
+           "(`few_threshold`; at or below it every centre gets the 11-token span and the NPMI "
+           "ranking plays no part).")
   L.append("")
-  L.append("## Summary")
+  if a.equalise_rate:
+    L.append(f"**`--equalise_rate={a.equalise_rate}`**: each arm's centre probability p was "
+             "solved so that it masks this fraction of tokens; the arms' default rates differ.")
+    L.append("")
+  L.append("| arm | p | masked fraction | masked/row mean (p99) | P | overflow (check) | "
+           "targets lost | NPMI rule engaged |")
+  L.append("|---|---|---|---|---|---|---|---|")
+  for arm in arms:
+    m = masks.get(arm)
+    if m:
+      L.append(f"| {LABELS[arm]} | {m['p']:.5f} | {_pct(m['masked_fraction'])} | "
+               f"{m['mean_masked']:.1f} ({m['p99_masked']:.0f}) | {m['max_predictions']} | "
+               f"{_pct(m['overflow_share'])} ({_pct(m['check_overflow_share'])}) | "
+               f"{_pct(m['lost_target_share'])} | {_pct(m['engaged_share'])} |")
   L.append("")
-  key_pairs = [("genemask", "dnabert"), ("genemask", "genemask_position"), ("genemask", "bert"),
-               ("genemask", RANDOM), ("dnabert", RANDOM)]
-  for x, y in key_pairs:
-    if x not in models or y not in models:
-      continue
-    c = compare(summary, x, y, "mcc")
-    up = sum(r["exceeds"] and r["diff"] > 0 for r in c)
-    down = sum(r["exceeds"] and r["diff"] < 0 for r in c)
-    wins = sum(r["diff"] > 0 for r in c)
-    L.append(f"- {LABELS[x]} vs {LABELS[y]}: higher mean MCC in {wins} of {len(c)} "
-             f"task × shot cells; the difference exceeds 2 × the pooled seed std in {up} "
-             f"cell(s) in favour of {x} and {down} in favour of {y}; the other "
-             f"{len(c) - up - down} are within the seed-to-seed spread.")
-  if "bert" in models and "genemask" in models:
-    c = compare(summary, "genemask", "bert", "mcc")
-    if sum(r["exceeds"] and r["diff"] < 0 for r in c) > sum(r["exceeds"] and r["diff"] > 0
-                                                            for r in c):
-      L.append("- BERT token masking gives the best frozen features at this budget. A single "
-               "masked overlapping 6-mer is fully determined by its unmasked neighbours (the "
-               "reason DNABERT masks 6-token spans), so BERT's objective is the easiest one "
-               "to learn in a few hundred steps; this run does not show whether that ordering "
-               "survives longer pretraining or fine-tuning.")
-  L.append(f"- Scale: {a.steps} pretraining steps of a {a.model_size} model is a tiny fraction of "
-           "the paper's pretraining, and the evaluation is a frozen-encoder linear probe"
-           if a.mode == "linear_probe" else f"- Scale: {a.steps} pretraining steps")
-  L[-1] += ("; read the numbers as what this budget shows, not as a test of the paper's "
-            "full-scale claims.")
-  L.append("")
-  L.append("## What was run")
-  L.append("")
-  L.append(f"- Pretraining, identical for every variant except the masking: model "
-           f"`{a.model_size}`, corpus = both shared genome files "
-           f"({', '.join(os.path.basename(f) for f in genome_files(a.data_dir))}, ~88 Mbp ACGT), "
-           f"**{a.steps} steps x batch {a.batch_size} x {a.max_len} tokens** "
-           f"({a.steps * a.batch_size * a.max_len / 1e6:.2f} M tokens, far below the paper's "
-           f"10k x 250 x 512), AdamW peak LR 1e-3 with {max(1, a.steps // 10)} warm-up steps, "
-           f"seed {a.seed}, one NPMI table computed from the same corpus for (a) and (b).")
-  for n in ORDER:
-    presets = VARIANTS[n][1] if n in VARIANTS else "—"
-    L.append(f"  - {LABELS[n]}: " + (f"`--config=configs/pretrain.py:{presets}`"
-                                        if n in VARIANTS else "`--init=random` in the few-shot binary"))
-  shots_txt = a.shots or "every shot each task ships (10, 50, 100, 500, 1000 for the promoter tasks; 10, 50, 100, 500 for Cohn-enh and Splice-40)"
-  L.append(f"- Few-shot evaluation: `python -m genemask_jax.fewshot --mode={a.mode}` on "
-           f"{', '.join(tasks)}, shots: {shots_txt}; **{a.seeds} seeds**; test sets "
-           f"subsampled to a fixed **{a.max_test_examples} rows** per task (the same rows "
-           f"for every model).")
-  if a.mode == "linear_probe":
-    L.append("- Mode `linear_probe`: frozen encoder, mean-pooled last hidden states, logistic "
-             "regression; this measures the pretrained *features*, not Script-B fine-tuning. "
-             "It was chosen because it fits the CPU budget (fine-tune timing below).")
-  if a.resample:
-    L.append("- `--resample`: each seed draws its own N-shot training set (same size per "
-             "class) from the union of the task's shipped train files, and the test set "
-             "excludes every sequence of that union. A frozen encoder on one fixed train file "
-             "would give identical numbers for every seed, so the seed spread here is the "
-             "spread over training-set draws (and over random encoders for (e)).")
-  L.append(f"- {PROXY_NOTE}: its numbers are not comparable with the paper's Prom-300 column.")
-  L.append("- Splice-40's \"N-shot\" files hold 10·N examples per class.")
-  if a.probe_every:
-    L.append(f"- In-training probe for (a) and (c): every {a.probe_every} steps, linear probe "
-             f"on {a.probe_tasks} at {a.probe_shots} shots, {a.probe_max_test_examples} test "
-             "rows (logged as `fewshot/<task>_<shot>shot/<metric>` in each workdir's log.jsonl).")
+
+  # --- What was run.
+  L += ["## What was run", ""]
+  L.append(f"- Pretraining, per arm and seed (seeds 0..{a.pretrain_seeds - 1}): `main.py "
+           f"--config=configs/pretrain.py:default,<arm presets>`, model `{a.model_size}` "
+           f"({a.dtype}), corpus = every FASTA in DATA/genome, block {a.max_len}, "
+           f"{a.steps} steps x batch {a.batch_size}, AdamW peak LR 1e-3, "
+           f"{max(1, a.steps // 10)} warm-up steps, P per arm as above, one NPMI table "
+           f"({'computed from the same corpus' if a.npmi == 'corpus' else a.npmi}).")
+  for arm in ARMS:
+    if arm in arms:
+      L.append(f"  - {LABELS[arm]}: presets `{ARMS[arm][1]}`")
+  if RANDOM in arms:
+    L.append(f"  - {LABELS[RANDOM]}: `--checkpoint=random=random` (a random `{a.model_size}` "
+             "encoder, re-drawn per few-shot seed)")
+  test_rows = (f"a fixed random subset of {a.max_test_examples} test rows per task (the same "
+               "rows for every arm and seed)" if a.max_test_examples else "the whole test sets")
+  for mode in a.modes:
+    L.append(f"- `{mode}`: tasks {', '.join(mode_tasks(a, mode))}; shots {a.shots}; "
+             f"{a.fewshot_seeds} few-shot seed(s) per pretraining seed, so "
+             f"{a.pretrain_seeds * a.fewshot_seeds} replicates per cell; {test_rows}."
+             + (" Script-B: full fine-tuning, the authors' epochs, batch and LR per shot"
+                + (f" (epochs overridden to {a.epochs})" if a.epochs else "") + "."
+                if mode == "finetune" else
+                " Frozen encoder, mean-pooled last hidden states, logistic regression."))
+  L.append("- Paired test: for two arms, one pair per (task, shot, replicate) both have, "
+           "replicate r of both arms using the same few-shot seed; Wilcoxon signed-rank "
+           "(scipy, two-sided) on the MCC differences and a paired bootstrap (10k resamples of "
+           "the pairs) for the interval. The cells are not independent (one pretraining run "
+           "serves every cell of its seed), so the p-values overstate the evidence.")
   L.append("")
   if timings:
-    L.append("Wall time of each stage (2-core CPU shared with other work; 1-minute load "
-             "average when the stage ended in brackets):")
+    L += ["Wall time per stage (1-minute load average when it ended):", "",
+          "| stage | wall | load |", "|---|---|---|"]
+    L += [f"| {k} | {v['seconds'] / 60:.1f} min | {v['load_after']:.1f} |"
+          for k, v in timings.items()]
     L.append("")
-    L.append("| stage | wall | load |")
-    L.append("|---|---|---|")
-    for k, v in timings.items():
-      L.append(f"| {k} | {v['seconds'] / 60:.1f} min | {v['load_after']:.1f} |")
-    L.append("")
-  ft = work / "finetune_timing" / "results.csv"
-  if ft.exists() and "finetune_timing" in timings:
-    with open(ft, encoding="utf-8") as f:
-      frows = list(csv.DictReader(f))
-    acc = [r["value"] for r in frows if r["metric"] == "accuracy"]
-    mcc = [r["value"] for r in frows if r["metric"] == "mcc"]
-    secs = timings["finetune_timing"]["seconds"]
-    est = secs * finetune_grid_units(a) / finetune_grid_units(a, only=("prom_core", 100)) / 3600
-    L.append(f"One Script-B fine-tune of (a) on prom_core 100-shot (1 seed, 20 epochs, batch "
-             f"5, 200 train rows, {a.max_test_examples} test rows) took {secs:.0f} s of wall "
-             f"time including start-up (accuracy {float(acc[0]):.3f}, MCC {float(mcc[0]):.3f}). "
-             f"Scaled by training tokens (rows x epochs x length; a rough extrapolation that "
-             f"ignores attention's quadratic cost, so low for Cohn-enh), the full fine-tune grid "
-             f"({len(ORDER)} models x {sum(len(t) for _, t in eval_plan(a))} task-shots x "
-             f"{a.seeds} seeds) would take about **{est * len(ORDER) * a.seeds:.0f} hours** on "
-             "this CPU, which is why the grid below is a linear probe.")
-    L.append("")
-  L.extend(measured_grid_lines(len(ORDER)))
 
-  L.append("## Results: mean ± sample std over seeds")
-  L.append("")
-  missing = [f"{task}@{shot} ({', '.join(m for m in ORDER if (m, task, shot, 'mcc') not in summary)})"
-             for shot, ts in eval_plan(a) for task in ts
-             if any((m, task, shot, "mcc") not in summary for m in ORDER)]
+  # --- Results.
+  L += ["## Results: MCC, mean ± sample std (replicates)", ""]
+  missing = [f"{mode}/{task}@{shot} ({arm})" for mode in a.modes for task in mode_tasks(a, mode)
+             for shot in shots(a) for arm in arms
+             if (arm, mode, task, shot, "mcc") not in summary]
   if missing:
-    L.append("**Not evaluated in this run** (the run was stopped at its time budget; rerun "
-             "the same command to add them, finished cells are kept): " + "; ".join(missing)
-             + ".")
+    L.append("**Not reached in this run** (budget spent or a stage failed; rerun the same "
+             "command to add them): " + "; ".join(missing) + ".")
     L.append("")
-  for task in tasks:
-    shots = sorted({s for (m, t, s, met) in summary if t == task})
-    first = meta[(task, shots[0])]
-    title = task + (" — **scored on the GUE proxy test set**" if task == "prom_300" else "")
-    L.append(f"### {title}")
-    L.append("")
-    L.append(f"Test rows scored: {first['n_test']} of {first['n_test_full']} "
-             f"(test set: {first['test_set']}).")
-    L.append("")
-    for metric in ("mcc", "accuracy"):
-      L.append(f"{metric.upper() if metric == 'mcc' else 'Accuracy'}:")
+  for mode in a.modes:
+    tasks = [t for t in mode_tasks(a, mode) if any(k[1] == mode and k[2] == t for k in summary)]
+    for task in tasks:
+      L.append(f"### {mode}: {task}" + (" (GUE proxy test set)" if task == "prom_300" else ""))
       L.append("")
-      L.append("| shot | " + " | ".join(LABELS[m] for m in models) + " |")
-      L.append("|---|" + "---|" * len(models))
-      for shot in shots:
-        L.append(f"| {shot} | " + " | ".join(_fmt(summary, m, task, shot, metric)
-                                            for m in models) + " |")
+      L.append("| shot | " + " | ".join(LABELS[x] for x in arms) + " |")
+      L.append("|---|" + "---|" * len(arms))
+      for shot in shots(a):
+        L.append(f"| {shot} | " + " | ".join(_fmt(summary.get((x, mode, task, shot, "mcc")))
+                                            for x in arms) + " |")
       L.append("")
-  L.append("![few-shot MCC](figures/fewshot_mcc.png)")
+    if tasks:
+      name = f"mcc_{mode}{suffix}.png"
+      study_plots.plot_mcc(summary, mode, tasks, figs / name, arms, LABELS, COLORS, RANDOM)
+      L += [f"![MCC vs shots, {mode}](figures/{name})", ""]
+  L += ["## Paired tests (MCC)", "", "| mode | comparison | pairs | mean diff | first better / "
+        "worse | Wilcoxon p | Holm p | bootstrap 95% | bootstrap p |",
+        "|---|---|---|---|---|---|---|---|---|"]
+  for mode, x, y, t in tests:
+    L.append(f"| {mode} | {LABELS[x]} vs {LABELS[y]} | {t['n']} | {t['mean_diff']:+.4f} | "
+             f"{t['wins']} / {t['losses']} | {t['wilcoxon_p']:.3g} | {t['holm_p']:.3g} | "
+             f"{t['boot_ci'][0]:+.3f} to {t['boot_ci'][1]:+.3f} | "
+             f"{'< 1e-4' if t['boot_p'] == 0 else format(t['boot_p'], '.3g')} |")
   L.append("")
-  L.append("![few-shot accuracy](figures/fewshot_accuracy.png)")
+  L.append("With n pairs, the smallest two-sided Wilcoxon p is 2/2^n (0.0625 at n = 4): few "
+           "pairs cannot reach 5% whatever the differences. The bootstrap interval of a "
+           "handful of pairs is too narrow (it ignores the spread it cannot see).")
   L.append("")
-  plot_fewshot(summary, tasks, "mcc", figs / "fewshot_mcc.png")
-  plot_fewshot(summary, tasks, "accuracy", figs / "fewshot_accuracy.png")
+  L += ["## Sanity check of Script-B: constant predictors", ""]
+  L.append("A run whose test predictions are all one class has MCC exactly 0 and macro recall "
+           "exactly 1/C; these runs are flagged (results.csv holds metrics, not predictions).")
+  L.append("")
+  L += ([f"- {LABELS[k[0]]}, replicate {k[1]}, {k[2]} {k[3]}@{k[4]}" for k in constant]
+        or ["- none"])
+  L.append("")
+  name = f"mlm_loss{suffix}.png"
+  study_plots.plot_loss([(LABELS[arm] if s == 0 else None, COLORS[arm], 0.9 if s == 0 else 0.5,
+                          st.series(st.read_log(pretrain_dir(a, arm, s)), "eval/loss"))
+                         for arm in ARMS for s in range(a.pretrain_seeds)], figs / name)
+  L += ["## MLM eval loss vs step", "",
+        f"![MLM eval loss](figures/{name})", "",
+        "Each arm's held-out loss is on its own masking (different targets and rates), so the "
+        "curves show each run's progress, not which arm learned more.", ""]
 
-  L.append("## Which differences exceed the seed-to-seed spread")
+  # --- Confounds.
+  L += ["## Confounds that remain", ""]
+  fr = {x: masks[x]["masked_fraction"] for x in masks}
+  if fr and not a.equalise_rate:
+    L.append("- Masking rate: the arms mask different fractions of tokens ("
+             + ", ".join(f"{x} {_pct(v)}" for x, v in fr.items())
+             + "); `--equalise_rate` removes this at the cost of the arms' own defaults.")
+  ov = {x: masks[x]["check_overflow_share"] for x in masks}
+  if ov:
+    L.append("- Truncation: up to 1% of rows per arm overflow P by design (measured on an "
+             "independent draw: " + ", ".join(f"{x} {_pct(v)}" for x, v in ov.items())
+             + "); an overflowing row keeps a uniform random subset of its targets.")
+  eng = {x: masks[x]["engaged_share"] for x in masks if masks[x]["engaged_share"] is not None}
+  if eng:
+    L.append("- The NPMI selection only acts in rows with more than 8 centres ("
+             + ", ".join(f"{x} {_pct(v)}" for x, v in eng.items())
+             + " of rows); elsewhere GeneMask differs from span masking only by where its "
+             "11-token spans sit.")
+  L.append(f"- Scale: {tokens / 1e6:.2f} M tokens per run of a `{a.model_size}` model, far "
+           "below the paper's pretraining; arms that differ at this budget may not at theirs "
+           "and the converse.")
+  L.append("- The NPMI table is computed from ~88 Mbp of GRCh37 (Spearman ~0.998 with the "
+           "authors' GRCh38 chr1-3 table), not theirs." if a.npmi == "corpus" else
+           f"- NPMI table: {a.npmi}.")
+  if a.max_test_examples:
+    L.append(f"- Test sets subsampled to {a.max_test_examples} rows: an MCC then has a "
+             "standard error near 0.04-0.06, so single cells say little; the paired test "
+             "pools them.")
+  L.append("- Prom-300 is scored on the GUE prom_300_all test split, a proxy with different "
+           "negatives; Splice-40's \"N-shot\" files hold 10·N rows per class.")
+  L.append("- The replicates share the corpus, the NPMI table and the few-shot train files "
+           "(one draw per shot exists): the spread covers pretraining seeds and few-shot "
+           "seeds only.")
   L.append("")
-  L.append("Rule: a difference of means counts only if |mean diff| > 2 × pooled std, "
-           "pooled = sqrt((s₁² + s₂²)/2) over the seeds of each cell (sample stds). With "
-           f"{a.seeds} seeds this is a rough screen, not a significance test; every model is "
-           "scored on the same fixed test subset, so test-sampling noise is not in the "
-           "spread.")
-  L.append("")
-  pairs = [("genemask", "dnabert"), ("genemask", "genemask_position"), ("genemask", "bert"),
-           ("dnabert", "bert"), ("genemask", RANDOM), ("dnabert", RANDOM),
-           ("genemask_position", RANDOM), ("bert", RANDOM)]
-  L.append("| comparison (MCC) | cells | exceed, first better | exceed, second better | within spread |")
-  L.append("|---|---|---|---|---|")
-  details = []
-  for x, y in pairs:
-    if x not in models or y not in models:
-      continue
-    c = compare(summary, x, y, "mcc")
-    up = [r for r in c if r["exceeds"] and r["diff"] > 0]
-    down = [r for r in c if r["exceeds"] and r["diff"] < 0]
-    cells = lambda rs: ", ".join(f"{r['task']}@{r['shot']} ({r['diff']:+.3f})" for r in rs) or "none"
-    L.append(f"| {LABELS[x]} vs {LABELS[y]} | {len(c)} | {len(up)} | {len(down)} | "
-             f"{len(c) - len(up) - len(down)} |")
-    details.append(f"- {LABELS[x]} vs {LABELS[y]}: first better in {cells(up)}; second "
-                   f"better in {cells(down)}.")
-  L.append("")
-  L += details
-  L.append("")
-  L.append("(Prom-300 cells are on the GUE proxy test set.)")
-  L.append("")
-
-  if probe_keys:
-    plot_training({n: logs[n] for n in VARIANTS if logs[n]}, probe_keys,
-                  figs / "probe_vs_step.png")
-    L.append("## In-training probe: (a) GeneMask vs (c) DNABERT against pretraining steps")
-    L.append("")
-    L.append("The step at which each run first reaches a given few-shot score is the measured "
-             "form of the paper's \"under a tenth of the epochs\" claim. Threshold = 90% of "
-             "the lower of the two runs' best probe MCC (so both reach it).")
-    L.append("")
-    L.append("| probe | (a) best MCC | (c) best MCC | threshold | (a) first step | (c) first step |")
-    L.append("|---|---|---|---|---|---|")
-    for key in probe_keys:
-      pa, pc = series(logs["genemask"], key), series(logs["dnabert"], key)
-      if not pa or not pc:
-        continue
-      ba, bc = max(v for _, v in pa), max(v for _, v in pc)
-      thr = 0.9 * min(ba, bc)
-      L.append(f"| {key.removeprefix('fewshot/')} | {ba:.3f} | {bc:.3f} | {thr:.3f} | "
-               f"{first_step_reaching(pa, thr)} | {first_step_reaching(pc, thr)} |")
-    L.append("")
-    L.append("Probe values per step (MCC), (a) / (c):")
-    L.append("")
-    steps = sorted({s for key in probe_keys for n in ("genemask", "dnabert")
-                    for s, _ in series(logs[n], key)})
-    L.append("| step | " + " | ".join(k.removeprefix("fewshot/") + " (a) / (c)"
-                                       for k in probe_keys) + " |")
-    L.append("|---|" + "---|" * len(probe_keys))
-    for s in steps:
-      cells = []
-      for key in probe_keys:
-        da, dc = dict(series(logs["genemask"], key)), dict(series(logs["dnabert"], key))
-        cells.append(f"{da.get(s, float('nan')):.3f} / {dc.get(s, float('nan')):.3f}")
-      L.append(f"| {s} | " + " | ".join(cells) + " |")
-    L.append("")
-    L.append("Each probe point is one linear probe on one fixed train file (no seed spread "
-             "is measured for it); read small differences as noise.")
-    L.append("")
-    L.append("![probe vs step](figures/probe_vs_step.png)")
-    L.append("")
-  final = []
-  for n in VARIANTS:
-    ev = series(logs[n], "eval/loss")
-    if ev:
-      final.append(f"{LABELS[n]} {ev[-1][1]:.3f}")
-  if final:
-    L.append("Final held-out MLM loss (each on its own masking, so not comparable across "
-             "variants as a quality measure): " + "; ".join(final) + ".")
-    L.append("")
-  L.append("## Reproduce")
-  L.append("")
-  L.append("Size run here:")
-  L.append("")
-  L.append("```bash")
-  L.append(f"GENEMASK_DATA_DIR=../shared/data {command}")
-  L.append("```")
-  L.append("")
-  pre = sum(v["seconds"] for k, v in timings.items() if k.startswith("pretrain/"))
-  ev = sum(v["seconds"] for k, v in timings.items() if k.startswith("fewshot/"))
-  L.append(f"This run's stages took {pre / 60:.0f} min of pretraining and {ev / 60:.0f} min of "
-           f"few-shot evaluation, {(pre + ev) / 60:.0f} min together (wall, on a machine shared "
-           "with other work; the issue's budget is about 2 hours of CPU). A larger run (more steps, seeds and "
-           "test rows; resumable, rerun the same command after a crash) — by the stage times "
-           f"above roughly {(pre * 2000 / max(a.steps, 1) + ev * 5 / a.seeds * 1.5) / 3600:.0f} "
-           "hours here (pretraining scales with steps, evaluation with seeds and, partly, test "
-           "rows; an estimate, not a measurement):")
-  L.append("")
-  L.append("```bash")
-  L.append("GENEMASK_DATA_DIR=../shared/data python benchmarks/study.py --steps=2000 "
-           "--seeds=5 --max_test_examples=2000 --workdir=/tmp/genemask_study_full")
-  L.append("```")
-  L.append("")
-  L.append("`--mode=finetune` runs Script-B fine-tuning instead of the linear probe (hours "
-           "to days on this CPU; meant for an accelerator).")
-  out = docs / "results.md"
+  L += ["## Reproduce", "", "```bash", f"GENEMASK_DATA_DIR=../shared/data {command}", "```",
+        ""]
+  out = docs / report_name(a)
   out.write_text("\n".join(L) + "\n", encoding="utf-8")
+  data = {"command": command, "rows": rows, "masking": plan, "timings": timings,
+          "paired_tests": [{"mode": m, "a": x, "b": y, **t} for m, x, y, t in tests],
+          "constant_runs": constant,
+          "eval_loss": {f"{arm}_s{s}": st.series(st.read_log(pretrain_dir(a, arm, s)),
+                                                   "eval/loss")
+                        for arm in ARMS for s in range(a.pretrain_seeds)}}
+  (docs / f"study_data{suffix}.json").write_text(json.dumps(data, indent=1), encoding="utf-8")
   return out
 
 
 def main(argv: Sequence[str]) -> None:
   a = parse_args(argv)
+  if a.pack:
+    pack(a)
+    return
   command = "python benchmarks/study.py " + " ".join(
       shlex.quote(x) for x in argv
-      if not x.startswith(("--data_dir", "--report_only", "--docs_dir")))
+      if not x.startswith(("--data_dir", "--report_only", "--docs_dir", "--workdir")))
   timings = {}
   if not a.report_only:
-    _log(f"study in {a.workdir}: {a.steps} steps x {a.batch_size} x {a.max_len}, "
-         f"{a.mode}, {a.seeds} seeds; load average {os.getloadavg()}")
+    _log(f"study ({a.budget}) in {a.workdir}: arms {a.arms}, {a.pretrain_seeds} seeds, "
+         f"{a.steps} x {a.batch_size} x {a.max_len}, modes {a.modes}; load {os.getloadavg()}")
     timings = run_study(a)
   else:
     p = pathlib.Path(a.workdir) / "timings.json"

@@ -57,6 +57,9 @@ def _base() -> ml_collections.ConfigDict:
   c.masking.strategy = "genemask"
   c.masking.p = config_dict.placeholder(float)  # None: 0.0176 / 0.025 / 0.15 by strategy.
   c.masking.rank_source = "content"  # "position" reproduces the authors' released code.
+  # The released code's defaultdict(int) table: special ids rank 0 (best); with "position"
+  # positions 1-4 win their windows. The ":position" preset turns it on (authors' HEAD).
+  c.masking.specials_rank_zero = False
   c.masking.random_over = "kmers"  # "vocab" reproduces the released code.
   c.masking.all_high_if_few = True
   # Fixed-size MLM targets per sequence (BERT's layout). GeneMask masks 15% on average but
@@ -161,6 +164,7 @@ def _apply(c: ml_collections.ConfigDict, preset: str) -> None:
     c.masking.strategy = preset
   elif preset == "position":
     c.masking.rank_source = "position"
+    c.masking.specials_rank_zero = True
     c.masking.random_over = "vocab"
   elif preset == "authors_npmi":
     c.npmi.source = "authors"  # The authors' published table, from GENEMASK_DATA_DIR.

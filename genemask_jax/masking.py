@@ -26,7 +26,13 @@ GeneMask (Roy et al. 2023, the authors' released code with its quirks behind fla
 
 ``rank_source="content"`` (default) ranks the token at a position; ``"position"`` reproduces
 the released code, which looks up the rank of the vocabulary entry whose id equals the
-position. Baselines with the same interface: ``"dnabert"`` (centres with p = 0.025, each
+position. ``specials_rank_zero=True`` adds the released code's ``defaultdict(int)`` table:
+the special ids 0-4 have no NPMI entry and so rank 0, better than every k-mer (rank >= 1).
+With ``"position"`` this makes positions 1-4 the best token of any window holding them; with
+``"content"`` it only touches ``[UNK]`` tokens. ``rank_source="position",
+specials_rank_zero=True, random_over="vocab"`` (the ``:position`` config preset) is the
+authors' repository HEAD; their first public release (July 2023) also placed every
+11-token span on the last centre, which no option here reproduces. Baselines with the same interface: ``"dnabert"`` (centres with p = 0.025, each
 masking its 6-token window) and ``"bert"`` (each token independently with p = 0.15).
 
 Randomness: one 32-bit word per position gives two 16-bit uniforms (centre and 80/10/10
@@ -66,8 +72,8 @@ _COMMON_DEFAULTS = {"random_over": "kmers", "mask_prob": 0.8, "random_prob": 0.1
 _SPAN_DEFAULTS = {"span_before": 2, "span_after": 3}
 DEFAULTS: dict[str, dict[str, Any]] = {
     "genemask": {
-        "p": 0.0176, "rank_source": "content", "all_high_if_few": True, "few_threshold": 8,
-        "high_radius": 5, **_SPAN_DEFAULTS, **_COMMON_DEFAULTS},
+        "p": 0.0176, "rank_source": "content", "specials_rank_zero": False,
+        "all_high_if_few": True, "few_threshold": 8, "high_radius": 5, **_SPAN_DEFAULTS, **_COMMON_DEFAULTS},
     "dnabert": {"p": 0.025, **_SPAN_DEFAULTS, **_COMMON_DEFAULTS},
     "bert": {"p": 0.15, **_COMMON_DEFAULTS},
 }
@@ -103,6 +109,7 @@ class _Config:
   mask_prob: float
   random_prob: float
   rank_source: str = "content"
+  specials_rank_zero: bool = False
   all_high_if_few: bool = True
   few_threshold: int = 8
   span_before: int = 2
@@ -143,10 +150,11 @@ def _resolve(strategy: str, options: dict[str, Any]) -> _Config:
       v = opts[name]
       if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
         raise ValueError(f"option {name} must be a non-negative integer, got {v!r}")
-  if "all_high_if_few" in opts and not isinstance(opts["all_high_if_few"], (bool, np.bool_)):
-    raise ValueError(f"option all_high_if_few must be a bool, got {opts['all_high_if_few']!r}")
+  for name in ("all_high_if_few", "specials_rank_zero"):
+    if name in opts and not isinstance(opts[name], (bool, np.bool_)):
+      raise ValueError(f"option {name} must be a bool, got {opts[name]!r}")
   opts = {k: (float(v) if k in ("p", "mask_prob", "random_prob") else
-              bool(v) if k == "all_high_if_few" else
+              bool(v) if k in ("all_high_if_few", "specials_rank_zero") else
               int(v) if isinstance(v, (int, np.integer)) else v)
           for k, v in opts.items()}
   return _Config(strategy=strategy, **opts)
@@ -278,11 +286,12 @@ def _span_mask(ids: jax.Array, npmi_rank: jax.Array, centres: jax.Array, cfg: _C
   bits = (worst << shift).bit_length()
   if bits > 30:
     raise ValueError(f"sequence length {length} too long for int32 rank keys")
-  if cfg.rank_source == "content":
-    rank = npmi_rank[jnp.clip(ids, 0, vocab - 1)]
-  else:
-    rank = npmi_rank[:length]
-  rank = jnp.where(eligible, jnp.clip(rank, 1, vocab), worst).astype(jnp.int32)
+  looked_up = jnp.clip(ids, 0, vocab - 1) if cfg.rank_source == "content" else lax.iota(
+      jnp.int32, length)
+  rank = jnp.clip(npmi_rank[looked_up], 1, vocab)
+  if cfg.specials_rank_zero:  # The released code's defaultdict(int): no entry = rank 0.
+    rank = jnp.where(looked_up < NUM_SPECIAL, 0, rank)
+  rank = jnp.where(eligible, rank, worst).astype(jnp.int32)
   pos = lax.iota(jnp.int32, length)
   key = (rank << shift) | pos
   win_min = lax.reduce_window(key, jnp.int32(2**31 - 1), lax.min, (before + after + 1,), (1,),
@@ -458,7 +467,7 @@ def mask_batch(key: jax.Array, ids: jax.Array, npmi_rank: jax.Array,
     strategy: "genemask" (default), "dnabert" or "bert".
     max_predictions: P, the number of fixed-size prediction slots; None means P = L.
     **options: overrides of the strategy's DEFAULTS: p, rank_source ("content" |
-      "position"), all_high_if_few, few_threshold, span_before, span_after, high_radius,
+      "position"), specials_rank_zero, all_high_if_few, few_threshold, span_before, span_after, high_radius,
       random_over ("kmers" | "vocab"), mask_prob, random_prob.
 
   Returns:

@@ -541,7 +541,8 @@ def masking_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
   if m.p is not None:
     opts["p"] = m.p
   if m.strategy == "genemask":
-    opts.update(rank_source=m.rank_source, all_high_if_few=m.all_high_if_few)
+    opts.update(rank_source=m.rank_source, all_high_if_few=m.all_high_if_few,
+                specials_rank_zero=bool(m.get("specials_rank_zero", False)))
   return opts
 
 

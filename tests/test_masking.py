@@ -296,3 +296,35 @@ def test_bad_ids_and_shapes():
   bad[:, 1:507] = VOCAB + 5
   mb = jax.jit(masking.make_mask_fn(rank, "bert", p=0.5))(key, jnp.asarray(bad))
   assert int(mb.num_masked.sum()) == 0
+
+
+def test_position_specials_rank_zero_is_the_authors_defaultdict():
+  """specials_rank_zero: the released code's defaultdict(int) gives ids 0-4 rank 0, so in
+  position mode positions 1-4 are the best tokens of their windows (the oracle given that
+  table agrees), and a centre near the start spreads its 11-token span around them."""
+  rng = np.random.default_rng(15)
+  opts = {"rank_source": "position", "specials_rank_zero": True}
+  for b in range(40):
+    ids = _random_ids(rng, 8, 64, full=b % 2 == 0)
+    rank = _random_rank(rng, ties=b % 3 == 0)
+    centres = rng.random(ids.shape) < rng.choice([0.02, 0.1, 0.3])
+    got = np.asarray(masking.spans_from_centres(ids, rank, centres, "genemask", **opts))
+    authors = rank.copy()
+    authors[:tokenizer.NUM_SPECIAL] = 0  # defaultdict(int): no entry -> 0.
+    for row in range(ids.shape[0]):
+      want = oracle.spans_from_centres(ids[row].tolist(), authors.tolist(),
+                                       centres[row].tolist(), "genemask", rank_source="position")
+      np.testing.assert_array_equal(got[row], want, err_msg=f"batch {b} row {row}")
+  # One centre at position 6: window 4..9; position 4 (rank 0) wins over every k-mer, so the
+  # high span is [0, 9] -> eligible 1..9; without the option the best k-mer rank decides.
+  ids = _kmer_batch(rng, 1, kmers=62, length=64)
+  rank = np.full(VOCAB, VOCAB, np.int32)
+  rank[tokenizer.NUM_SPECIAL:] = np.arange(VOCAB - tokenizer.NUM_SPECIAL) + 2
+  rank[9] = 1  # Position 9 is the best k-mer position in the window (rank 1, unique).
+  centres = np.zeros_like(ids, bool)
+  centres[0, 6] = True
+  with_zero = np.asarray(masking.spans_from_centres(ids, rank, centres, "genemask", **opts))[0]
+  without = np.asarray(masking.spans_from_centres(ids, rank, centres, "genemask",
+                                                  rank_source="position"))[0]
+  assert np.flatnonzero(with_zero).tolist() == list(range(1, 10))
+  assert np.flatnonzero(without).tolist() == list(range(4, 15))
