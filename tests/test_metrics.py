@@ -109,3 +109,32 @@ def test_macro_averages_over_the_classes_scikit_learn_uses(absent_from):
                                rtol=1e-12, err_msg=k)
   np.testing.assert_allclose(ours["mcc"], skm.matthews_corrcoef(y, pred), rtol=1e-12)
   np.testing.assert_allclose(ours["accuracy"], skm.accuracy_score(y, pred), rtol=1e-12)
+
+
+def test_edge_cases_a_small_test_set_produces():
+  # Few-shot test sets can be tiny or lopsided; each case here once scored differently
+  # from scikit-learn under a one-character change of the metrics code (mutmut, #21).
+  rng = np.random.default_rng(5)
+  # Exactly one positive, then exactly one negative row: the AUC is defined.
+  for y in (np.r_[1, np.zeros(9, int)], np.r_[0, np.ones(9, int)]):
+    probs = _random_probs(rng, 10, 2)
+    ours = finetune.classification_metrics(y, probs)
+    np.testing.assert_allclose(ours["roc_auc"], skm.roc_auc_score(y, probs[:, 1]), rtol=1e-12)
+  # A class with exactly one row, predicted right (precision = recall = 1 for it), and a
+  # class predicted exactly once without being true.
+  y = np.array([0, 0, 0, 1, 1, 2, 0, 1])
+  pred = np.array([0, 3, 0, 1, 0, 2, 0, 1])
+  probs = np.eye(4)[pred] * 0.7 + 0.075
+  ours = finetune.classification_metrics(y, probs)
+  for k, fn in (("f1", skm.f1_score), ("precision", skm.precision_score),
+                ("recall", skm.recall_score)):
+    np.testing.assert_allclose(ours[k], fn(y, pred, average="macro", zero_division=0),
+                               rtol=1e-12, err_msg=k)
+  # One class only in y_true: MCC is 0 (zero denominator) and the AUC undefined (nan).
+  y = np.zeros(6, int)
+  probs = _random_probs(rng, 6, 2)
+  ours = finetune.classification_metrics(y, probs)
+  assert ours["mcc"] == skm.matthews_corrcoef(y, probs.argmax(1)) == 0.0
+  assert np.isnan(ours["roc_auc"])
+  # A single row.
+  assert finetune.classification_metrics(np.array([1]), np.array([[0.2, 0.8]]))["accuracy"] == 1.0
