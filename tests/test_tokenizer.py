@@ -118,3 +118,18 @@ def test_boundaries_and_decode_checks_mutmut_found_unguarded():
   assert tk.pack([ids], len(ids) + 2)[0, -1] == tk.SEP_ID
   with pytest.raises(tk.TokenizerError, match="at least 3"):
     tk.pack([ids[:1]], 2)
+
+
+def test_defaults_and_input_types(tmp_path):
+  assert tk.vocab_size() == 4101 and len(tk.vocab()) == 4101
+  tk.write_vocab(tmp_path / "vocab.txt")
+  assert (tmp_path / "vocab.txt").read_text(encoding="ascii").splitlines() == tk.vocab(6)
+  assert tk.decode(tk.encode("ACGTACG")) == "ACGTACG"  # k = 6 both ways by default.
+  # Non-ASCII letters are unknown bases (UNK windows), not an encoding error.
+  ids = tk.encode("ACGTAC\u00c4ACGTAC")
+  assert ids.tolist() == [tk.kmer_to_id("ACGTAC")] + [tk.UNK_ID] * 6 + [
+      tk.kmer_to_id("ACGTAC")]
+  # A base array must hold uint8 ASCII codes.
+  assert tk.encode(np.frombuffer(b"ACGTAC", np.uint8)).tolist() == [tk.kmer_to_id("ACGTAC")]
+  with pytest.raises(tk.TokenizerError, match="must be uint8 ASCII codes, got int64"):
+    tk.encode(np.arange(8))
