@@ -10,8 +10,10 @@ weight normalisation or the model's masked-positions path.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import NamedTuple
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -45,7 +47,7 @@ def _grad_recorder() -> optax.GradientTransformation:
 
 @pytest.fixture(scope="module")
 def setup():
-  params = MODEL.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
+  params = nn.unbox(MODEL.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"])
   params = jax.tree.map(np.asarray, params)
   rng = np.random.default_rng(0)
   length, slots = 16, 5
@@ -75,21 +77,23 @@ def setup():
   return params, ids, _Masks(masked_ids, positions, labels, weights)
 
 
-def _reference(params, masks: _Masks):
+def _reference(params, masks: _Masks, token_type_ids=None, model=MODEL):
   """(mean loss, grads, accuracy, count) over the real slots, written out by hand."""
   real = [(b, int(masks.masked_lm_positions[b, s]), int(masks.masked_lm_ids[b, s]))
           for b in range(masks.masked_lm_weights.shape[0])
           for s in range(masks.masked_lm_weights.shape[1]) if masks.masked_lm_weights[b, s]]
 
   def mean_loss(p):
-    logits = MODEL.apply({"params": p}, jnp.asarray(masks.masked_ids))  # (B, L, V)
+    logits = model.apply({"params": p}, jnp.asarray(masks.masked_ids),
+                         token_type_ids=token_type_ids)  # (B, L, V), deterministic
     total = 0.0
     for b, pos, label in real:
       total -= jax.nn.log_softmax(logits[b, pos])[label]
     return total / len(real)
 
   loss, grads = jax.value_and_grad(mean_loss)(params)
-  logits = np.asarray(MODEL.apply({"params": params}, masks.masked_ids))
+  logits = np.asarray(model.apply({"params": params}, masks.masked_ids,
+                                  token_type_ids=token_type_ids))
   accuracy = np.mean([logits[b, pos].argmax() == label for b, pos, label in real])
   return float(loss), grads, float(accuracy), len(real)
 
@@ -124,5 +128,30 @@ def test_eval_step_sums_over_real_slots_only(setup):
       "masked_lm_ids": masks.masked_lm_ids, "masked_lm_weights": masks.masked_lm_weights})
   loss, _, accuracy, count = _reference(params, masks)
   assert float(sums["weight_sum"]) == count
+  np.testing.assert_allclose(sums["loss_sum"] / sums["weight_sum"], loss, rtol=1e-5)
+  np.testing.assert_allclose(sums["correct"] / sums["weight_sum"], accuracy, rtol=1e-6)
+
+
+def test_token_types_reach_the_model_and_eval_is_deterministic(setup):
+  params, ids, masks = setup
+  types = np.zeros_like(ids)
+  types[:, ids.shape[1] // 2:] = 1
+  loss, grads, accuracy, _ = _reference(params, masks, types)
+  step = train_step.make_mlm_train_step(MODEL, _grad_recorder(), lambda key, x: masks)
+  new_state, metrics = jax.jit(step)(train_step.init_train_state(params, _grad_recorder()),
+                                     {"input_ids": ids, "token_type_ids": types},
+                                     jax.random.key(1))
+  np.testing.assert_allclose(metrics["loss"], loss, rtol=1e-5)
+  scale = max(float(np.abs(g).max()) for g in jax.tree.leaves(grads))
+  np.testing.assert_allclose(new_state.opt_state["bert"]["embeddings"]["token_type_embeddings"]
+                             ["embedding"], grads["bert"]["embeddings"]["token_type_embeddings"]
+                             ["embedding"], rtol=1e-3, atol=1e-5 * scale)
+  # Evaluation of a model with dropout runs it deterministically (no dropout rng needed).
+  dropout_model = model_lib.BertForMaskedLM(dataclasses.replace(
+      CFG, dropout_rate=0.3, attention_dropout_rate=0.3))
+  sums = jax.jit(train_step.make_mlm_eval_step(dropout_model))(params, {
+      "input_ids": masks.masked_ids, "token_type_ids": types,
+      "masked_lm_positions": masks.masked_lm_positions, "masked_lm_ids": masks.masked_lm_ids,
+      "masked_lm_weights": masks.masked_lm_weights})
   np.testing.assert_allclose(sums["loss_sum"] / sums["weight_sum"], loss, rtol=1e-5)
   np.testing.assert_allclose(sums["correct"] / sums["weight_sum"], accuracy, rtol=1e-6)
