@@ -406,7 +406,8 @@ def test_lookup_shape_and_dtype_checks_and_count_inputs(tmp_path):
   # non-ASCII letter counts like the bytes with that letter unknown.
   a = npmi.count_sequences(["ACGTACGTAA\u00c4CGTTGCA"])
   b = npmi.count_sequences([b"ACGTACGTAA?CGTTGCA"], 6)
-  assert a.k == 6 and all(np.array_equal(x, y) for x, y in zip(a.counts, b.counts))
+  assert a.k == 6 and a.letters == b.letters == 18
+  assert all(np.array_equal(x, y) for x, y in zip(a.counts, b.counts))
 
   def save(name, rank, score):
     np.savez(tmp_path / name, rank=rank, score=score)
