@@ -133,3 +133,14 @@ def test_defaults_and_input_types(tmp_path):
   assert tk.encode(np.frombuffer(b"ACGTAC", np.uint8)).tolist() == [tk.kmer_to_id("ACGTAC")]
   with pytest.raises(tk.TokenizerError, match="must be uint8 ASCII codes, got int64"):
     tk.encode(np.arange(8))
+
+
+def test_kmer_text_of_another_k_and_a_later_gap():
+  # encode_kmer_text passes its k on both ways (mutmut survivors, #21).
+  assert tk.encode_kmer_text("ACGT CGTA", 4).tolist() == tk.encode("ACGTA", 4).tolist()
+  with pytest.raises(tk.TokenizerError, match="is not 4 letters long"):
+    tk.encode_kmer_text("ACG CGT", 4)
+  # The first gap is reported where it is, not where the first k-mer stops matching.
+  ids = tk.encode("ACGTTGCAAGCTTAGC")
+  with pytest.raises(tk.TokenizerError, match="k-mers 3 and 4 do not overlap"):
+    tk.decode(np.r_[ids[:4], ids[5:]])
