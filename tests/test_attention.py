@@ -253,3 +253,14 @@ def test_model_implementations_agree_and_last_layer_shortcut_is_exact(impl):
                                         deterministic=False,
                                         rngs={"dropout": jax.random.key(1)}).sum())(params)
   assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grad))
+
+
+def test_defaults_are_exact_attention_without_dropout():
+  # Called with defaults only, the dispatcher is plain attention (mutmut, #21: the model
+  # always passes both options, so no test reached the defaults).
+  rng = np.random.default_rng(3)
+  q, k, v = (jnp.asarray(rng.normal(size=(2, 16, 2, 8)), jnp.float32) for _ in range(3))
+  mask = jnp.asarray(np.arange(16)[None, :] < np.array([[16], [9]]))
+  np.testing.assert_allclose(attention.dot_product_attention(q, k, v, mask),
+                             attention.reference_attention(q, k, v, mask),
+                             rtol=1e-5, atol=1e-6)

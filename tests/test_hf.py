@@ -435,3 +435,94 @@ def test_fewshot_binary_evaluates_an_hf_directory(tmp_path, data_dir):
   assert r.returncode == 0, r.stderr[-3000:]
   csv_text = (out / "results.csv").read_text()
   assert "\nhf,splice_40,10,0," in csv_text
+
+
+# ------------------------------------------------------------------- numpy reference BERT
+# HF's BERT written out in float64 numpy from a state dict in torch's layout (a Linear's
+# weight is (out, in): y = x W^T + b). It needs neither torch nor our model code, so the
+# import and export conventions (e.g. whether the Q/K/V kernels are transposed, which a
+# round trip cannot see) are checked on every install, not only with the `hf` extra.
+
+
+def _np_linear(sd, name, x):
+  return x @ sd[name + ".weight"].T + sd[name + ".bias"]
+
+
+def _np_layer_norm(sd, name, x, eps):
+  mu = x.mean(-1, keepdims=True)
+  var = ((x - mu) ** 2).mean(-1, keepdims=True)
+  return (x - mu) / np.sqrt(var + eps) * sd[name + ".weight"] + sd[name + ".bias"]
+
+
+def _np_gelu(x):
+  from scipy import special  # pylint: disable=g-import-not-at-top
+  return 0.5 * x * (1.0 + special.erf(x / np.sqrt(2.0)))
+
+
+def _numpy_bert(state: dict, config: dict, ids: np.ndarray) -> np.ndarray:
+  """Logits of HF ``BertForMaskedLM`` (or, with a ``classifier``, of
+  ``BertForSequenceClassification``) for ids (B, L), attention mask ids != [PAD]."""
+  sd = {k: np.asarray(v, np.float64) for k, v in state.items()}
+  e, n = config["hidden_size"], config["num_attention_heads"]
+  d, eps = e // n, config["layer_norm_eps"]
+  b, length = ids.shape
+  x = (sd["bert.embeddings.word_embeddings.weight"][ids]
+       + sd["bert.embeddings.position_embeddings.weight"][:length]
+       + sd["bert.embeddings.token_type_embeddings.weight"][0])
+  x = _np_layer_norm(sd, "bert.embeddings.LayerNorm", x, eps)
+  key_bias = np.where(ids != tokenizer.PAD_ID, 0.0, -1e30)[:, None, None, :]  # (B, 1, 1, L)
+
+  def heads(t):  # (B, L, E) -> (B, N, L, D)
+    return t.reshape(b, length, n, d).transpose(0, 2, 1, 3)
+
+  for i in range(config["num_hidden_layers"]):
+    p = f"bert.encoder.layer.{i}."
+    q, k, v = (heads(_np_linear(sd, p + "attention.self." + w, x))
+               for w in ("query", "key", "value"))
+    scores = q @ k.transpose(0, 1, 3, 2) / np.sqrt(d) + key_bias
+    probs = np.exp(scores - scores.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    ctx = (probs @ v).transpose(0, 2, 1, 3).reshape(b, length, e)
+    x = _np_layer_norm(sd, p + "attention.output.LayerNorm",
+                       _np_linear(sd, p + "attention.output.dense", ctx) + x, eps)
+    h = _np_gelu(_np_linear(sd, p + "intermediate.dense", x))
+    x = _np_layer_norm(sd, p + "output.LayerNorm", _np_linear(sd, p + "output.dense", h) + x,
+                       eps)
+  if "classifier.weight" in sd:
+    pooled = np.tanh(_np_linear(sd, "bert.pooler.dense", x[:, 0]))
+    return _np_linear(sd, "classifier", pooled)
+  h = _np_gelu(_np_linear(sd, "cls.predictions.transform.dense", x))
+  h = _np_layer_norm(sd, "cls.predictions.transform.LayerNorm", h, eps)
+  return h @ sd["bert.embeddings.word_embeddings.weight"].T + sd["cls.predictions.bias"]
+
+
+@pytest.mark.parametrize("num_labels", [None, 3])
+def test_import_logits_equal_a_numpy_bert(tmp_path, num_labels):
+  # An HF directory of fresh random tensors (only the names and shapes come from our
+  # exporter), read by the importer, must give the numpy model's logits.
+  module = (model_lib.BertForMaskedLM(OUR_SMALL) if num_labels is None else
+            model_lib.BertForSequenceClassification(OUR_SMALL, num_labels=num_labels))
+  template = hf.params_to_state_dict(_our_params(module, seed=0), OUR_SMALL)
+  rng = np.random.default_rng(20)
+  state = {k: ((1.0 if "LayerNorm.weight" in k else 0.0)
+               + rng.normal(0, 0.2, v.shape)).astype(np.float32) for k, v in template.items()}
+  d = _write_hf_dir(tmp_path / "hf", state, OUR_SMALL)
+  config = json.loads((d / "config.json").read_text())
+  ckpt = hf.load_hf_checkpoint(d)
+  params = hf.mlm_params(ckpt) if num_labels is None else hf.classification_params(ckpt)
+  ids = _ids(seed=21)
+  ours = _apply(module, params, ids)
+  np.testing.assert_allclose(ours, _numpy_bert(state, config, ids), atol=TOL, rtol=1e-5)
+
+
+@pytest.mark.parametrize("num_labels", [None, 3])
+def test_export_logits_equal_a_numpy_bert(tmp_path, num_labels):
+  module = (model_lib.BertForMaskedLM(OUR_SMALL) if num_labels is None else
+            model_lib.BertForSequenceClassification(OUR_SMALL, num_labels=num_labels))
+  params = _our_params(module, seed=22)
+  out = hf.export_params(params, OUR_SMALL, tmp_path / "export")
+  state = hf.read_safetensors(out / hf.SAFETENSORS_NAME)
+  config = json.loads((out / "config.json").read_text())
+  ids = _ids(seed=23)
+  np.testing.assert_allclose(_numpy_bert(state, config, ids), _apply(module, params, ids),
+                             atol=TOL, rtol=1e-5)

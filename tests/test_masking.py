@@ -328,3 +328,59 @@ def test_position_specials_rank_zero_is_the_authors_defaultdict():
                                                   rank_source="position"))[0]
   assert np.flatnonzero(with_zero).tolist() == list(range(1, 10))
   assert np.flatnonzero(without).tolist() == list(range(4, 15))
+
+
+# ---------------------------------------------------------------------------------------
+# Random replacement tokens: independent of the original token, every candidate drawn.
+
+
+def _random_replacements(random_over: str) -> tuple[np.ndarray, np.ndarray]:
+  """(original, replacement) ids of ~130k masked k-mers, every one randomly replaced."""
+  rng = np.random.default_rng(11)
+  ids = _kmer_batch(rng, 64)
+  rank = _random_rank(rng)
+  orig, repl = [], []
+  for k in range(4):
+    m = masking.mask_batch(jax.random.key(100 + k), ids, rank, "bert", p=0.999,
+                           mask_prob=0.0, random_prob=1.0, random_over=random_over)
+    masked = np.asarray(m.labels) != tokenizer.IGNORE_LABEL
+    orig.append(ids[masked])
+    repl.append(np.asarray(m.masked_ids)[masked])
+  return np.concatenate(orig), np.concatenate(repl)
+
+
+def test_random_replacement_is_independent_of_the_original_token():
+  from scipy import stats  # pylint: disable=g-import-not-at-top
+  orig, repl = _random_replacements("kmers")
+  assert len(orig) > 120_000
+  a, b = orig - tokenizer.NUM_SPECIAL, repl - tokenizer.NUM_SPECIAL
+  # Fixed keys, so these p-values are fixed numbers: a replacement that depends on the
+  # original (the next k-mer, a shifted or mirrored one) drives them to ~0.
+  for name, fa, fb in (("first two bases", a // 256, b // 256),
+                       ("last two bases", a % 16, b % 16)):
+    table = np.zeros((16, 16))
+    np.add.at(table, (fa, fb), 1)
+    p = stats.chi2_contingency(table).pvalue
+    assert p > 1e-4, f"{name} of the replacement depend on the original's (p = {p:.2g})"
+  # The offset (replacement - original) mod 4096 of an independent uniform draw is uniform.
+  offset_bins = np.bincount(((b - a) % 4096) // 64, minlength=64)
+  p = stats.chisquare(offset_bins).pvalue
+  assert p > 1e-4, f"replacement - original is not uniform (p = {p:.2g})"
+  assert np.mean(repl == orig) < 5 / 4096
+
+
+def test_random_replacement_draws_every_kmer_uniformly():
+  from scipy import stats  # pylint: disable=g-import-not-at-top
+  _, repl = _random_replacements("kmers")
+  counts = np.bincount(repl, minlength=VOCAB)
+  assert not counts[:tokenizer.NUM_SPECIAL].any()  # Specials are never drawn.
+  missing = np.flatnonzero(counts[tokenizer.NUM_SPECIAL:] == 0) + tokenizer.NUM_SPECIAL
+  assert not missing.size, f"k-mer ids never drawn: {missing[:10]} (last is {VOCAB - 1})"
+  p = stats.chisquare(counts[tokenizer.NUM_SPECIAL:]).pvalue
+  assert p > 1e-4, f"k-mer draws are not uniform (p = {p:.2g})"
+
+
+def test_random_replacement_over_vocab_draws_every_id():
+  _, repl = _random_replacements("vocab")
+  counts = np.bincount(repl, minlength=VOCAB)
+  assert len(counts) == VOCAB and counts.min() > 0, np.flatnonzero(counts == 0)

@@ -83,3 +83,58 @@ def test_perfect_and_inverted_binary_predictions():
 def test_bad_shapes_raise():
   with pytest.raises(ValueError, match="probs must be"):
     finetune.classification_metrics(np.zeros(3, int), np.zeros((4, 2)))
+
+
+@pytest.mark.parametrize("absent_from", ["both", "y_true", "y_pred"])
+def test_macro_averages_over_the_classes_scikit_learn_uses(absent_from):
+  # Four classes; class 3 never occurs in y_true and never wins the argmax: scikit-learn
+  # averages over the labels present in y_true or y_pred only (here 0, 1, 2, or 0..3 when
+  # class 3 is in one of them), so a class absent from both must not pull the mean down.
+  rng = np.random.default_rng(3)
+  y = rng.integers(0, 3, 120)
+  probs = _random_probs(rng, 120, 4)
+  probs[:, 3] = 0.0
+  probs[np.arange(120), y] += rng.uniform(0, 1, 120)
+  if absent_from == "y_true":  # Class 3 predicted for a few rows, never true.
+    probs[:7, 3] = 10.0
+  elif absent_from == "y_pred":  # Class 3 true for a few rows, never predicted.
+    y[:7] = 3
+  probs /= probs.sum(1, keepdims=True)
+  pred = probs.argmax(1)
+  assert (3 in y) == (absent_from == "y_pred") and (3 in pred) == (absent_from == "y_true")
+  ours = finetune.classification_metrics(y, probs)
+  for k, fn in (("f1", skm.f1_score), ("precision", skm.precision_score),
+                ("recall", skm.recall_score)):
+    np.testing.assert_allclose(ours[k], fn(y, pred, average="macro", zero_division=0),
+                               rtol=1e-12, err_msg=k)
+  np.testing.assert_allclose(ours["mcc"], skm.matthews_corrcoef(y, pred), rtol=1e-12)
+  np.testing.assert_allclose(ours["accuracy"], skm.accuracy_score(y, pred), rtol=1e-12)
+
+
+def test_edge_cases_a_small_test_set_produces():
+  # Few-shot test sets can be tiny or lopsided; each case here once scored differently
+  # from scikit-learn under a one-character change of the metrics code (mutmut, #21).
+  rng = np.random.default_rng(5)
+  # Exactly one positive, then exactly one negative row: the AUC is defined.
+  for y in (np.r_[1, np.zeros(9, int)], np.r_[0, np.ones(9, int)]):
+    probs = _random_probs(rng, 10, 2)
+    ours = finetune.classification_metrics(y, probs)
+    np.testing.assert_allclose(ours["roc_auc"], skm.roc_auc_score(y, probs[:, 1]), rtol=1e-12)
+  # A class with exactly one row, predicted right (precision = recall = 1 for it), and a
+  # class predicted exactly once without being true.
+  y = np.array([0, 0, 0, 1, 1, 2, 0, 1])
+  pred = np.array([0, 3, 0, 1, 0, 2, 0, 1])
+  probs = np.eye(4)[pred] * 0.7 + 0.075
+  ours = finetune.classification_metrics(y, probs)
+  for k, fn in (("f1", skm.f1_score), ("precision", skm.precision_score),
+                ("recall", skm.recall_score)):
+    np.testing.assert_allclose(ours[k], fn(y, pred, average="macro", zero_division=0),
+                               rtol=1e-12, err_msg=k)
+  # One class only in y_true: MCC is 0 (zero denominator) and the AUC undefined (nan).
+  y = np.zeros(6, int)
+  probs = _random_probs(rng, 6, 2)
+  ours = finetune.classification_metrics(y, probs)
+  assert ours["mcc"] == skm.matthews_corrcoef(y, probs.argmax(1)) == 0.0
+  assert np.isnan(ours["roc_auc"])
+  # A single row.
+  assert finetune.classification_metrics(np.array([1]), np.array([[0.2, 0.8]]))["accuracy"] == 1.0

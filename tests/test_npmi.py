@@ -399,3 +399,33 @@ def test_plots_are_written_and_compare_reports_agreement(tmp_path):
       npmi.score_counts(npmi.count_sequences(["ACGTTGCA" * 40], k=4), min_count=1))
   with pytest.raises(npmi.NpmiError, match="different k"):
     npmi_plot.compare(ours, k4)
+
+
+def test_lookup_shape_and_dtype_checks_and_count_inputs(tmp_path):
+  # Found unguarded by mutmut (#21). count_sequences: k = 6 by default; a str with a
+  # non-ASCII letter counts like the bytes with that letter unknown.
+  a = npmi.count_sequences(["ACGTACGTAA\u00c4CGTTGCA"])
+  b = npmi.count_sequences([b"ACGTACGTAA?CGTTGCA"], 6)
+  assert a.k == 6 and a.letters == b.letters == 18
+  assert all(np.array_equal(x, y) for x, y in zip(a.counts, b.counts))
+
+  def save(name, rank, score):
+    np.savez(tmp_path / name, rank=rank, score=score)
+    return tmp_path / name
+
+  # The smallest and largest k load.
+  for k in (npmi.MIN_K, npmi.MAX_K):
+    n = 4**k + tokenizer.NUM_SPECIAL
+    path = save(f"k{k}.npz", np.arange(1, n + 1, dtype=np.int32), np.zeros(n, np.float32))
+    assert npmi.load_lookup(path).rank.shape == (n,)
+  ones, zeros = np.ones(4101, np.int32), np.zeros(4101, np.float32)
+  for name, rank, score, match in [
+      ("2d", np.ones((2, 4101), np.int32), np.zeros((2, 4101), np.float32), "must be 1-D"),
+      ("short_score", ones, zeros[:-1], "must be 1-D arrays of one length"),
+      ("length", ones[:-1], zeros[:-1], "length 4100 is not 4\\^k \\+ 5"),
+      ("float_rank", ones.astype(np.float32), zeros, "expected integer ranks"),
+      ("int_score", ones, zeros.astype(np.int32), "float scores")]:
+    path = save(name + ".npz", rank, score)
+    with pytest.raises(npmi.NpmiError, match=match) as e:
+      npmi.load_lookup(path)
+    assert str(path) in str(e.value)
