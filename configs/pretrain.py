@@ -33,6 +33,9 @@ def _base() -> ml_collections.ConfigDict:
   c.model.vocab_pad_multiple = 1
   # "auto": blockwise attention on CPU, jax.nn.dot_product_attention (fused) elsewhere.
   c.model.attention_impl = "auto"
+  # Recompute each encoder layer's activations in the backward pass: "none" | "full" |
+  # "dots" (keep the weight-matmul outputs). Trades compute for memory; same numbers.
+  c.model.remat = "none"
 
   # Corpus: FASTA files (empty = the human-genome sample embedded in the package), chunked
   # as the paper's data preparation did, built into a TFDS array_record dataset.
