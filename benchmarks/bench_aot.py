@@ -106,7 +106,8 @@ def table(rows: list[dict]) -> str:
            "| args + temps (GiB per chip) | total (GiB) | verdict | compile (wall / CPU s) |",
            "|---|---|---|---|---|---|---|---|---|---|"]
   for r in rows:
-    extra = "".join(f", {k}={v}" for k, v in r["overrides"].items())
+    extra = "".join(f", {k}={v}" for k, v in r["overrides"].items()
+                    if k not in ("train.batch_size", "model.dtype"))  # Columns of their own.
     mesh = "x".join(f"{v}" for v in r["mesh"].values()) + " (" + ",".join(r["mesh"]) + ")"
     lines.append(
         f"| {r['preset']}{extra} | {r['topology']} ({r['libtpu_topology']}) | {r['chips']} x "
