@@ -31,7 +31,8 @@ def _base() -> ml_collections.ConfigDict:
   # Pad the 4101-row vocabulary to a multiple of this so "vocab" can be split over a
   # model axis > 1 (4101 is odd); padded rows are never produced and are sliced off.
   c.model.vocab_pad_multiple = 1
-  # "auto": blockwise attention on CPU, jax.nn.dot_product_attention (fused) elsewhere.
+  # "auto": blockwise attention on CPU, a Pallas kernel on TPU, jax.nn.dot_product_attention
+  # (fused) elsewhere.
   c.model.attention_impl = "auto"
   # Recompute each encoder layer's activations in the backward pass: "none" | "full" |
   # "dots" (keep the weight-matmul outputs). Trades compute for memory; same numbers.

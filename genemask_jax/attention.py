@@ -219,9 +219,9 @@ def reference_attention(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.
 
 
 def resolve_implementation(implementation: str, platform: str | None = None) -> str:
-  """``"auto"`` -> ``"blockwise"`` on CPU, ``"xla"`` elsewhere; others unchanged.
+  """``"auto"`` -> ``"blockwise"`` on CPU, ``"pallas_tpu"`` on TPU, ``"xla"`` elsewhere.
 
-  ``platform`` ("cpu", "gpu", "tpu") is the backend the step will run on (default
+  Other names are returned unchanged. ``platform`` ("cpu", "gpu", "tpu") is the backend the step will run on (default
   ``jax.default_backend()``; an ahead-of-time compile for a TPU passes "tpu").
   """
   if implementation not in IMPLEMENTATIONS:
@@ -267,6 +267,12 @@ def _mix32_int(x: jax.Array) -> jax.Array:
   return x ^ srl(x, jnp.int32(16))
 
 
+def _program_ids():
+  """(sequence, head, query block) of the running Pallas grid cell."""
+  from jax.experimental import pallas as pl  # pylint: disable=g-import-not-at-top
+  return pl.program_id(0), pl.program_id(1), pl.program_id(2)
+
+
 def _pallas_fwd_kernel(seed_ref, q_ref, k_ref, v_ref, bias_ref, o_ref, lse_ref, *,
                        scale, rate, block_q, full):
   """One (sequence b, head n, query block i): the block's rows against all keys.
@@ -274,7 +280,7 @@ def _pallas_fwd_kernel(seed_ref, q_ref, k_ref, v_ref, bias_ref, o_ref, lse_ref, 
   ``seed_ref`` (SMEM int32): the two seed words, then this shard's first sequence and
   head in the whole array (the mask is the whole array's, however it is sharded).
   """
-  b, n, i = pl_program_ids()
+  b, n, i = _program_ids()
   b, n = b + seed_ref[2], n + seed_ref[3]
   q = q_ref[...]
   q = q * jnp.asarray(scale, q.dtype)
@@ -302,11 +308,6 @@ def _pallas_fwd_kernel(seed_ref, q_ref, k_ref, v_ref, bias_ref, o_ref, lse_ref, 
                           preferred_element_type=jnp.float32) / denom
   o_ref[...] = o.astype(o_ref.dtype)
   lse_ref[...] = jnp.broadcast_to(lse, lse_ref.shape)
-
-
-def pl_program_ids():
-  from jax.experimental import pallas as pl  # pylint: disable=g-import-not-at-top
-  return pl.program_id(0), pl.program_id(1), pl.program_id(2)
 
 
 def _pallas_forward(q, k, v, bias, seed4, rate, block_q, interpret, full):

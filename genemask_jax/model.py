@@ -84,8 +84,9 @@ class ModelConfig:
     vocab_pad_multiple: Pad the vocabulary rows to a multiple of this, so the ``vocab``
       axis can be sharded (4101 is odd) and matmuls tile well on accelerators.
     pad_id: Token id that is masked out of attention.
-    attention_impl: "auto" (blockwise on CPU, ``jax.nn.dot_product_attention`` elsewhere),
-      "blockwise" or "xla"; see ``genemask_jax.attention``. Numerics are the same.
+    attention_impl: "auto" (blockwise on CPU, the Pallas kernel on TPU,
+      ``jax.nn.dot_product_attention`` elsewhere), "blockwise", "xla" or "pallas_tpu"; see
+      ``genemask_jax.attention``. Numerics are the same.
     remat: Rematerialisation of each encoder layer in the backward pass (MaxText's
       ``remat_policy``): "none" keeps every activation; "full" keeps only the layer's input
       and recomputes the rest; "dots" keeps the outputs of the weight matmuls
