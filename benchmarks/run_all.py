@@ -283,6 +283,15 @@ def _read_fewshot(out: str) -> str | None:
   return s + "."
 
 
+def _read_aot(out: str) -> str | None:
+  m = re.search(r"\| paper \| v5e-16 [^\n]*?\| ([\d.]+) \| (fits|does not fit)[^|]*\| "
+                r"(\d+) / (\d+) \|", out)
+  if not m:
+    return None
+  return (f"`:paper` (bf16, 16 sequences per chip) on a v5e-16 needs {m.group(1)} GiB per "
+          f"chip ({m.group(2)}); its compile took {m.group(3)} s wall, {m.group(4)} s CPU.")
+
+
 def benches(data_dir: str) -> list[Bench]:
   d = [f"--data_dir={data_dir}"] if data_dir else []
   npmi_csv = os.path.join(data_dir, "npmi", "genemask_grch38_chr1-3_6mer_npmi.csv")
@@ -315,6 +324,11 @@ def benches(data_dir: str) -> list[Bench]:
             lambda _: d + ["--seeds=3", "--max_test_examples=500"],
             lambda _: d + ["--seeds=3", "--compare_vmap", "--grid", "--max_test_examples=500"],
             _read_fewshot),
+      Bench("aot", "bench_aot.py", "TPU compile check (ahead of time, on this CPU)",
+            "per-chip memory of the `:paper`/`:large` train step compiled for TPU slices "
+            "(`python -m genemask_jax.aot`), from the committed record docs/aot_compiles.jsonl "
+            "(each compile takes minutes: rerun `bench_aot.py` itself to add rows).",
+            lambda _: ["--table_only"], lambda _: ["--table_only"], _read_aot),
   ]
 
 

@@ -33,9 +33,13 @@ def _base() -> ml_collections.ConfigDict:
   # Pad the 4101-row vocabulary to a multiple of this so "vocab" can be split over a
   # model axis > 1 (4101 is odd); padded rows are never produced and are sliced off.
   c.model.vocab_pad_multiple = 1
-  # "auto": blockwise attention on CPU; on a GPU cuDNN flash attention when attention
-  # dropout is 0 (and the dtype is bfloat16), else blockwise; "blockwise"|"xla"|"cudnn".
+  # "auto": blockwise attention on CPU; the Pallas kernel (hashed dropout) on TPU; on a GPU
+  # cuDNN flash attention when attention dropout is 0 (and the dtype is bfloat16), else
+  # blockwise; or one of "blockwise"|"xla"|"cudnn"|"pallas_gpu"|"pallas_tpu".
   c.model.attention_impl = "auto"
+  # Recompute each encoder layer's activations in the backward pass: "none" | "full" |
+  # "dots" (keep the weight-matmul outputs). Trades compute for memory; same numbers.
+  c.model.remat = "none"
 
   # Corpus: FASTA files (empty = the human-genome sample embedded in the package), chunked
   # as the paper's data preparation did, built into a TFDS array_record dataset.

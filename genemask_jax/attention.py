@@ -22,9 +22,13 @@ attention dropout is on), ``"cudnn"`` (cuDNN's fused flash attention on NVIDIA G
 bfloat16/float16 without attention dropout: cuDNN's own dropout is not this module's
 hashed mask), ``"pallas_gpu"`` (``attention_gpu.flash_attention``, a fused Pallas/Triton
 kernel with this module's dropout; self-attention only, other calls fall back to
-blockwise), or ``"auto"``: blockwise on CPU; on a GPU, cuDNN where its constraints hold
-(``cudnn_supported``) and otherwise blockwise, which never builds the float32 (B, N, L, L)
-tensors that the ``"xla"`` path needs for dropout.
+blockwise), ``"pallas_tpu"`` (a Pallas TPU kernel for the forward pass, one grid cell per
+(sequence, head, block of queries) holding its whole key row in VMEM, with the same hashed
+dropout, and the blockwise backward pass; the flash attention that ships with JAX,
+``jax.experimental.pallas.ops.tpu``, has no dropout, which BERT pretraining needs), or
+``"auto"``: blockwise on CPU; ``"pallas_tpu"`` on TPU; on a GPU, cuDNN where its
+constraints hold (``cudnn_supported``) and otherwise blockwise, which never builds the
+float32 (B, N, L, L) tensors that the ``"xla"`` path needs for dropout.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-IMPLEMENTATIONS = ("auto", "blockwise", "xla", "cudnn", "pallas_gpu")
+IMPLEMENTATIONS = ("auto", "blockwise", "xla", "cudnn", "pallas_gpu", "pallas_tpu")
 
 # Queries per block of the blockwise attention: 8 x 8 heads x 64 x 512 float32 scores is
 # 8 MB, which stays in this CPU's 32 MB L3 (64 was at or near the fastest of 32, 64, 128
@@ -70,14 +74,14 @@ def keep_mask(seed: jax.Array, shape: tuple[int, ...], rate: float,
     seed: (2,) uint32 from ``dropout_seed``.
     shape: the block's shape.
     rate: drop probability in [0, 1).
-    offsets: the block's start in each dimension (default zeros).
+    offsets: the block's start in each dimension (default zeros; ints or traced scalars).
     full_shape: the whole array's shape (default ``shape``).
   """
   full_shape = tuple(full_shape or shape)
   offsets = tuple(offsets or (0,) * len(shape))
   flat = jnp.zeros(shape, jnp.uint32)
   for dim, (size, offset) in enumerate(zip(full_shape, offsets)):
-    idx = jax.lax.broadcasted_iota(jnp.uint32, shape, dim) + jnp.uint32(offset)
+    idx = jax.lax.broadcasted_iota(jnp.uint32, shape, dim) + jnp.asarray(offset, jnp.uint32)
     flat = flat * jnp.uint32(size) + idx  # wraps modulo 2**32 beyond 4 G elements
   bits = _mix32(_mix32(flat ^ seed[0]) ^ seed[1])
   threshold = jnp.uint32(min(int(round(rate * 2.0**32)), 2**32 - 1))
@@ -133,9 +137,12 @@ def _blockwise_fwd(q, k, v, bias, seed, rate, block_q):
   return out, (q, k, v, bias, seed, out, lse)
 
 
-def _blockwise_bwd(rate, block_q, res, d_out):
+def _blockwise_bwd(rate, block_q, res, d_out, index_offsets=(0, 0), index_full=None):
+  """``index_offsets`` (batch, head) and ``index_full`` place a shard's dropout mask in
+  the whole array's (``pallas_tpu_attention`` under ``shard_map``)."""
   q, k, v, bias, seed, out, lse = res
   scale, length, full, q_scaled = _common(q, k)
+  full = index_full or full
   d_out = d_out.astype(jnp.float32)
   delta = (d_out * out.astype(jnp.float32)).sum(-1)  # (B, N, L) = rowsum(dP * P)
   dk = jnp.zeros(k.shape, jnp.float32)
@@ -156,7 +163,7 @@ def _blockwise_bwd(rate, block_q, res, d_out):
     if rate > 0.0:
       keep_t = jnp.swapaxes(
           keep_mask(seed, p_t.shape[:2] + p_t.shape[3:] + p_t.shape[2:3], rate,
-                    (0, 0, start, 0), full), 2, 3)
+                    (*index_offsets, start, 0), full), 2, 3)
       c = 1.0 / (1.0 - rate)
       p_dropped = jnp.where(keep_t, p_t * c, 0.0)
       dp_t = jnp.where(keep_t, dp_t * c, 0.0)
@@ -260,9 +267,13 @@ def gpu_implementation(dtype, head_dim: int, q_len: int, kv_len: int,
 def resolve_implementation(implementation: str, *, platform: str | None = None,
                            dtype=jnp.float32, head_dim: int = 64, q_len: int = 512,
                            kv_len: int = 512, dropout_rate: float = 0.0) -> str:
-  """``"auto"`` -> ``"blockwise"`` on CPU, ``gpu_implementation`` on GPU, ``"xla"``
-  elsewhere; others unchanged. ``platform`` defaults to JAX's default backend; the other
-  keywords describe the call (they matter on a GPU only)."""
+  """``"auto"`` -> ``"blockwise"`` on CPU, ``"pallas_tpu"`` on TPU, ``gpu_implementation``
+  on GPU, ``"xla"`` elsewhere; other names are returned unchanged.
+
+  ``platform`` ("cpu", "gpu", "tpu") is the backend the step will run on (default
+  ``jax.default_backend()``; an ahead-of-time compile for a TPU passes "tpu"); the other
+  keywords describe the call (they matter on a GPU only).
+  """
   if implementation not in IMPLEMENTATIONS:
     raise ValueError(
         f"attention implementation {implementation!r}; expected one of {IMPLEMENTATIONS}")
@@ -270,6 +281,8 @@ def resolve_implementation(implementation: str, *, platform: str | None = None,
     platform = platform or jax.default_backend()
     if platform == "gpu":
       return gpu_implementation(dtype, head_dim, q_len, kv_len, dropout_rate)
+    if platform == "tpu":
+      return "pallas_tpu"
     return "blockwise" if platform == "cpu" else "xla"
   return implementation
 
@@ -297,4 +310,189 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: ja
       raise ValueError(f"attention implementation 'cudnn' has no dropout (rate {rate}); "
                        "set the attention dropout to 0 or use 'auto' or 'blockwise'")
     return cudnn_attention(q, k, v, key_mask)
+  if impl == "pallas_tpu":
+    return pallas_tpu_attention(q, k, v, key_mask, dropout_rate=dropout_rate, seed=seed)
   return reference_attention(q, k, v, key_mask, dropout_rate=dropout_rate, seed=seed)
+
+
+# ----------------------------------------------------------------------------- Pallas TPU
+# Rows of queries per grid cell; 128 fills the MXU and keeps (128 x 512) float32 scores,
+# the whole key row, well inside VMEM.
+PALLAS_BLOCK_Q = 128
+_LANES = 128  # The log-sum-exp leaves the kernel broadcast over one lane tile.
+_INT32_MIN = -(2**31)
+
+
+def _mix32_int(x: jax.Array) -> jax.Array:
+  """``_mix32`` on int32 (the same bits): Mosaic's integer ops are signed 32-bit."""
+  srl = jax.lax.shift_right_logical
+  x = x ^ srl(x, jnp.int32(16))
+  x = x * jnp.int32(0x7FEB352D)
+  x = x ^ srl(x, jnp.int32(15))
+  x = x * jnp.int32(0x846CA68B - 2**32)
+  return x ^ srl(x, jnp.int32(16))
+
+
+def _program_ids():
+  """(sequence, head, query block) of the running Pallas grid cell."""
+  from jax.experimental import pallas as pl  # pylint: disable=g-import-not-at-top
+  return pl.program_id(0), pl.program_id(1), pl.program_id(2)
+
+
+def _pallas_fwd_kernel(seed_ref, q_ref, k_ref, v_ref, bias_ref, o_ref, lse_ref, *,
+                       scale, rate, block_q, full):
+  """One (sequence b, head n, query block i): the block's rows against all keys.
+
+  ``seed_ref`` (SMEM int32): the two seed words, then this shard's first sequence and
+  head in the whole array (the mask is the whole array's, however it is sharded).
+  """
+  b, n, i = _program_ids()
+  b, n = b + seed_ref[2], n + seed_ref[3]
+  q = q_ref[...]
+  q = q * jnp.asarray(scale, q.dtype)
+  s = jax.lax.dot_general(q, k_ref[...], (((1,), (1,)), ((), ())),
+                          preferred_element_type=jnp.float32)
+  s = s + bias_ref[...]  # (block_q, Lk) + (1, Lk)
+  m = s.max(-1, keepdims=True)
+  p = jnp.exp(s - m)
+  denom = p.sum(-1, keepdims=True)
+  lse = m + jnp.log(denom)
+  if rate > 0.0:
+    # keep_mask's flat index ((b * N + n) * Lq + row) * Lk + col, and its hash, in int32.
+    _, num_heads, len_q, len_k = full
+    rows = jax.lax.broadcasted_iota(jnp.int32, s.shape, 0) + i * block_q
+    cols = jax.lax.broadcasted_iota(jnp.int32, s.shape, 1)
+    flat = ((b * num_heads + n) * len_q + rows) * len_k + cols
+    bits = _mix32_int(_mix32_int(flat ^ seed_ref[0]) ^ seed_ref[1])
+    threshold = min(int(round(rate * 2.0**32)), 2**32 - 1)
+    # Unsigned comparison on int32: flip the sign bit of both sides.
+    keep = (bits ^ jnp.int32(_INT32_MIN)) >= jnp.int32(threshold + _INT32_MIN)
+    p = jnp.where(keep, p, 0.0)
+    denom = denom * (1.0 - rate)
+  v = v_ref[...]
+  o = jax.lax.dot_general(p.astype(v.dtype), v, (((1,), (0,)), ((), ())),
+                          preferred_element_type=jnp.float32) / denom
+  o_ref[...] = o.astype(o_ref.dtype)
+  lse_ref[...] = jnp.broadcast_to(lse, lse_ref.shape)
+
+
+def _pallas_forward(q, k, v, bias, seed4, rate, block_q, interpret, full):
+  """q, k, v (B, N, L, D); bias (B, 1, 1, L) float32 -> out (B, N, L, D), lse (B, N, L).
+
+  ``seed4``: (4,) uint32 = seed words, batch offset, head offset; ``full``: the whole
+  (B, N, Lq, Lk) shape the dropout mask indexes.
+  """
+  from jax.experimental import pallas as pl  # pylint: disable=g-import-not-at-top
+  from jax.experimental.pallas import tpu as pltpu  # pylint: disable=g-import-not-at-top
+  batch, heads, len_q, head_dim = q.shape
+  len_k = k.shape[2]
+  scale = _common(q, k)[0]
+  kernel = functools.partial(_pallas_fwd_kernel, scale=scale, rate=rate, block_q=block_q,
+                             full=full)
+  seed_i32 = jax.lax.bitcast_convert_type(seed4.astype(jnp.uint32), jnp.int32)
+  bias3 = bias.reshape(batch, 1, len_k)
+  q_spec = pl.BlockSpec((None, None, block_q, head_dim), lambda b, n, i, _: (b, n, i, 0))
+  kv_spec = pl.BlockSpec((None, None, len_k, head_dim), lambda b, n, i, _: (b, n, 0, 0))
+  bias_spec = pl.BlockSpec((None, 1, len_k), lambda b, n, i, _: (b, 0, 0))
+  lse_spec = pl.BlockSpec((None, None, block_q, _LANES), lambda b, n, i, _: (b, n, i, 0))
+  out, lse = pl.pallas_call(
+      kernel,
+      grid_spec=pltpu.PrefetchScalarGridSpec(
+          num_scalar_prefetch=1, grid=(batch, heads, len_q // block_q),
+          in_specs=[q_spec, kv_spec, kv_spec, bias_spec],
+          out_specs=[q_spec, lse_spec]),
+      out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype),
+                 jax.ShapeDtypeStruct((batch, heads, len_q, _LANES), jnp.float32)],
+      compiler_params=pltpu.CompilerParams(
+          dimension_semantics=("parallel", "parallel", "parallel")),
+      interpret=interpret,
+  )(seed_i32, q, k, v, bias3)
+  return out, lse[..., 0]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8))
+def _pallas(q, k, v, bias, seed4, rate, block_q, interpret, full):
+  return _pallas_fwd(q, k, v, bias, seed4, rate, block_q, interpret, full)[0]
+
+
+def _pallas_fwd(q, k, v, bias, seed4, rate, block_q, interpret, full):
+  out, lse = _pallas_forward(q, k, v, bias, seed4, rate, block_q, interpret, full)
+  return out, (q, k, v, bias, seed4, out, lse)
+
+
+def _pallas_bwd(rate, block_q, interpret, full, res, d_out):
+  del interpret
+  q, k, v, bias, seed4, out, lse = res
+  return _blockwise_bwd(rate, block_q, (q, k, v, bias, seed4[:2], out, lse), d_out,
+                        index_offsets=(seed4[2], seed4[3]), index_full=full)
+
+
+_pallas.defvjp(_pallas_fwd, _pallas_bwd)
+
+
+def pallas_tpu_attention(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array, *,
+                         dropout_rate: float = 0.0, seed: jax.Array | None = None,
+                         block_q: int = PALLAS_BLOCK_Q, interpret: bool = False) -> jax.Array:
+  """``blockwise_attention`` with its forward pass as one Pallas TPU kernel.
+
+  Same arguments, result and dropout mask as ``blockwise_attention`` (the kernel hashes
+  each element's index exactly as ``keep_mask``); the backward pass is the blockwise one,
+  recomputing each block's probabilities from the saved log-sum-exp.
+
+  Args:
+    q, k, v, key_mask, dropout_rate, seed: as ``blockwise_attention``.
+    block_q: query rows per grid cell; the query length must be a multiple of it (it is
+      lowered to the length when the length is shorter).
+    interpret: run the kernel in the Pallas interpreter (any backend; for tests on CPU).
+      Without it the kernel compiles only for TPU (including ahead of time, for a TPU
+      topology, on a CPU machine).
+
+  Returns:
+    (B, L, N, D) in q's dtype.
+  """
+  if dropout_rate > 0.0 and seed is None:
+    raise ValueError("pallas_tpu_attention: dropout_rate > 0 needs a seed")
+  if seed is None:
+    seed = jnp.zeros((2,), jnp.uint32)
+  length = q.shape[1]
+  block_q = min(int(block_q), length)
+  if length % block_q or block_q % 8:
+    raise ValueError(f"pallas_tpu_attention: query length {length} must be a multiple of "
+                     f"block_q={block_q}, itself a multiple of 8")
+  bias = jnp.where(key_mask, 0.0, jnp.finfo(jnp.float32).min / 2)[:, None, None, :]
+  bias = bias.astype(jnp.float32)
+  qt, kt, vt = (jnp.swapaxes(x, 1, 2) for x in (q, k, v))
+  full = qt.shape[:3] + (kt.shape[2],)
+  statics = (float(dropout_rate), block_q, bool(interpret), full)
+  seed = seed.astype(jnp.uint32)
+
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or mesh.size == 1:
+    out = _pallas(qt, kt, vt, bias, jnp.concatenate([seed, jnp.zeros((2,), jnp.uint32)]),
+                  *statics)
+    return jnp.swapaxes(out, 1, 2)
+
+  # A Mosaic kernel is not partitioned by XLA: run it per shard, on the layout the model's
+  # logical constraints give q, k and v ((batch, heads) sharded, rows and head_dim whole).
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  spec = nn.logical_to_mesh_axes(("batch", "heads", None, None))
+  batch_axes, head_axes = spec[0], spec[1]
+  bias_spec = jax.sharding.PartitionSpec(batch_axes, None, None, None)
+  for dim, axes in ((qt.shape[0], batch_axes), (qt.shape[1], head_axes)):
+    names = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+    if dim % math.prod(mesh.shape[a] for a in names):
+      # Shapes that do not split over the mesh (the batch of 1 that traces model.init):
+      # the blockwise path, same numbers, partitioned by XLA.
+      return blockwise_attention(q, k, v, key_mask, dropout_rate=dropout_rate, seed=seed)
+
+  def shard(qs, ks, vs, bs, sd):
+    offsets = [jnp.zeros((), jnp.uint32), jnp.zeros((), jnp.uint32)]
+    for j, axes in enumerate((batch_axes, head_axes)):
+      if axes is not None:
+        offsets[j] = (jax.lax.axis_index(axes) * qs.shape[j]).astype(jnp.uint32)
+    return _pallas(qs, ks, vs, bs, jnp.concatenate([sd, jnp.stack(offsets)]), *statics)
+
+  out = jax.shard_map(shard, mesh=mesh, in_specs=(spec, spec, spec, bias_spec,
+                                                  jax.sharding.PartitionSpec()),
+                      out_specs=spec, check_vma=False)(qt, kt, vt, bias, seed)
+  return jnp.swapaxes(out, 1, 2)

@@ -82,6 +82,13 @@ def resolve_dtype(dtype: str, platform: str | None = None) -> str:
   return dtype
 
 
+#: ``ModelConfig.remat`` values -> ``jax.checkpoint`` policy (None: no remat wrapper;
+#: "full" saves nothing inside the layer).
+REMAT_POLICIES = ("none", "full", "dots")
+_REMAT_POLICY = {"full": None,
+                 "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
   """Hyper-parameters of the BERT encoder (names follow HF ``BertConfig`` where it has one).
@@ -104,10 +111,15 @@ class ModelConfig:
     vocab_pad_multiple: Pad the vocabulary rows to a multiple of this, so the ``vocab``
       axis can be sharded (4101 is odd) and matmuls tile well on accelerators.
     pad_id: Token id that is masked out of attention.
-    attention_impl: "auto" (blockwise on CPU; cuDNN flash attention on a GPU where its
-      constraints hold, else blockwise; ``jax.nn.dot_product_attention`` on TPU),
-      "blockwise", "xla", "cudnn" (no attention dropout) or "pallas_gpu" (fused, with
-      dropout); see ``genemask_jax.attention``. Numerics are the same.
+    attention_impl: "auto" (blockwise on CPU; the Pallas kernel on TPU; cuDNN flash
+      attention on a GPU where its constraints hold, else blockwise), "blockwise", "xla",
+      "cudnn" (no attention dropout), "pallas_gpu" (fused, with dropout) or "pallas_tpu";
+      see ``genemask_jax.attention``. Numerics are the same.
+    remat: Rematerialisation of each encoder layer in the backward pass (MaxText's
+      ``remat_policy``): "none" keeps every activation; "full" keeps only the layer's input
+      and recomputes the rest; "dots" keeps the outputs of the weight matmuls
+      (``jax.checkpoint_policies.dots_with_no_batch_dims_saveable``) and recomputes the
+      cheap element-wise work and attention. Numerics are the same for all three.
   """
   vocab_size: int = 4101
   hidden_size: int = 768
@@ -125,6 +137,7 @@ class ModelConfig:
   vocab_pad_multiple: int = 1
   pad_id: int = PAD_ID
   attention_impl: str = "auto"
+  remat: str = "none"
 
   def __post_init__(self):
     for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "mlp_dim",
@@ -147,6 +160,8 @@ class ModelConfig:
       raise ValueError(f"ModelConfig.attention_impl='cudnn' has no attention dropout; set "
                        f"attention_dropout_rate=0 (got {self.attention_dropout_rate}) or "
                        "use 'auto'")
+    if self.remat not in REMAT_POLICIES:
+      raise ValueError(f"ModelConfig.remat={self.remat!r}; expected one of {REMAT_POLICIES}")
     for name in ("dropout_rate", "attention_dropout_rate"):
       if not 0.0 <= getattr(self, name) < 1.0:
         raise ValueError(f"ModelConfig.{name} must be in [0, 1), got {getattr(self, name)}")
@@ -438,10 +453,23 @@ class BertEncoder(nn.Module):
     nothing): for a 2-layer model at 20% masked positions that skips ~40% of the encoder.
     """
     n = self.config.num_layers
+    layer = remat_layer(self.config.remat)
     for i in range(n):
       last = output_positions if i == n - 1 else None
-      x = BertLayer(self.config, name=f"layer_{i}")(x, mask, deterministic, last)
+      x = layer(self.config, name=f"layer_{i}")(x, mask, deterministic, last)
     return x
+
+
+def remat_layer(policy: str) -> type[nn.Module]:
+  """``BertLayer``, wrapped in ``nn.remat`` with the named policy unless it is "none".
+
+  The parameter tree is unchanged (the wrapper adds no scope), so checkpoints load with
+  any policy.
+  """
+  if policy == "none":
+    return BertLayer
+  # static_argnums counts self as 0: ``deterministic`` (a Python bool) is argument 3.
+  return nn.remat(BertLayer, policy=_REMAT_POLICY[policy], static_argnums=(3,))
 
 
 class BertModel(nn.Module):

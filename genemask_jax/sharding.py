@@ -291,22 +291,43 @@ def create_sharded_state(init_fn: Callable[[jax.Array], Any], rng: jax.Array,
   Returns:
     (state, state_shardings) with matching structure.
   """
-  def init_params(key):
-    return nn.unbox(init_fn(key)["params"])
+  make = _make_state_fn(init_fn, make_state)
+  _, shardings = abstract_sharded_state(init_fn, rng, mesh, rules, make_state)
+  with axis_rules(mesh, rules):
+    state = jax.jit(make, out_shardings=shardings, compiler_options=compiler_options)(rng)
+  return state, shardings
 
+
+def _make_state_fn(init_fn: Callable[[jax.Array], Any],
+                   make_state: Callable[[Any], Any]) -> Callable[[jax.Array], Any]:
   def make(key):
-    return make_state(init_params(key))
+    return make_state(nn.unbox(init_fn(key)["params"]))
+  return make
 
+
+def abstract_sharded_state(init_fn: Callable[[jax.Array], Any], rng: jax.Array,
+                           mesh: jax.sharding.Mesh, rules: LogicalRules,
+                           make_state: Callable[[Any], Any]) -> tuple[Any, Any]:
+  """The state ``create_sharded_state`` would make, as shapes only: nothing runs.
+
+  Works on a mesh of devices this process cannot run on (an ahead-of-time compile against
+  a TPU topology, ``genemask_jax.aot``).
+
+  Returns:
+    (abstract_state, state_shardings): ``jax.ShapeDtypeStruct`` leaves carrying their
+    ``NamedSharding``, and the shardings alone.
+  """
   with axis_rules(mesh, rules):
     abstract_boxed = jax.eval_shape(lambda k: init_fn(k)["params"], rng)
     p_shard = param_shardings(abstract_boxed, mesh, rules)
     abstract_params = jax.tree.map(
         lambda x: x.value if isinstance(x, nn.Partitioned) else x, abstract_boxed,
         is_leaf=lambda x: isinstance(x, nn.Partitioned))
-    abstract_state = jax.eval_shape(make, rng)
+    abstract_state = jax.eval_shape(_make_state_fn(init_fn, make_state), rng)
     shardings = state_shardings_like(abstract_state, abstract_params, p_shard, mesh)
-    state = jax.jit(make, out_shardings=shardings, compiler_options=compiler_options)(rng)
-  return state, shardings
+  abstract_state = jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract_state, shardings)
+  return abstract_state, shardings
 
 
 def state_shardings_like(abstract_state: Any, abstract_params: Any, params_shardings: Any,

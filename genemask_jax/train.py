@@ -179,7 +179,8 @@ def model_config_of(config: ml_collections.ConfigDict) -> model_lib.ModelConfig:
     raise UserError(f"config.model.{e}") from e
   overrides = {"dtype": dtype,
                "vocab_pad_multiple": config.model.vocab_pad_multiple,
-               "attention_impl": config.model.get("attention_impl", "auto")}
+               "attention_impl": config.model.get("attention_impl", "auto"),
+               "remat": config.model.get("remat", "none")}
   if config.model.dropout_rate is not None:
     overrides["dropout_rate"] = config.model.dropout_rate
   cfg = model_lib.model_config(config.model.size, **overrides)
@@ -546,6 +547,30 @@ def masking_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
   return opts
 
 
+def optimizer_of(config: ml_collections.ConfigDict) -> tuple[Any, Any]:
+  """(learning-rate schedule, AdamW transformation) from ``config.optim`` and the steps."""
+  schedule = optim.make_lr_schedule(total_steps=config.train.num_steps,
+                                    warmup_steps=config.optim.warmup_steps,
+                                    peak_learning_rate=config.optim.peak_lr)
+  tx = optim.make_optimizer(schedule, b1=config.optim.b1, b2=config.optim.b2,
+                            eps=config.optim.eps, weight_decay=config.optim.weight_decay,
+                            clip_norm=config.optim.clip_norm)
+  return schedule, tx
+
+
+def train_step_of(config: ml_collections.ConfigDict, model: Any, tx: Any, schedule: Any,
+                  rank: np.ndarray) -> Any:
+  """The un-jitted MLM train step of this config (masking, model, loss, optimizer).
+
+  Shared by the training loop and the ahead-of-time compile check (genemask_jax/aot.py),
+  so that the check compiles exactly the step a run executes.
+  """
+  mask_fn = masking.make_mask_fn(rank, config.masking.strategy,
+                                 config.masking.max_predictions, **masking_options(config))
+  return step_lib.make_mlm_train_step(model, tx, mask_fn, learning_rate_fn=schedule,
+                                      num_microbatches=config.train.grad_accum_steps)
+
+
 # ----------------------------------------------------------------------------- helpers
 class _Preemption:
   """SIGTERM/SIGINT set a flag; the loop saves a checkpoint and exits at the next step."""
@@ -721,12 +746,7 @@ def _train_locked(config: ml_collections.ConfigDict, cfg: model_lib.ModelConfig,
 
   # --- Model, optimizer, state created sharded. -------------------------------------------
   model = model_lib.BertForMaskedLM(cfg)
-  schedule = optim.make_lr_schedule(total_steps=config.train.num_steps,
-                                    warmup_steps=config.optim.warmup_steps,
-                                    peak_learning_rate=config.optim.peak_lr)
-  tx = optim.make_optimizer(schedule, b1=config.optim.b1, b2=config.optim.b2,
-                            eps=config.optim.eps, weight_decay=config.optim.weight_decay,
-                            clip_norm=config.optim.clip_norm)
+  schedule, tx = optimizer_of(config)
   state, state_shardings = step_lib.create_train_state(
       model, tx, jax.random.key(config.seed), mesh, rules, seq_len=config.data.max_len)
   if hf_init is not None:
@@ -764,12 +784,8 @@ def _train_locked(config: ml_collections.ConfigDict, cfg: model_lib.ModelConfig,
       worker_count=config.data.worker_count, start_batch=start_step)
 
   # --- Steps. -----------------------------------------------------------------------------
-  mask_fn = masking.make_mask_fn(rank, config.masking.strategy,
-                                 config.masking.max_predictions, **masking_options(config))
-  train_step = step_lib.jit_train_step(
-      step_lib.make_mlm_train_step(model, tx, mask_fn, learning_rate_fn=schedule,
-                                   num_microbatches=config.train.grad_accum_steps),
-      mesh, rules, state_shardings)
+  train_step = step_lib.jit_train_step(train_step_of(config, model, tx, schedule, rank),
+                                       mesh, rules, state_shardings)
   eval_step = step_lib.jit_eval_step(step_lib.make_mlm_eval_step(model), mesh, rules,
                                      state_shardings.params)
   eval_batches = fixed_eval_batches(config, eval_data, rank)

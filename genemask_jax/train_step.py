@@ -264,3 +264,19 @@ def create_train_state(model: nn.Module, optimizer: optax.GradientTransformation
   return sharding_lib.create_sharded_state(
       init_fn, rng, mesh, rules, lambda params: init_train_state(params, optimizer),
       compiler_options=compiler_options)
+
+
+def abstract_train_state(model: nn.Module, optimizer: optax.GradientTransformation,
+                         rng: jax.Array, mesh: jax.sharding.Mesh,
+                         rules: sharding_lib.LogicalRules, *, seq_len: int = 8,
+                         ) -> tuple[TrainState, TrainState]:
+  """As ``create_train_state`` but shapes only (``jax.ShapeDtypeStruct`` with shardings).
+
+  Nothing is computed or allocated, so ``mesh`` may hold devices of a topology this
+  machine does not have (ahead-of-time compilation, ``genemask_jax.aot``).
+  """
+  def init_fn(key):
+    return model.init(key, jnp.zeros((1, seq_len), jnp.int32))
+
+  return sharding_lib.abstract_sharded_state(
+      init_fn, rng, mesh, rules, lambda params: init_train_state(params, optimizer))

@@ -9,7 +9,10 @@
 #
 # main.py is started with --multihost: jax.distributed.initialize() then finds the
 # coordinator, process count and process index from the TPU VM metadata itself.
-# --dry-run prints every command (gcloud, git) instead of running it.
+# Before any VM is created or reused, the train step is compiled here, on this machine,
+# for the accelerator type (python -m genemask_jax.aot, needs `pip install '.[aot]'`):
+# a config that does not fit the chips' HBM stops the launch (--skip-aot-check skips it).
+# --dry-run prints every command (gcloud, git, the check) instead of running it.
 set -euo pipefail
 
 usage() {
@@ -37,6 +40,9 @@ Code and training:
   --env=KEY=VALUE                             environment variable for main.py on every
                                               worker (repeatable), e.g. LIBTPU_INIT_ARGS=...
   --skip-setup                                reuse the code and virtualenv already there
+  --skip-aot-check         TPU_SKIP_AOT_CHECK=1  do not compile the step locally first
+  --aot-python=PYTHON      TPU_AOT_PYTHON     Python with genemask_jax[aot] for the check
+                                              (default: python3)
   --log-file=FILE          TPU_LOG_FILE       local copy of the streamed output
                                               (default: $TMPDIR/genemask-tpu-NAME-TIME.log)
   --allow-local-workdir                       accept a --workdir that is not gs://
@@ -88,6 +94,8 @@ repo_ref="${REPO_REF:-}"
 python_version="${TPU_PYTHON_VERSION:-3.11}"
 log_file="${TPU_LOG_FILE:-}"
 skip_setup=0
+skip_aot_check="${TPU_SKIP_AOT_CHECK:-0}"
+aot_python="${TPU_AOT_PYTHON:-python3}"
 allow_local_workdir=0
 delete_after=0
 delete_only=0
@@ -103,7 +111,7 @@ while [[ $# -gt 0 ]]; do
   case "$opt" in
     --*=*) value="${opt#*=}"; opt="${opt%%=*}" ;;
     --name|--zone|--project|--accelerator-type|--version|--config|--workdir|--repo|--ref|\
-    --python-version|--log-file|--env)
+    --python-version|--log-file|--env|--aot-python)
       needs_value "$@"; value="$2"; shift ;;
   esac
   case "$opt" in
@@ -124,6 +132,8 @@ while [[ $# -gt 0 ]]; do
       [[ "$value" =~ ^[A-Za-z_][A-Za-z0-9_]*= ]] || die "--env expects KEY=VALUE, got '$value'"
       remote_env+=("$value") ;;
     --skip-setup) skip_setup=1 ;;
+    --skip-aot-check) skip_aot_check=1 ;;
+    --aot-python) aot_python="$value" ;;
     --allow-local-workdir) allow_local_workdir=1 ;;
     --delete) delete_after=1 ;;
     --delete-only) delete_only=1 ;;
@@ -185,6 +195,34 @@ remote_dir=genemask-jax
 remote_venv=genemask-venv
 remote_tarball=genemask-jax.tar.gz
 remote_log=genemask-jax-train.log
+
+# 0. Does the step fit the chips? Compiled here for the accelerator type, with the same
+#    config and --config.* overrides main.py gets; exit 1 = does not fit, 2 = bad input.
+if (( ! skip_aot_check )); then
+  repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+  aot=("$aot_python" -m genemask_jax.aot "--topology=$accelerator_type" "--config=$config")
+  for flag in ${extra_flags[@]+"${extra_flags[@]}"}; do
+    [[ "$flag" != --config.* ]] || aot+=("$flag")
+  done
+  if (( dry_run )); then
+    echo "+ (cd $(shell_quote "$repo_root") && $(quote_all "${aot[@]}"))"
+  else
+    echo "tpu_pod.sh: checking that the step fits a $accelerator_type:" \
+      "$(quote_all "${aot[@]}")" >&2
+    aot_status=0
+    (cd "$repo_root" && "${aot[@]}") || aot_status=$?
+    case "$aot_status" in
+      0) ;;
+      1) echo "tpu_pod.sh: error: the train step does not fit a $accelerator_type (above);" \
+           "use a larger slice, --config.train.grad_accum_steps, --config.model.remat or" \
+           "bfloat16, or pass --skip-aot-check" >&2
+         exit 1 ;;
+      *) echo "tpu_pod.sh: error: the compile check failed (status $aot_status; above);" \
+           "install it with: $aot_python -m pip install '.[aot]', or pass --skip-aot-check" >&2
+         exit 2 ;;
+    esac
+  fi
+fi
 
 # 1. The slice: reuse it if it exists, create it otherwise.
 describe=("${tpu[@]}" describe "$name" "${gcloud_flags[@]}" "--format=value(state,acceleratorType)")

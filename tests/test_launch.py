@@ -96,6 +96,7 @@ def fakes(tmp_path, monkeypatch):
   monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
   monkeypatch.setenv("FAKE_RECORD", str(record))
   monkeypatch.setenv("TMPDIR", str(tmp_path))
+  monkeypatch.setenv("TPU_SKIP_AOT_CHECK", "1")  # The check's own tests below unset it.
   for var in ("TPU_NAME", "TPU_ZONE", "TPU_PROJECT", "TPU_ACCELERATOR_TYPE", "CONFIG",
               "WORKDIR", "REPO_URL", "TPU_RUNTIME_VERSION", "JAX_COORDINATOR_PORT",
               "GENEMASK_EXPLICIT_FLAGS", "SLURM_JOB_ID", "SLURM_JOB_NODELIST"):
@@ -223,6 +224,43 @@ def test_tpu_pod_dry_run_prints_every_command_and_runs_none(fakes):
   train_cmd = _option(words[5], "--command")
   assert ("main.py --multihost --config=configs/pretrain.py:paper --workdir=gs://bucket/runs/paper "
           "--num_steps=3") in train_cmd
+
+
+# Stand-in for the Python that runs `-m genemask_jax.aot`: records its argv and cwd, exits
+# with $FAKE_AOT_STATUS (0 fits, 1 does not fit).
+_FAKE_AOT_PYTHON = _RECORDER.replace("sys.argv[1:]", "sys.argv[1:] + [os.getcwd()]") + """
+sys.exit(int(os.environ.get("FAKE_AOT_STATUS", "0")))
+"""
+
+
+@pytest.mark.parametrize("status, verbs", [(0, ["fake_python", "describe", "create"]),
+                                           (1, ["fake_python"]), (2, ["fake_python"])])
+def test_tpu_pod_compiles_the_step_for_the_slice_before_creating_it(
+    fakes, tmp_path, monkeypatch, status, verbs):
+  monkeypatch.delenv("TPU_SKIP_AOT_CHECK")
+  python = _write_exe(tmp_path / "fake_python", _FAKE_AOT_PYTHON)
+  monkeypatch.setenv("FAKE_AOT_STATUS", str(status))
+  result = _run([LAUNCH / "tpu_pod.sh", *_TPU_ARGS, f"--aot-python={python}",
+                 "--repo=https://example.org/gm.git", "--",
+                 "--config.train.batch_size=256", "--num_steps=3"])
+  assert result.returncode == status, result.stderr
+  calls = fakes()
+  assert [c[0] if c[0] == "fake_python" else c[4] for c in calls][:3] == verbs
+  assert calls[0][1:] == ["-m", "genemask_jax.aot", "--topology=v4-32",
+                          "--config=configs/pretrain.py:paper",
+                          "--config.train.batch_size=256", str(REPO)]
+  if status == 1:
+    assert "does not fit a v4-32" in result.stderr and "--skip-aot-check" in result.stderr
+
+
+def test_tpu_pod_dry_run_shows_the_compile_check_and_the_flag_skips_it(fakes, monkeypatch):
+  monkeypatch.delenv("TPU_SKIP_AOT_CHECK")
+  args = [LAUNCH / "tpu_pod.sh", *_TPU_ARGS, "--accelerator-type=v5litepod-16", "--dry-run"]
+  first = _run(args).stdout.splitlines()[0]
+  assert first == (f"+ (cd {REPO} && python3 -m genemask_jax.aot --topology=v5litepod-16 "
+                   "--config=configs/pretrain.py:paper)")
+  assert "genemask_jax.aot" not in _run(args + ["--skip-aot-check"]).stdout
+  assert fakes() == []
 
 
 @pytest.mark.parametrize("args, message", [
