@@ -76,7 +76,12 @@ def device_events(events: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
       proc_names[e.get("pid")] = str(e.get("args", {}).get("name", ""))
     elif e.get("ph") == "M" and e.get("name") == "thread_name":
       thread_names[(e.get("pid"), e.get("tid"))] = str(e.get("args", {}).get("name", ""))
-  device_pids = {pid for pid, name in proc_names.items() if name.startswith("/device:")}
+  # Only device processes with work in them: a process that merely loaded another
+  # backend's plugin (libtpu after an ahead-of-time TPU compile) lists an empty /device:
+  # process, which must not hide the CPU's op events.
+  busy = {e.get("pid") for e in events if e.get("ph") == "X" and "dur" in e}
+  device_pids = {pid for pid, name in proc_names.items()
+                 if name.startswith("/device:") and pid in busy}
   # A GPU's kernels are on its "Stream #N" threads; derived per-op lines repeat them.
   stream_pids = {pid for (pid, _), name in thread_names.items()
                  if pid in device_pids and "stream" in name.lower()}

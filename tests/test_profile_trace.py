@@ -70,3 +70,17 @@ def test_missing_trace_names_the_directory(tmp_path):
   with pytest.raises(FileNotFoundError, match="create_perfetto_trace=True") as e:
     profile_trace.find_trace(tmp_path)
   assert str(tmp_path) in str(e.value)
+
+
+def test_an_empty_device_process_does_not_hide_cpu_ops():
+  """After libtpu loads (an AOT TPU compile in the same process) a CPU trace also lists an
+  empty '/device:CUSTOM:Megascale Trace' process; the CPU's op events must still count."""
+  events = [
+      {"ph": "M", "name": "process_name", "pid": 1, "args": {"name": "/device:CUSTOM:Megascale Trace"}},
+      {"ph": "M", "name": "process_name", "pid": 2, "args": {"name": "/host:CPU"}},
+      {"ph": "X", "pid": 2, "tid": 5, "name": "dot_fusion", "dur": 30.0,
+       "args": {"hlo_op": "dot_fusion"}},
+      {"ph": "X", "pid": 2, "tid": 5, "name": "tanh", "dur": 10.0, "args": {"hlo_op": "tanh"}},
+  ]
+  stats = profile_trace.rank_kernels(events)
+  assert [(s.name, s.total_us) for s in stats] == [("dot_fusion", 30.0), ("tanh", 10.0)]
