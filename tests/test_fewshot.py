@@ -18,16 +18,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 import pytest
+import test_support  # tests/ is on sys.path (rootdir-relative test modules).
 
 from genemask_jax import checkpoints
 from genemask_jax import fewshot
 from genemask_jax import finetune
 from genemask_jax import model as model_lib
-from genemask_jax import optim
 from genemask_jax import tokenizer
-from genemask_jax import train_step
 from genemask_jax.data import tasks
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -39,20 +37,7 @@ MICRO = dict(num_layers=1, hidden_size=64, num_heads=4, mlp_dim=128)
 def workdir(tmp_path_factory):
   """A real pretraining workdir with a tiny checkpoint at step 7."""
   wd = tmp_path_factory.mktemp("pretrain")
-  cfg = model_lib.model_config("tiny")
-  model = model_lib.BertForMaskedLM(cfg)
-  params = nn.unbox(jax.jit(model.init)(jax.random.key(3),
-                                        jnp.zeros((1, 8), jnp.int32))["params"])
-  state = train_step.init_train_state(params, optim.make_optimizer(1e-3))
-  manager = ocp.CheckpointManager(wd / "checkpoints")
-  manager.save(7, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                          data=ocp.args.JsonSave({"position": 0})))
-  manager.wait_until_finished()
-  (wd / "config.json").write_text(json.dumps({
-      "config": {"model": {"size": "tiny", "dtype": "float32"}},
-      "model_signature": {"size": "tiny", "vocab_size": 4101, "hidden_size": 256,
-                          "num_layers": 2, "num_heads": 8, "mlp_dim": 1024}}))
-  return wd, params
+  return wd, test_support.save_tiny_workdir(wd)
 
 
 def _motif_data(n, rng, motif="GATTACA", length=40):

@@ -11,6 +11,7 @@ import sys
 
 import numpy as np
 import pytest
+import test_support  # tests/ is on sys.path (rootdir-relative test modules).
 
 from genemask_jax import npmi
 
@@ -194,29 +195,7 @@ def test_pretraining_applies_the_floor_for_genemask_only(tmp_path):
 
 def _save_workdir(wd, scale=1.0):
   """A pretraining workdir as main.py writes it (tiny model, step 7), weights x scale."""
-  import json
-
-  import flax.linen as nn
-  import jax
-  import jax.numpy as jnp
-  import orbax.checkpoint as ocp
-
-  from genemask_jax import model as model_lib
-  from genemask_jax import optim
-  from genemask_jax import train_step
-  cfg = model_lib.model_config("tiny")
-  params = nn.unbox(jax.jit(model_lib.BertForMaskedLM(cfg).init)(
-      jax.random.key(3), jnp.zeros((1, 8), jnp.int32))["params"])
-  params = jax.tree.map(lambda x: x * scale, params)
-  state = train_step.init_train_state(params, optim.make_optimizer(1e-3))
-  manager = ocp.CheckpointManager(wd / "checkpoints")
-  manager.save(7, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                          data=ocp.args.JsonSave({"position": 0})))
-  manager.wait_until_finished()
-  (wd / "config.json").write_text(json.dumps({
-      "config": {"model": {"size": "tiny", "dtype": "float32"}},
-      "model_signature": {"size": "tiny", "vocab_size": 4101, "hidden_size": 256,
-                          "num_layers": 2, "num_heads": 8, "mlp_dim": 1024}}))
+  test_support.save_tiny_workdir(wd, scale)
   return wd
 
 

@@ -4,7 +4,6 @@ docs/reliability.md ("Pretraining runs, checkpoints and the workdir") true.
 The runs are real: `main.py` as a subprocess on 300 chr22 blocks with the `:test` preset,
 one short trained workdir shared by the module and copied before each test damages it.
 """
-import gzip
 import json
 import os
 import pathlib
@@ -19,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import test_support  # tests/ is on sys.path (rootdir-relative test modules).
 
 from genemask_jax import errors
 from genemask_jax import hf
@@ -42,15 +42,7 @@ def env(tmp_path_factory, data_dir):
   """A small real corpus (300 chr22 blocks), a shared TFDS dir and compilation cache."""
   base = tmp_path_factory.mktemp("reliability")
   corpus = base / "chr22_small.fa"
-  with gzip.open(data_dir / "genome" / "GRCh37_chr22_blocks.fa.gz", "rt") as f, \
-      open(corpus, "w") as out:
-    records = 0
-    for line in f:
-      if line.startswith(">"):
-        records += 1
-        if records > 300:
-          break
-      out.write(line)
+  test_support.write_small_corpus(data_dir, corpus)
   e = dict(os.environ)
   e.update(JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1",
            XLA_FLAGS=("--xla_force_host_platform_device_count=1 "

@@ -1,5 +1,4 @@
 """The pretraining binary end to end: outputs, exact resumption after SIGTERM, bad input."""
-import gzip
 import json
 import os
 import pathlib
@@ -8,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import test_support  # tests/ is on sys.path (rootdir-relative test modules).
 
 from genemask_jax import metrics_writer
 
@@ -19,15 +19,7 @@ def env(tmp_path_factory, data_dir):
   """A small real corpus (300 chr22 blocks), a shared TFDS dir and compilation cache."""
   base = tmp_path_factory.mktemp("train")
   corpus = base / "chr22_small.fa"
-  with gzip.open(data_dir / "genome" / "GRCh37_chr22_blocks.fa.gz", "rt") as f, \
-      open(corpus, "w") as out:
-    records = 0
-    for line in f:
-      if line.startswith(">"):
-        records += 1
-        if records > 300:
-          break
-      out.write(line)
+  test_support.write_small_corpus(data_dir, corpus)
   e = dict(os.environ)
   e.update(JAX_PLATFORMS="cpu", XLA_FLAGS=_xla_flags(1),
            JAX_COMPILATION_CACHE_DIR=str(base / "jax_cache"),
