@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import json
 import math
 import os
@@ -50,7 +51,6 @@ from genemask_jax import model as model_lib
 from genemask_jax import npmi as npmi_lib
 from genemask_jax import optim
 from genemask_jax import sharding as sharding_lib
-from genemask_jax import tokenizer
 from genemask_jax import train_step as step_lib
 from genemask_jax.data import fasta
 from genemask_jax.data import genome
@@ -465,6 +465,31 @@ def _damage_signs(step_dir: epath.Path) -> list[str]:
   return signs
 
 
+def _hide_orbax_read_noise() -> None:
+  """Sends the 'Exception ignored in <coroutine ...>' reports of abandoned orbax reads to the
+  debug log instead of stderr (every other unraisable exception still goes to stderr).
+
+  A failed restore of a damaged step leaves orbax's pending read coroutines to be
+  finalised whenever the garbage collector gets to them; Python then prints each one's
+  traceback, which would bury the one line that reports the damaged step.
+  """
+  previous = sys.unraisablehook
+  if getattr(previous, "_genemask_filter", False):
+    return
+
+  def hook(unraisable):
+    where = f"{getattr(unraisable, 'object', '')!r} {unraisable.exc_value!r}"
+    if "orbax" in where or "_read_array_index_and_device_put" in where or (
+        unraisable.exc_traceback is not None and "orbax" in
+        str(getattr(unraisable.exc_traceback.tb_frame.f_code, "co_filename", ""))):
+      logging.debug("orbax: ignored while discarding a failed read: %r", unraisable.exc_value)
+      return
+    previous(unraisable)
+
+  hook._genemask_filter = True  # pylint: disable=protected-access
+  sys.unraisablehook = hook
+
+
 def restore_newest_intact(manager: ocp.CheckpointManager, workdir: epath.Path,
                           abstract_state: Any, is_main: bool) -> Any | None:
   """Restores the newest checkpoint that reads back whole; None if there is none.
@@ -479,6 +504,7 @@ def restore_newest_intact(manager: ocp.CheckpointManager, workdir: epath.Path,
   """
   ckpt_dir = epath.Path(manager.directory)
   failed: list[tuple[int, str]] = []
+  _hide_orbax_read_noise()
   for step in sorted(manager.all_steps(), reverse=True):
     try:
       with _quiet_logs(logging.FATAL):  # Orbax logs each failed read's traceback as ERROR.
@@ -487,6 +513,7 @@ def restore_newest_intact(manager: ocp.CheckpointManager, workdir: epath.Path,
     except Exception as e:  # pylint: disable=broad-except  (orbax/tensorstore raise many types)
       reason = "; ".join(_damage_signs(ckpt_dir / str(step)) + [_one_line(e)])
       failed.append((step, reason))
+      gc.collect()  # Finalise the failed read's coroutines now, under the filter above.
       continue
     _sync("restore")
     if is_main:  # One line per damaged step.
