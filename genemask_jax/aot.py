@@ -95,6 +95,15 @@ class Target:
   hbm_bytes: int | None
 
 
+def _chip_of(name: str, generation: str, expected: str) -> str:
+  """The CHIPS key of a topology's generation prefix (aliases resolved), or one AotError."""
+  chip = _ALIASES.get(generation, generation)
+  if chip not in CHIPS:
+    raise AotError(f"--topology={name}: unknown TPU generation {generation!r}; expected "
+                   f"{expected}")
+  return chip
+
+
 def parse_target(name: str) -> Target:
   """``v5e:4x4`` / ``v4-32`` / ``v5litepod-16`` / ``cpu`` -> Target.
 
@@ -109,10 +118,7 @@ def parse_target(name: str) -> Target:
     return Target(name, "cpu", "", jax.device_count("cpu"), None)
   m = re.fullmatch(r"([a-z0-9]+):(\d+(?:x\d+)+)", raw)
   if m:
-    chip = _ALIASES.get(m.group(1), m.group(1))
-    if chip not in CHIPS:
-      raise AotError(f"--topology={name}: unknown TPU generation {m.group(1)!r}; expected "
-                     f"one of {', '.join(CHIPS)}")
+    chip = _chip_of(name, m.group(1), f"one of {', '.join(CHIPS)}")
     dims = [int(d) for d in m.group(2).split("x")]
     if len(dims) != (3 if CHIPS[chip].three_d else 2) or min(dims) < 1:
       want = "AxBxC" if CHIPS[chip].three_d else "AxB"
@@ -121,10 +127,7 @@ def parse_target(name: str) -> Target:
     return _target(name, chip, "x".join(map(str, dims)), math.prod(dims))
   m = re.fullmatch(r"([a-z0-9]+)-(\d+)", raw)
   if m:
-    chip = _ALIASES.get(m.group(1), m.group(1))
-    if chip not in CHIPS:
-      raise AotError(f"--topology={name}: unknown TPU generation {m.group(1)!r}; expected "
-                     f"{known}")
+    chip = _chip_of(name, m.group(1), known)
     spec = CHIPS[chip]
     count = int(m.group(2))
     chips = count // spec.cores_per_chip
