@@ -119,6 +119,97 @@ def test_killed_build_is_not_taken_for_finished_and_resumes(tmp_path):
   assert _shard_bytes(resumed) == _shard_bytes(fresh)
 
 
+_SLOW_BUILD = textwrap.dedent("""
+    import sys, time
+    from genemask_jax.data import genome_tfds, shards
+    real = shards.write_unit
+    def write_unit(unit, work_dir):
+      time.sleep(0.3)  # Slow enough that the test's SIGKILL lands mid-build.
+      return real(unit, work_dir)
+    shards.write_unit = write_unit
+    genome_tfds.build(sys.argv[1], None, num_workers=1)
+    """)
+
+
+def test_build_killed_from_outside_restarts_cleanly_to_the_same_dataset(tmp_path):
+  import signal  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  builder = genome_tfds.builder_for(tmp_path / "t", genome_tfds.make_config(None))
+  work = pathlib.Path(builder.work_dir())
+  proc = subprocess.Popen([sys.executable, "-c", _SLOW_BUILD, str(tmp_path / "t")], cwd=_REPO,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          start_new_session=True)
+  try:
+    deadline = time.monotonic() + 240
+    while len(list(work.glob("unit-*.json"))) < 2:
+      assert proc.poll() is None, proc.stderr.read()[-2000:]
+      assert time.monotonic() < deadline, "no unit finished in 240 s"
+      time.sleep(0.02)
+  finally:
+    os.killpg(proc.pid, signal.SIGKILL)  # Anywhere: between units or inside a shard.
+    proc.wait()
+  assert proc.returncode == -signal.SIGKILL
+  assert not builder.is_prepared()
+  assert not list((tmp_path / "t").rglob("dataset_info.json"))
+  resumed = genome_tfds.build(tmp_path / "t", None, num_workers=2)
+  s = genome_tfds.summary(resumed)
+  assert s["reused_units"] >= 2 and s["num_workers"] == 2
+  assert not work.exists() and not list((tmp_path / "t").rglob("*.tmp"))
+  fresh = genome_tfds.build(tmp_path / "fresh", None, num_workers=1)
+  assert _shard_bytes(resumed) == _shard_bytes(fresh)
+  assert _rows(resumed) == _rows(fresh)
+
+
+_HOLD_LOCK = textwrap.dedent("""
+    import sys
+    from genemask_jax.data import genome_tfds
+    with genome_tfds._locked(sys.argv[1]):
+      print("held", flush=True)
+      sys.stdin.read()  # Until the test closes our stdin.
+    """)
+
+
+def test_second_concurrent_build_names_the_lock_and_waits(tmp_path, chrx_head):
+  import queue  # pylint: disable=g-import-not-at-top
+  import threading  # pylint: disable=g-import-not-at-top
+  fa = _fasta(tmp_path / "x.fa", chrx_head[:50_000])
+  builder = genome_tfds.builder_for(tmp_path / "t", genome_tfds.make_config([fa]))
+  lock = builder.work_dir() + ".lock"
+  holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, lock], cwd=_REPO,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+  env = {k: v for k, v in os.environ.items() if k != "GENEMASK_DATA_DIR"}
+  env["PYTHONPATH"] = str(_REPO) + os.pathsep + env.get("PYTHONPATH", "")
+  second = None
+  try:
+    assert holder.stdout.readline().strip() == "held"
+    second = subprocess.Popen(
+        [sys.executable, "-u", "-m", "genemask_jax.data.prepare", f"--tfds_dir={tmp_path / 't'}",
+         f"--fasta={fa}", "--num_workers=1"], stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, env=env)
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(l) for l in second.stdout] + [lines.put(None)],
+                     daemon=True).start()
+    seen = []
+    while not any(l.startswith("waiting for ") for l in seen):
+      line = lines.get(timeout=120)
+      assert line is not None, "".join(seen)[-3000:]
+      seen.append(line)
+    wait_line = next(l for l in seen if l.startswith("waiting for "))
+    assert lock in wait_line and f"(pid {holder.pid}) holds it" in wait_line
+    assert second.poll() is None and not builder.is_prepared()  # It waits, builds nothing.
+    holder.stdin.close()  # The first build ends: the second goes on.
+    assert holder.wait(timeout=60) == 0
+    assert second.wait(timeout=240) == 0
+    while lines.get(timeout=10) is not None:
+      pass
+  finally:
+    for p in (holder, second):
+      if p is not None and p.poll() is None:
+        p.kill()
+        p.wait()
+  assert genome_tfds.builder_for(tmp_path / "t", genome_tfds.make_config([fa])).is_prepared()
+
+
 def test_failed_build_raises_and_leaves_no_dataset(tmp_path, monkeypatch):
   real = shards.write_unit
 

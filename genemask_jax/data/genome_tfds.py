@@ -321,12 +321,26 @@ class GenemaskGenome(tfds.core.GeneratorBasedBuilder):
 
 
 @contextlib.contextmanager
-def _locked(path: str) -> Iterator[None]:
-  """An exclusive lock on `path` (created), held by one build of a config at a time."""
+def _locked(path: str, log: Callable[[str], None] = logging.info) -> Iterator[None]:
+  """An exclusive lock on `path` (created), held by one build of a config at a time.
+
+  A second build of the same config logs one line naming the lock file and the pid that
+  holds it, then waits; the lock goes with its holder's process, however that ends.
+  """
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path, "a") as f:
-    fcntl.flock(f, fcntl.LOCK_EX)  # A second build of the same config waits here.
+  with open(path, "a+") as f:
     try:
+      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      f.seek(0)
+      holder = f.read().strip() or "unknown"
+      log(f"waiting for {path}: another build of this dataset (pid {holder}) holds it")
+      fcntl.flock(f, fcntl.LOCK_EX)
+    try:
+      f.seek(0)
+      f.truncate()
+      f.write(str(os.getpid()))
+      f.flush()
       yield
     finally:
       fcntl.flock(f, fcntl.LOCK_UN)
@@ -363,7 +377,7 @@ def build(tfds_dir: str | os.PathLike,
     if os.path.isdir(builder.work_dir()):  # Left if the last build died after finishing.
       shutil.rmtree(builder.work_dir(), ignore_errors=True)
     return builder
-  with _locked(builder.work_dir() + ".lock"):
+  with _locked(builder.work_dir() + ".lock", log or logging.info):
     builder = builder_for(tfds_dir, config, num_workers, log)  # Another build may have won.
     if not builder.is_prepared():
       # Under the lock, a TFDS temporary dir of this config is a killed build's: remove.
