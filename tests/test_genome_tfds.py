@@ -11,6 +11,7 @@ import pytest
 
 from genemask_jax import errors
 from genemask_jax import tokenizer
+from genemask_jax.data import fasta as fasta_lib
 from genemask_jax.data import genome
 from genemask_jax.data import genome_tfds
 from genemask_jax.data import shards
@@ -208,6 +209,73 @@ def test_second_concurrent_build_names_the_lock_and_waits(tmp_path, chrx_head):
         p.kill()
         p.wait()
   assert genome_tfds.builder_for(tmp_path / "t", genome_tfds.make_config([fa])).is_prepared()
+
+
+def _messy_fasta(path: pathlib.Path, chrx: bytes, crlf: bool) -> str:
+  """Records with N runs, IUPAC letters, soft-masking, short pieces, repeated and empty
+  headers, a record with no sequence and lines of several widths."""
+  rng = np.random.default_rng(7)
+  seq = bytearray(chrx[:60_000])
+  for _ in range(40):  # N runs and single IUPAC letters, some a few bp apart.
+    a, n = int(rng.integers(0, len(seq) - 50)), int(rng.integers(1, 40))
+    seq[a:a + n] = b"N" * n
+    seq[int(rng.integers(0, len(seq)))] = ord("R")
+  low = bytes(seq).lower()
+  seq = bytes(seq[:30_000]) + low[30_000:]
+  eol = b"\r\n" if crlf else b"\n"
+
+  def lines(s: bytes, width: int) -> bytes:
+    return b"".join(s[i:i + width] + eol for i in range(0, len(s), width))
+
+  recs = [b">a desc" + eol + lines(seq[:25_000], 60), b">empty" + eol,
+          b">a" + eol + lines(seq[25_000:40_000], 7), b">" + eol + lines(seq[40_000:41_000], 80),
+          b">tiny" + eol + b"ACGTA" + eol, b">ns" + eol + lines(b"N" * 3000, 60),
+          b">one_line" + eol + seq[41_000:] + eol]
+  path.write_bytes(b"".join(recs))
+  return str(path)
+
+
+@pytest.mark.parametrize("crlf,cfg", [
+    (False, {}), (True, {"seed": 5}), (False, {"join_across_n": True}),
+    (False, {"keep_tail": False, "min_chunk_bp": 20, "max_offset": 3000}),
+])
+def test_planned_units_hold_exactly_the_sequential_chunks(tmp_path, chrx_head, monkeypatch,
+                                                          crlf, cfg):
+  import gzip  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(genome_tfds, "_RANGE_BYTES", 997)  # Many ranges: runs cross them.
+  monkeypatch.setattr(genome_tfds, "_RANGES_PER_TASK", 3)
+  plain = _messy_fasta(tmp_path / "m.fa", chrx_head, crlf)
+  gz = tmp_path / "m2.fa.gz"
+  gz.write_bytes(gzip.compress(pathlib.Path(plain).read_bytes()))
+  paths = [plain, str(gz)]
+  cfg = genome.ChunkConfig(**cfg)
+  want_stats, got_stats = genome.ChunkStats(), genome.ChunkStats()
+  cuts = list(genome.iter_cuts(paths, cfg, 1 << 12, want_stats))
+  (tmp_path / "w").mkdir()
+  units = [u.load() for u in genome_tfds.plan_units(paths, cfg, 5_000, got_stats,
+                                                     str(tmp_path / "w"))]
+  assert len(units) > 10 and [u.index for u in units] == list(range(len(units)))
+  assert got_stats == want_stats and want_stats.acgt > want_stats.kept  # Something was lost.
+  np.testing.assert_array_equal(np.concatenate([u.bases for u in units]),
+                                np.concatenate([c.bases for c in cuts]))
+  np.testing.assert_array_equal(np.concatenate([u.lengths for u in units]),
+                                np.concatenate([c.lengths for c in cuts]))
+  want_val = np.concatenate([genome.validation_flags(c, cfg) for c in cuts])
+  np.testing.assert_array_equal(np.concatenate([u.validation() for u in units]), want_val)
+  keys = lambda names, first, counts: [(n, f + i) for n, f, c in zip(names, first, counts)
+                                       for i in range(c)]
+  assert [k for u in units for k in keys(u.names, u.first, u.counts)] == keys(
+      [c.record_name for c in cuts], [c.first_index for c in cuts],
+      [c.lengths.shape[0] for c in cuts])
+
+
+def test_a_bad_byte_deep_in_a_file_names_its_line_from_a_worker(tmp_path, chrx_head):
+  lines = [chrx_head[i:i + 60] for i in range(0, 60_000, 60)]
+  lines[700] = lines[700][:10] + b"\x00" + lines[700][11:]
+  fa = tmp_path / "bad.fa"
+  fa.write_bytes(b">x\n" + b"\n".join(lines) + b"\n")
+  with pytest.raises(fasta_lib.FastaError, match=r"bad.fa:702: byte b'\\x00'"):
+    genome_tfds.build(tmp_path / "t", [str(fa)], num_workers=2)
 
 
 def test_failed_build_raises_and_leaves_no_dataset(tmp_path, monkeypatch):

@@ -267,3 +267,106 @@ def check_files(paths: Sequence[str | os.PathLike]) -> None:
                          "(binary data?)")
       raise FastaError(f"{path}:{lineno}: sequence line before any '>' header; a FASTA file "
                        "starts with a '>name' line")
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordSpan:
+  """Where one record's sequence lines lie in an uncompressed FASTA file.
+
+  Attributes:
+    index: the record's position in the file (0-based, every header counts).
+    name: the header without '>' (stripped), as `Record.name`.
+    start: byte offset of the first byte after the header line.
+    end: byte offset just past the record's last sequence byte (the next header's '>').
+  """
+  index: int
+  name: str
+  start: int
+  end: int
+
+
+def line_of(path: str | os.PathLike, offset: int) -> int:
+  """The 1-based line number of byte `offset` of an uncompressed file (for messages)."""
+  line, done = 1, 0
+  with open(path, "rb") as f:
+    while done < offset:
+      buf = f.read(min(_READ_SIZE, offset - done))
+      if not buf:
+        break
+      line += buf.count(b"\n")
+      done += len(buf)
+  return line
+
+
+def index_records(path: str | os.PathLike, display: str | None = None
+                  ) -> list[RecordSpan] | None:
+  """The records of an uncompressed FASTA file, by byte range, without reading the sequence.
+
+  A scan for line-initial '>' (memchr speed: the sequence bytes are not examined), so that
+  worker processes can then read and check the sequence of any byte range themselves.
+  Returns None for a file this scan does not handle exactly like `iter_pieces` -- one
+  with ';' comment lines or anything but blank lines before its first header -- for the
+  caller to read sequentially instead. Headers are checked as `iter_pieces` checks them
+  (UTF-8, at most 1 MiB); `display` names the file in messages (default: path).
+  """
+  import mmap  # pylint: disable=g-import-not-at-top
+  path = os.fspath(path)
+  display = display or path
+  if os.path.getsize(path) == 0:
+    raise FastaError(f"{display}: empty file; expected FASTA ('>name' then sequence lines)")
+  spans: list[RecordSpan] = []
+  with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+    if mm.find(b"\n;") >= 0 or mm[:1] == b";":
+      return None
+    gt = 0 if mm[:1] == b">" else mm.find(b"\n>") + 1
+    if (gt == 0 and mm[:1] != b">") or mm[:gt].strip(b"\r\n"):
+      return None  # No header, or sequence before it: iter_pieces says which, and where.
+    while gt >= 0:
+      eol = mm.find(b"\n", gt)
+      stop = len(mm) if eol < 0 else eol
+      if stop - gt - 1 > _MAX_HEADER:
+        raise FastaError(f"{display}:{line_of(path, gt)}: header line longer than "
+                         f"{_MAX_HEADER} bytes; is this a FASTA file?")
+      raw = mm[gt + 1:stop]
+      try:
+        name = raw.rstrip(b"\r").decode("utf-8").strip()
+      except UnicodeDecodeError:
+        _header_name(display, line_of(path, gt), raw)
+        raise
+      start = len(mm) if eol < 0 else eol + 1
+      nxt = mm.find(b"\n>", start - 1) if start < len(mm) else -1
+      end = len(mm) if nxt < 0 else nxt + 1
+      spans.append(RecordSpan(len(spans), name, start, end))
+      gt = nxt + 1 if nxt >= 0 else -1
+  return spans
+
+
+_ACGT_EOL = b"ACGTacgt\r\n"
+_NOT_ACGT_EITHER_CASE = bytes(b for b in range(256) if b not in b"ACGTacgt")
+
+
+def read_letters(f: BinaryIO, start: int, end: int, display: str, path: str,
+                 acgt_only: bool = False) -> bytes:
+  """The sequence letters of bytes [start, end) of an open uncompressed FASTA file.
+
+  Line ends are removed and the letters checked as `iter_pieces` checks them (FastaError
+  naming the file and line of a bad byte); with ``acgt_only`` every letter but A/C/G/T
+  (either case) is removed too. `display` names the file in messages; `path` is the file
+  read, for the line number.
+  """
+  f.seek(start)
+  return letters_of(f.read(end - start), start, display, path, acgt_only)
+
+
+def letters_of(data: bytes, start: int, display: str, path: str,
+               acgt_only: bool = False) -> bytes:
+  """`read_letters` of bytes already read from offset `start`."""
+  if not data.translate(None, _ACGT_EOL):  # The common case: nothing else to check.
+    return data.translate(None, b"\r\n")
+  letters = data.translate(None, b"\r\n")
+  bad = letters.translate(None, _SEQ_LETTERS)
+  if bad:
+    pos = data.find(bad[:1])
+    raise FastaError(f"{display}:{line_of(path, start + pos)}: {_describe(bad)} in a "
+                     "sequence line; expected IUPAC letters (is this a FASTA file?)")
+  return letters.translate(None, _NOT_ACGT_EITHER_CASE) if acgt_only else letters

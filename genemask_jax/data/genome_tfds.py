@@ -38,6 +38,7 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import fcntl
+import gzip
 import hashlib
 import json
 import logging
@@ -46,6 +47,7 @@ import multiprocessing
 import os
 import shutil
 import time
+import zlib
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -178,12 +180,217 @@ def iter_units(paths: Sequence[str], cfg: genome.ChunkConfig, bp: int,
     yield flush()
 
 
-def write_units(units: Iterator[shards.Unit], work_dir: str, num_workers: int,
-                log: Callable[[str], None] = logging.info) -> tuple[list[dict[str, Any]], int]:
+_RANGE_BYTES = 1 << 18  # Bytes of FASTA per range of the parallel first pass.
+_RANGES_PER_TASK = 64
+
+
+def _plain_copy(path: str, file_index: int, work_dir: str) -> str:
+  """`path` if it is uncompressed; else its unpacked copy in work_dir (made once).
+
+  A gzip stream cannot be read from the middle, so workers cannot split it: the main
+  process unpacks it once (the copy costs the uncompressed size on disk until the build
+  completes, and is kept for a resumed build).
+  """
+  with open(path, "rb") as f:
+    if f.read(2) != b"\x1f\x8b":
+      return path
+  st = os.stat(path)
+  target = os.path.join(work_dir, f"input-{file_index}-{st.st_size}-{st.st_mtime_ns}.fa")
+  if os.path.isfile(target):
+    return target
+  try:
+    with fasta.open_maybe_gzip(path) as src, open(target + ".tmp", "wb") as dst:
+      shutil.copyfileobj(src, dst, 1 << 20)
+  except (OSError, EOFError, zlib.error) as e:
+    if isinstance(e, OSError) and not isinstance(e, gzip.BadGzipFile) and e.errno:
+      raise
+    raise fasta.FastaError(f"{path}: cannot read: {e}") from e
+  os.replace(target + ".tmp", target)
+  return target
+
+
+def _segment_chunks(cfg: genome.ChunkConfig, name_hash: int, position: int, n: int
+                    ) -> tuple[np.ndarray, np.ndarray]:
+  """The kept chunks of an n-bp segment that starts at `position` of its record.
+
+  Exactly the chunks `genome` cuts from the same segment (its `_Segmenter`: the same
+  seeded generator, draws and rules), computed from the segment's place and length alone,
+  without its bases. Returns int64 (starts from the segment's start, lengths).
+  """
+  rng = np.random.default_rng([cfg.seed & 0xFFFFFFFF, name_hash, position])
+  offset = int(rng.integers(0, cfg.max_offset))
+  lengths = genome.draw_chunk_lengths(rng, genome._FIRST_DRAW, cfg)  # pylint: disable=protected-access
+  ends = np.cumsum(lengths) - offset
+  while ends[-1] <= 0:
+    lengths = np.concatenate([lengths, genome.draw_chunk_lengths(rng, lengths.shape[0], cfg)])
+    ends = np.cumsum(lengths) - offset
+  first = int(np.searchsorted(ends, 0, side="right"))
+  lengths = lengths[first:].copy()
+  lengths[0] = ends[first]
+  drop_first = lengths[0] < cfg.min_chunk_bp
+  parts, have = [lengths], int(lengths.sum())
+  while have <= n:  # How many are drawn at a time does not change the lengths.
+    more = genome.draw_chunk_lengths(rng, (n - have) // 256 + 64, cfg)
+    parts.append(more)
+    have += int(more.sum())
+  lengths = np.concatenate(parts)
+  ends = np.cumsum(lengths)
+  m = int(np.searchsorted(ends, n, side="right"))  # Chunks that end inside the segment.
+  lo = 1 if drop_first and m else 0
+  starts, lengths = (ends - lengths)[lo:m], lengths[lo:m]
+  tail = n - (int(ends[m - 1]) if m else 0)
+  if cfg.keep_tail and tail >= cfg.min_chunk_bp:
+    starts = np.append(starts, n - tail)
+    lengths = np.append(lengths, tail)
+  return starts.astype(np.int64), lengths.astype(np.int64)
+
+
+class _UnitPlan:
+  """Collects runs of chunks into `shards.RangeUnit`s of at least `bp` bases."""
+
+  def __init__(self, cfg: genome.ChunkConfig, bp: int):
+    self.cfg, self.bp, self.index = cfg, bp, 0
+    self._reset()
+
+  def _reset(self):
+    self.names, self.first, self.starts, self.spans, self.lengths = [], [], [], [], []
+    self.size = 0
+
+  def flush(self, path: str, display: str, source: str) -> shards.RangeUnit | None:
+    if not self.names:
+      return None
+    unit = shards.RangeUnit(
+        self.index, path, display, source, self.names, np.array(self.first, np.int64),
+        np.array([x.shape[0] for x in self.lengths], np.int64),
+        np.array(self.starts, np.int64), self.spans, np.concatenate(self.lengths), self.cfg)
+    self.index += 1
+    self._reset()
+    return unit
+
+  def add(self, name: str, first: int, start: int, lengths: np.ndarray,
+          coords: np.ndarray, ranges: list[tuple[int, int]], path: str, display: str,
+          source: str) -> Iterator[shards.RangeUnit]:
+    """Adds consecutive chunks of one segment (first at `start`); yields full units.
+
+    coords: int64 (q + 1,) the coordinate of each of the record's ranges' first letter,
+    then the record's end; ranges: their byte ranges.
+    """
+    cum = np.cumsum(lengths)
+    done = 0
+    while done < lengths.shape[0]:
+      base = int(cum[done - 1]) if done else 0
+      take = int(np.searchsorted(cum[done:] - base, self.bp - self.size, side="left")) + 1
+      take = min(take, lengths.shape[0] - done)
+      a = start + base
+      b = start + int(cum[done + take - 1])
+      i = int(np.searchsorted(coords, a, side="right")) - 1
+      j = int(np.searchsorted(coords, b, side="left"))
+      self.names.append(name)
+      self.first.append(first + done)
+      self.starts.append(a)
+      self.spans.append([(int(ranges[q][0]), int(ranges[q][1]), int(coords[q]))
+                         for q in range(max(i, 0), max(j, i + 1))])
+      self.lengths.append(lengths[done:done + take])
+      self.size += b - a
+      done += take
+      if self.size >= self.bp:
+        yield self.flush(path, display, source)
+
+
+def plan_units(paths: Sequence[str], cfg: genome.ChunkConfig, bp: int,
+               stats: genome.ChunkStats, work_dir: str,
+               map_fn: Callable[..., Iterator[Any]] = map
+               ) -> Iterator[shards.RangeUnit] | None:
+  """The corpus as `shards.RangeUnit`s, planned from an index pass and a parallel scan.
+
+  The main process finds the records' byte ranges (`fasta.index_records`; gzip files are
+  unpacked to work_dir first), `map_fn` runs the first pass (`shards.scan_ranges`: letters
+  checked and counted, runs of A/C/G/T found) on the workers, and the main process turns
+  the runs into segments and their seeded chunks (`_segment_chunks`, no bases touched)
+  and the chunks into units. Workers then read each unit's bases themselves. The chunks
+  are exactly `genome.iter_cuts`'s; each unit holds one file's chunks.
+
+  Returns None (before any work) if a file needs the sequential reader (';' comment lines
+  or text before its first header): the caller then uses `iter_units`.
+  """
+  plain, indexes = [], []
+  for i, path in enumerate(paths):
+    plain.append(_plain_copy(path, i, work_dir))
+    indexes.append(fasta.index_records(plain[-1], display=path))
+    if indexes[-1] is None:
+      return None
+  return _iter_planned(paths, plain, indexes, cfg, bp, stats, map_fn)
+
+
+def _iter_planned(paths, plain, indexes, cfg, bp, stats, map_fn):
+  plan = _UnitPlan(cfg, bp)
+  join = cfg.join_across_n
+  for path, copy, spans in zip(paths, plain, indexes):
+    st = os.stat(path)
+    source = f"{st.st_size}-{st.st_mtime_ns}"
+    ranges = [[(a, min(a + _RANGE_BYTES, sp.end)) for a in range(sp.start, sp.end, _RANGE_BYTES)]
+              for sp in spans]
+    flat = [r for rs in ranges for r in rs]
+    tasks = [flat[i:i + _RANGES_PER_TASK] for i in range(0, len(flat), _RANGES_PER_TASK)]
+    scanned = iter(r for part in map_fn(shards.scan_ranges, [copy] * len(tasks),
+                                        [path] * len(tasks), tasks) for r in part)
+    names: set[str] = set()
+    for sp, rs in zip(spans, ranges):
+      got = [next(scanned) for _ in rs]
+      letters = np.array([g[0] for g in got], np.int64)
+      acgt = np.array([g[1] for g in got], np.int64)
+      if not letters.sum():
+        continue  # No sequence: the sequential reader never sees this record either.
+      stats.letters += int(letters.sum())
+      stats.acgt += int(acgt.sum())
+      words = sp.name.split()
+      name = words[0] if words else f"record{sp.index}"
+      if name in names:
+        name = f"{name}#{sp.index}"
+      names.add(name)
+      name_hash = genome._name_hash(name)  # pylint: disable=protected-access
+      sizes = acgt if join else letters
+      coords = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+      if join:
+        segments = [(0, int(coords[-1]))]
+      else:
+        runs = np.concatenate([g[2] + off for g, off in zip(got, coords[:-1])])
+        segments = []
+        for a, b in runs.tolist():
+          if segments and segments[-1][1] == a:  # A run that goes on in the next range.
+            segments[-1] = (segments[-1][0], b)
+          else:
+            segments.append((a, b))
+      chunk_index = 0
+      for a, b in segments:
+        starts, lengths = _segment_chunks(cfg, name_hash, a, b - a)
+        if not lengths.shape[0]:
+          continue
+        stats.kept += int(lengths.sum())
+        stats.chunks += int(lengths.shape[0])
+        yield from plan.add(name, chunk_index, a + int(starts[0]), lengths, coords, rs, copy,
+                            path, source)
+        chunk_index += int(lengths.shape[0])
+    unit = plan.flush(copy, path, source)  # Units never span files.
+    if unit is not None:
+      yield unit
+
+
+def _broken(e: BaseException, work_dir: str) -> RuntimeError:
+  return RuntimeError(
+      f"a corpus build worker died ({e}; out of memory?); run the same command again: "
+      f"the finished units in {work_dir} are kept and the build resumes from them")
+
+
+def write_units(units: Iterator[shards.Unit | shards.RangeUnit], work_dir: str,
+                num_workers: int, log: Callable[[str], None] = logging.info,
+                pool: concurrent.futures.Executor | None = None
+                ) -> tuple[list[dict[str, Any]], int]:
   """Writes every unit not already finished in work_dir; returns (results, reused).
 
-  With num_workers > 1 the units go to spawned worker processes, at most two per worker
-  in flight (which bounds memory); results come back in unit order either way.
+  With num_workers > 1 the units go to worker processes (`pool`, or spawned here), at
+  most two per worker in flight (which bounds memory); results come back in unit order
+  either way.
   """
   results: dict[int, dict[str, Any]] = {}
   reused = 0
@@ -192,10 +399,10 @@ def write_units(units: Iterator[shards.Unit], work_dir: str, num_workers: int,
 
   markers = set(shards.finished_indices(work_dir))  # Units an earlier run finished.
 
-  def todo() -> Iterator[shards.Unit]:
+  def todo() -> Iterator[shards.Unit | shards.RangeUnit]:
     nonlocal reused, bases, last
     for unit in units:
-      bases += unit.bases.shape[0]
+      bases += unit.num_bases()
       done = shards.finished(work_dir, unit) if unit.index in markers else None
       if done is not None:
         results[unit.index] = done
@@ -210,30 +417,34 @@ def write_units(units: Iterator[shards.Unit], work_dir: str, num_workers: int,
   if num_workers <= 1:
     for unit in todo():
       results[unit.index] = shards.write_unit(unit, work_dir)
-  else:
-    ctx = multiprocessing.get_context("spawn")  # Never fork a process that runs JAX.
-    try:
-      with concurrent.futures.ProcessPoolExecutor(num_workers, mp_context=ctx) as pool:
-        pending: set[concurrent.futures.Future] = set()
+    return [results[i] for i in sorted(results)], reused
+  try:
+    with contextlib.ExitStack() as stack:
+      if pool is None:
+        pool = stack.enter_context(_process_pool(num_workers))
+      pending: set[concurrent.futures.Future] = set()
 
-        def collect(return_when):
-          nonlocal pending
-          done, pending = concurrent.futures.wait(pending, return_when=return_when)
-          for fut in done:
-            r = fut.result()
-            results[r["index"]] = r
+      def collect(return_when):
+        nonlocal pending
+        done, pending = concurrent.futures.wait(pending, return_when=return_when)
+        for fut in done:
+          r = fut.result()
+          results[r["index"]] = r
 
-        for unit in todo():
-          pending.add(pool.submit(shards.write_unit, unit, work_dir))
-          if len(pending) >= 2 * num_workers:
-            collect(concurrent.futures.FIRST_COMPLETED)
-        if pending:
-          collect(concurrent.futures.ALL_COMPLETED)
-    except concurrent.futures.process.BrokenProcessPool as e:
-      raise RuntimeError(
-          f"a corpus build worker died ({e}; out of memory?); run the same command again: "
-          f"the finished units in {work_dir} are kept and the build resumes from them") from e
+      for unit in todo():
+        pending.add(pool.submit(shards.write_unit, unit, work_dir))
+        if len(pending) >= 2 * num_workers:
+          collect(concurrent.futures.FIRST_COMPLETED)
+      if pending:
+        collect(concurrent.futures.ALL_COMPLETED)
+  except concurrent.futures.process.BrokenProcessPool as e:
+    raise _broken(e, work_dir) from e
   return [results[i] for i in sorted(results)], reused
+
+
+def _process_pool(num_workers: int) -> concurrent.futures.ProcessPoolExecutor:
+  ctx = multiprocessing.get_context("spawn")  # Never fork a process that runs JAX.
+  return concurrent.futures.ProcessPoolExecutor(num_workers, mp_context=ctx)
 
 
 class GenemaskGenome(tfds.core.GeneratorBasedBuilder):
@@ -277,7 +488,15 @@ class GenemaskGenome(tfds.core.GeneratorBasedBuilder):
     bp = unit_bp(paths)
     stats = genome.ChunkStats()
     t0 = time.monotonic()
-    results, reused = write_units(iter_units(paths, cfg, bp, stats), work, workers, self._log)
+    with contextlib.ExitStack() as stack:
+      pool = stack.enter_context(_process_pool(workers)) if workers > 1 else None
+      try:
+        units = plan_units(paths, cfg, bp, stats, work, pool.map if pool else map)
+      except concurrent.futures.process.BrokenProcessPool as e:
+        raise _broken(e, work) from e
+      if units is None:  # A file with ';' comments: the main process reads and cuts.
+        units = iter_units(paths, cfg, bp, stats)
+      results, reused = write_units(units, work, workers, self._log, pool=pool)
     seconds = time.monotonic() - t0
     counts = {s: sum(r["examples"][s] for r in results) for s in shards.SPLITS}
     if not counts[genome.TRAIN] or (cfg.validation_fraction > 0
