@@ -112,3 +112,30 @@ def test_overlong_header_is_refused(tmp_path):
   p = _write(tmp_path / "h.fa", b">" + b"x" * (2 << 20) + b"\nACGT\n")
   with pytest.raises(fasta.FastaError, match=r"h.fa:1: header line longer than 1048576 bytes"):
     list(fasta.iter_blocks(p))
+
+
+def test_index_records_finds_each_records_bytes_as_the_stream_reader_reads_them(tmp_path):
+  data = (b"\n\n>r1 desc\r\nACGTac\r\nNNRY\r\n\r\n>empty\n>\nGG\nTT\n>last no newline\n"
+          b"ACG")
+  p = _write(tmp_path / "x.fa", data)
+  spans = fasta.index_records(p)
+  want = {r.index: (r.name, s) for r, s in fasta.iter_records(p)}
+  assert [(s.index, s.name) for s in spans] == [(0, "r1 desc"), (1, "empty"), (2, ""),
+                                                (3, "last no newline")]
+  with open(p, "rb") as f:
+    got = {s.index: (s.name, fasta.read_letters(f, s.start, s.end, "x.fa", str(p)))
+           for s in spans}
+  assert {i: v for i, v in got.items() if v[1]} == want
+  with open(p, "rb") as f:
+    assert fasta.read_letters(f, spans[0].start, spans[0].end, "x", str(p),
+                              acgt_only=True) == b"ACGTac"
+
+
+def test_index_records_leaves_comments_and_leading_text_to_the_stream_reader(tmp_path):
+  assert fasta.index_records(_write(tmp_path / "c.fa", b">a\nACGT\n;note\nAC\n")) is None
+  assert fasta.index_records(_write(tmp_path / "s.fa", b"ACGT\n>a\nAC\n")) is None
+  with pytest.raises(fasta.FastaError, match=r"h.fa:3: header is not UTF-8"):
+    fasta.index_records(_write(tmp_path / "h.fa", b">a\nAC\n>\xff\xfe\nAC\n"), "h.fa")
+  p = _write(tmp_path / "b.fa", b">a\nACGT\nAC#T\n")
+  with open(p, "rb") as f, pytest.raises(fasta.FastaError, match=r"b.fa:3: byte b'#'"):
+    fasta.read_letters(f, 3, 13, "b.fa", str(p))

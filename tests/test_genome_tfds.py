@@ -278,6 +278,17 @@ def test_a_bad_byte_deep_in_a_file_names_its_line_from_a_worker(tmp_path, chrx_h
     genome_tfds.build(tmp_path / "t", [str(fa)], num_workers=2)
 
 
+def test_file_with_comment_lines_is_cut_by_the_sequential_reader_alike(tmp_path, chrx_head):
+  seq = chrx_head[:40_000]
+  fa = tmp_path / "c.fa"
+  fa.write_bytes(b">a\n" + seq[:20_000] + b"\n;a comment line\n" + seq[20_000:] + b"\n")
+  builder = genome_tfds.build(tmp_path / "t", [str(fa)], num_workers=2)
+  expect = {genome.TRAIN: [], genome.VALIDATION: []}
+  for c in genome.iter_chunks([str(fa)]):
+    expect[c.split].append(c.input_ids.tobytes() + np.int32(c.length).tobytes())
+  assert _rows(builder) == expect
+
+
 def test_failed_build_raises_and_leaves_no_dataset(tmp_path, monkeypatch):
   real = shards.write_unit
 

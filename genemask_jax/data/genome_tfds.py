@@ -10,17 +10,25 @@ builder config, whose name carries a hash of them (file names and sizes, every c
 field), so a different corpus or setting never reuses a stale build. The default config
 is the genome slice embedded in the package.
 
-The build runs on all cores: the main process reads the FASTA files and draws the seeded
-chunk lengths (`genome.iter_cuts`), groups the chunks into work units of 1-16 Mbp (the
-size follows the input's size, never the worker count), and worker processes turn each
-unit into one array_record shard per split (`shards.write_unit`). Shards are numbered in
-unit order, so the dataset is byte-identical, example for example and in the same order,
-for any ``num_workers``. Memory is bounded by the units in flight (two per worker), not by
-the genome or its line length. Finished units are kept in
-``TFDS_DIR/downloads/genemask_genome/CONFIG/`` until the build completes, so a build that
-was killed resumes from them; TFDS only marks the dataset as built (``dataset_info.json``)
-after the last shard is in place, so a half-written build is never taken for a finished
-one. Examples are stored in corpus order (TFDS's key-hash shuffle is not applied: grain
+The build runs on all cores, and the main process only plans (`plan_units`): it indexes
+the records' byte ranges (a gzip input is first unpacked into the work dir: a gzip stream
+cannot be read from the middle, so the copy costs the uncompressed size on disk until the
+build completes), worker processes check and scan 256 KiB ranges for their runs of
+A/C/G/T, the main process turns the runs into segments and each segment into its seeded
+chunks from the segment's place and length alone (no bases touched), and groups the
+chunks into work units of 1-16 Mbp (the size follows the input's size, never the worker
+count). Each worker then reads its unit's bases from the file itself and writes one
+array_record shard per split (`shards.write_unit`). Shards are numbered in unit order, so
+the dataset is byte-identical, example for example and in the same order, for any
+``num_workers``, and the examples are exactly `genome.iter_chunks`'s. Memory is bounded by
+the units in flight (two per worker), not by the genome or its line length. A file with
+';' comment lines is read and cut by the main process instead (`iter_units`), with the
+same result. Finished units are kept in
+``TFDS_DIR/downloads/genemask_genome/CONFIG/VERSION/`` until the build completes, so a
+build that was killed resumes from them; TFDS only marks the dataset as built
+(``dataset_info.json``) after the last shard is in place, so a half-written build is never
+taken for a finished one. One build of a config runs at a time: a second one logs the lock
+file it waits for (``...CONFIG/VERSION.lock``) and the pid holding it, then waits. Examples are stored in corpus order (TFDS's key-hash shuffle is not applied: grain
 shuffles when reading). The stats of what was read and kept (`genome.ChunkStats`) are in
 the dataset's ``metadata.json`` and in `summary`.
 

@@ -1,12 +1,15 @@
 """Writes pretraining chunks as array_record shards, one work unit at a time, in any process.
 
-The genome corpus build (`genome_tfds`) cuts the FASTA input into *work units* of a few
-Mbp of chunks in the main process (`genome.iter_cuts`: reading and the seeded chunk
-lengths, the cheap part) and hands each unit to `write_unit`, in the same process or a
-worker process. `write_unit` does the costly part: k-mer ids, packed rows, tf.Example
-bytes, and one array_record file per split, written under a temporary name and renamed,
-then a small JSON marker written last. A unit whose marker is there with the same digest
-is finished, so an interrupted build resumes from its finished units.
+The genome corpus build (`genome_tfds`) plans *work units* of a few Mbp of chunks in the
+main process and hands each to `write_unit`, in the same process or a worker process. A
+`RangeUnit` says where its chunks lie in an uncompressed FASTA file (byte ranges, chunk
+starts and lengths): the worker reads and upper-cases the bases itself (`RangeUnit.load`),
+so the main process never touches them; `scan_ranges` is the workers' first pass that the
+plan is made from (letters checked and counted, runs of A/C/G/T). A `Unit` carries its
+bases (the sequential reader's path). `write_unit` does the costly part: k-mer ids, packed
+rows, tf.Example bytes, and one array_record file per split, written under a temporary
+name and renamed, then a small JSON marker written last. A unit whose marker is there with
+the same digest is finished, so an interrupted build resumes from its finished units.
 
 This module imports neither TensorFlow Datasets nor JAX, so a spawned worker starts fast.
 The tf.Example bytes are built here with numpy (`ExampleEncoder`) for the features
