@@ -227,7 +227,8 @@ def _messy_fasta(path: pathlib.Path, chrx: bytes, crlf: bool) -> str:
   def lines(s: bytes, width: int) -> bytes:
     return b"".join(s[i:i + width] + eol for i in range(0, len(s), width))
 
-  recs = [b">a desc" + eol + lines(seq[:25_000], 60), b">empty" + eol,
+  recs = [b">a desc" + eol + lines(seq[:12_000], 60) + b";a comment" + eol
+          + lines(seq[12_000:25_000], 60), b">empty" + eol,
           b">a" + eol + lines(seq[25_000:40_000], 7), b">" + eol + lines(seq[40_000:41_000], 80),
           b">tiny" + eol + b"ACGTA" + eol, b">ns" + eol + lines(b"N" * 3000, 60),
           b">one_line" + eol + seq[41_000:] + eol]
@@ -243,7 +244,7 @@ def test_planned_units_hold_exactly_the_sequential_chunks(tmp_path, chrx_head, m
                                                           crlf, cfg):
   import gzip  # pylint: disable=g-import-not-at-top
   monkeypatch.setattr(genome_tfds, "_RANGE_BYTES", 997)  # Many ranges: runs cross them.
-  monkeypatch.setattr(genome_tfds, "_RANGES_PER_TASK", 3)
+  monkeypatch.setattr(genome_tfds, "_BATCH_BYTES", 7_000)  # Many batches and tasks.
   plain = _messy_fasta(tmp_path / "m.fa", chrx_head, crlf)
   gz = tmp_path / "m2.fa.gz"
   gz.write_bytes(gzip.compress(pathlib.Path(plain).read_bytes()))
@@ -278,7 +279,7 @@ def test_a_bad_byte_deep_in_a_file_names_its_line_from_a_worker(tmp_path, chrx_h
     genome_tfds.build(tmp_path / "t", [str(fa)], num_workers=2)
 
 
-def test_file_with_comment_lines_is_cut_by_the_sequential_reader_alike(tmp_path, chrx_head):
+def test_comment_lines_are_skipped_as_the_sequential_reader_skips_them(tmp_path, chrx_head):
   seq = chrx_head[:40_000]
   fa = tmp_path / "c.fa"
   fa.write_bytes(b">a\n" + seq[:20_000] + b"\n;a comment line\n" + seq[20_000:] + b"\n")
@@ -389,7 +390,7 @@ def test_prepare_user_errors_are_one_line_exit_2(tmp_path, make, args, expect):
   assert "Traceback" not in res.stderr
 
 
-class _DiesInWorker(shards.Unit):
+class _DiesInWorker(shards.RangeUnit):
   """A unit whose unpickling ends the worker process at once, as an OOM kill would."""
 
   def __reduce__(self):
@@ -398,13 +399,13 @@ class _DiesInWorker(shards.Unit):
 
 def test_a_dying_worker_is_one_clear_error_and_the_rerun_completes(tmp_path):
   import dataclasses  # pylint: disable=g-import-not-at-top
-  units = list(genome_tfds.iter_units(genome.default_genome_paths(), genome.ChunkConfig(),
-                                      1 << 20, genome.ChunkStats()))
-  assert len(units) >= 4
-  bad = _DiesInWorker(**{f.name: getattr(units[2], f.name)
-                         for f in dataclasses.fields(shards.Unit)})
   work = str(tmp_path / "work")
   os.makedirs(work)
+  units = list(genome_tfds.plan_units(genome.default_genome_paths(), genome.ChunkConfig(),
+                                      1 << 20, genome.ChunkStats(), work))
+  assert len(units) >= 4
+  bad = _DiesInWorker(**{f.name: getattr(units[2], f.name)
+                         for f in dataclasses.fields(shards.RangeUnit)})
   with pytest.raises(RuntimeError, match="worker died.*run the same command again"):
     genome_tfds.write_units(iter(units[:2] + [bad] + units[3:]), work, 2)
   results, reused = genome_tfds.write_units(iter(units), work, 1)

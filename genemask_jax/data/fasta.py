@@ -14,6 +14,7 @@ a header that is not UTF-8, or bytes that are not sequence letters (binary data)
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gzip
 import os
@@ -276,13 +277,12 @@ class RecordSpan:
   Attributes:
     index: the record's position in the file (0-based, every header counts).
     name: the header without '>' (stripped), as `Record.name`.
-    start: byte offset of the first byte after the header line.
-    end: byte offset just past the record's last sequence byte (the next header's '>').
+    parts: (start, end) byte ranges of the record's sequence lines, in order (several
+      when ';' comment lines interrupt them).
   """
   index: int
   name: str
-  start: int
-  end: int
+  parts: tuple[tuple[int, int], ...]
 
 
 def line_of(path: str | os.PathLike, offset: int) -> int:
@@ -298,47 +298,118 @@ def line_of(path: str | os.PathLike, offset: int) -> int:
   return line
 
 
-def index_records(path: str | os.PathLike, display: str | None = None
-                  ) -> list[RecordSpan] | None:
-  """The records of an uncompressed FASTA file, by byte range, without reading the sequence.
+def iter_spans(path: str | os.PathLike, copy_to: str | None = None,
+               read_size: int = _READ_SIZE) -> Iterator[RecordSpan]:
+  """The records of a FASTA file by byte range, each as soon as it has been read.
 
-  A scan for line-initial '>' (memchr speed: the sequence bytes are not examined), so that
-  worker processes can then read and check the sequence of any byte range themselves.
-  Returns None for a file this scan does not handle exactly like `iter_pieces` -- one
-  with ';' comment lines or anything but blank lines before its first header -- for the
-  caller to read sequentially instead. Headers are checked as `iter_pieces` checks them
-  (UTF-8, at most 1 MiB); `display` names the file in messages (default: path).
+  The structure pass of a parallel build: headers and ';' comment lines are found as
+  `iter_pieces` finds them, but the sequence bytes are not examined (workers then read,
+  check and cut any byte range themselves: `read_letters`). A gzip file is unpacked to
+  ``copy_to`` on the way (required for gzip: the byte ranges are the copy's), and a
+  record is yielded only once its bytes are all written there. Headers, empty files,
+  files without a header and sequence before the first header raise FastaError naming
+  the file and line, as `iter_pieces` does.
   """
-  import mmap  # pylint: disable=g-import-not-at-top
   path = os.fspath(path)
-  display = display or path
-  if os.path.getsize(path) == 0:
-    raise FastaError(f"{display}: empty file; expected FASTA ('>name' then sequence lines)")
-  spans: list[RecordSpan] = []
-  with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-    if mm.find(b"\n;") >= 0 or mm[:1] == b";":
+  dst = None
+  n_records, lineno, offset, total = 0, 1, 0, 0
+  at_line_start, mode = True, _SEQ
+  header: list[bytes] = []
+  header_size = header_line = 0
+  current: tuple[int, str] | None = None
+  parts: list[tuple[int, int]] = []
+
+  def finish() -> RecordSpan | None:
+    if current is None:
       return None
-    gt = 0 if mm[:1] == b">" else mm.find(b"\n>") + 1
-    if (gt == 0 and mm[:1] != b">") or mm[:gt].strip(b"\r\n"):
-      return None  # No header, or sequence before it: iter_pieces says which, and where.
-    while gt >= 0:
-      eol = mm.find(b"\n", gt)
-      stop = len(mm) if eol < 0 else eol
-      if stop - gt - 1 > _MAX_HEADER:
-        raise FastaError(f"{display}:{line_of(path, gt)}: header line longer than "
-                         f"{_MAX_HEADER} bytes; is this a FASTA file?")
-      raw = mm[gt + 1:stop]
+    if dst is not None:
+      dst.flush()
+    return RecordSpan(current[0], current[1], tuple(parts))
+
+  with contextlib.ExitStack() as stack:
+    src = stack.enter_context(open_maybe_gzip(path))
+    gz = isinstance(src, gzip.GzipFile)
+    if gz:
+      if copy_to is None:
+        raise ValueError(f"{path}: a gzip file needs copy_to")
+      dst = stack.enter_context(open(copy_to, "wb"))
+    while True:
       try:
-        name = raw.rstrip(b"\r").decode("utf-8").strip()
-      except UnicodeDecodeError:
-        _header_name(display, line_of(path, gt), raw)
-        raise
-      start = len(mm) if eol < 0 else eol + 1
-      nxt = mm.find(b"\n>", start - 1) if start < len(mm) else -1
-      end = len(mm) if nxt < 0 else nxt + 1
-      spans.append(RecordSpan(len(spans), name, start, end))
-      gt = nxt + 1 if nxt >= 0 else -1
-  return spans
+        buf = src.read(read_size)
+      except (OSError, EOFError, zlib.error) as e:
+        raise FastaError(f"{path}:{lineno}: cannot read: {e}") from e
+      if not buf:
+        break
+      if dst is not None:
+        dst.write(buf)
+      total += len(buf)
+      i, n = 0, len(buf)
+      while i < n:
+        if at_line_start:
+          c = buf[i]
+          if c == _GT:
+            span = finish()
+            if span is not None:
+              yield span
+            current, parts = None, []
+            mode, header, header_size, header_line = _HEADER, [], 0, lineno
+            i += 1
+          elif c == _SEMI:
+            mode = _COMMENT
+          else:
+            mode = _SEQ
+          at_line_start = False
+          continue
+        j = buf.find(b"\n", i) if mode != _SEQ else -1
+        if mode != _SEQ:
+          stop = n if j < 0 else j
+          if mode == _HEADER:
+            header.append(buf[i:stop])
+            header_size += stop - i
+            if header_size > _MAX_HEADER:
+              raise FastaError(f"{path}:{header_line}: header line longer than "
+                               f"{_MAX_HEADER} bytes; is this a FASTA file?")
+          if j < 0:
+            break
+          if mode == _HEADER:
+            current = (n_records, _header_name(path, header_line, b"".join(header)))
+            n_records += 1
+          lineno += 1
+          at_line_start = True
+          i = j + 1
+          continue
+        # Sequence lines: up to the next line that starts a header or a comment.
+        j = buf.find(b"\n>", i)
+        k = buf.find(b"\n;", i, n if j < 0 else j)
+        j = k if k >= 0 else j
+        stop = n if j < 0 else j + 1
+        if current is None and buf[i:stop].strip(b"\r\n"):
+          region = buf[i:stop]
+          pos = len(region) - len(region.lstrip(b"\r\n"))
+          raise FastaError(
+              f"{path}:{_error_line(lineno, region, pos)}: sequence line before any '>' "
+              "header; a FASTA file starts with a '>name' line")
+        if current is not None:
+          a, b = offset + i, offset + stop
+          if parts and parts[-1][1] == a:
+            parts[-1] = (parts[-1][0], b)
+          else:
+            parts.append((a, b))
+        lineno += buf.count(b"\n", i, stop)
+        at_line_start = buf[stop - 1] == 10
+        i = stop
+      offset += n
+    if mode == _HEADER and not at_line_start:  # A last header without a newline.
+      current = (n_records, _header_name(path, header_line, b"".join(header)))
+      n_records += 1
+    span = finish()
+    if span is not None:
+      yield span
+  if total == 0:
+    raise FastaError(f"{path}: empty file; expected FASTA ('>name' then sequence lines)")
+  if n_records == 0:
+    lines = lineno - 1 if at_line_start else lineno
+    raise FastaError(f"{path}: no FASTA header ('>name' line) found in {lines} lines")
 
 
 _ACGT_EOL = b"ACGTacgt\r\n"

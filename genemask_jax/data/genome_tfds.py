@@ -10,20 +10,20 @@ builder config, whose name carries a hash of them (file names and sizes, every c
 field), so a different corpus or setting never reuses a stale build. The default config
 is the genome slice embedded in the package.
 
-The build runs on all cores, and the main process only plans (`plan_units`): it indexes
-the records' byte ranges (a gzip input is first unpacked into the work dir: a gzip stream
-cannot be read from the middle, so the copy costs the uncompressed size on disk until the
-build completes), worker processes check and scan 256 KiB ranges for their runs of
-A/C/G/T, the main process turns the runs into segments and each segment into its seeded
-chunks from the segment's place and length alone (no bases touched), and groups the
-chunks into work units of 1-16 Mbp (the size follows the input's size, never the worker
-count). Each worker then reads its unit's bases from the file itself and writes one
-array_record shard per split (`shards.write_unit`). Shards are numbered in unit order, so
-the dataset is byte-identical, example for example and in the same order, for any
-``num_workers``, and the examples are exactly `genome.iter_chunks`'s. Memory is bounded by
-the units in flight (two per worker), not by the genome or its line length. A file with
-';' comment lines is read and cut by the main process instead (`iter_units`), with the
-same result. Finished units are kept in
+The build runs on all cores, and the main process only plans (`plan_units`): it reads
+each file once for its structure (headers, comment lines; a gzip input is unpacked into
+the work dir on the way: a gzip stream cannot be read from the middle, so the copy costs
+the uncompressed size on disk until the build completes), worker processes check and
+scan 256 KiB ranges for their runs of A/C/G/T, the main process turns the runs into
+segments and each segment into its seeded chunks from the segment's place and length
+alone (no bases touched), and groups the chunks into work units of 1-16 Mbp (the size
+follows the input's size, never the worker count). Each worker then reads its unit's
+bases from the file itself and writes one array_record shard per split
+(`shards.write_unit`). Reading, scanning, planning and writing overlap: records are
+planned as they are read. Shards are numbered in unit order, so the dataset is
+byte-identical, example for example and in the same order, for any ``num_workers``, and
+the examples are exactly `genome.iter_chunks`'s. Memory is bounded by the units in flight
+(two per worker), not by the genome or its line length. Finished units are kept in
 ``TFDS_DIR/downloads/genemask_genome/CONFIG/VERSION/`` until the build completes, so a
 build that was killed resumes from them; TFDS only marks the dataset as built
 (``dataset_info.json``) after the last shard is in place, so a half-written build is never
@@ -42,11 +42,11 @@ Read back only with ``builder.as_data_source()`` (random access, what grain want
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import contextlib
 import dataclasses
 import fcntl
-import gzip
 import hashlib
 import json
 import logging
@@ -55,7 +55,6 @@ import multiprocessing
 import os
 import shutil
 import time
-import zlib
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -69,7 +68,6 @@ from genemask_jax.data import shards
 # 2.0.0: parallel build; the chunk straddling a segment's start is kept (#20 item 7);
 # corpus order instead of TFDS's key-hash shuffle; snappy-compressed shards.
 VERSION = "2.0.0"
-_BLOCK = 1 << 20  # FASTA letters per block of the build's reader.
 _MIN_UNIT_BP, _MAX_UNIT_BP = 1 << 20, 1 << 24
 _TARGET_UNITS = 256  # Units (so shards per split) a corpus is cut into, at most ~.
 _GZIP_RATIO = 3.3  # Letters per byte of gzip FASTA, for the size estimate only.
@@ -164,57 +162,7 @@ def make_config(fasta_paths: Sequence[str | os.PathLike] | None = None,
   )
 
 
-def iter_units(paths: Sequence[str], cfg: genome.ChunkConfig, bp: int,
-               stats: genome.ChunkStats) -> Iterator[shards.Unit]:
-  """The corpus as work units of about `bp` bases (whole cuts), in corpus order."""
-  pending: list[genome.Cut] = []
-  size = 0
-  index = 0
-
-  def flush() -> shards.Unit:
-    return shards.Unit(index, np.concatenate([c.bases for c in pending]),
-                       np.concatenate([c.lengths for c in pending]),
-                       [c.record_name for c in pending],
-                       np.array([c.first_index for c in pending], np.int64),
-                       np.array([c.lengths.shape[0] for c in pending], np.int64), cfg)
-
-  for cut in genome.iter_cuts(paths, cfg, _BLOCK, stats):
-    pending.append(cut)
-    size += cut.bases.shape[0]
-    if size >= bp:
-      yield flush()
-      pending, size, index = [], 0, index + 1
-  if pending:
-    yield flush()
-
-
 _RANGE_BYTES = 1 << 18  # Bytes of FASTA per range of the parallel first pass.
-_RANGES_PER_TASK = 64
-
-
-def _plain_copy(path: str, file_index: int, work_dir: str) -> str:
-  """`path` if it is uncompressed; else its unpacked copy in work_dir (made once).
-
-  A gzip stream cannot be read from the middle, so workers cannot split it: the main
-  process unpacks it once (the copy costs the uncompressed size on disk until the build
-  completes, and is kept for a resumed build).
-  """
-  with open(path, "rb") as f:
-    if f.read(2) != b"\x1f\x8b":
-      return path
-  st = os.stat(path)
-  target = os.path.join(work_dir, f"input-{file_index}-{st.st_size}-{st.st_mtime_ns}.fa")
-  if os.path.isfile(target):
-    return target
-  try:
-    with fasta.open_maybe_gzip(path) as src, open(target + ".tmp", "wb") as dst:
-      shutil.copyfileobj(src, dst, 1 << 20)
-  except (OSError, EOFError, zlib.error) as e:
-    if isinstance(e, OSError) and not isinstance(e, gzip.BadGzipFile) and e.errno:
-      raise
-    raise fasta.FastaError(f"{path}: cannot read: {e}") from e
-  os.replace(target + ".tmp", target)
-  return target
 
 
 def _segment_chunks(cfg: genome.ChunkConfig, name_hash: int, position: int, n: int
@@ -305,83 +253,136 @@ class _UnitPlan:
         yield self.flush(path, display, source)
 
 
+class _Done:
+  """A finished future, for running the first pass in the main process (1 worker)."""
+
+  def __init__(self, value):
+    self._value = value
+
+  def result(self):
+    return self._value
+
+
+def _run_now(fn, *args) -> _Done:
+  return _Done(fn(*args))
+
+
 def plan_units(paths: Sequence[str], cfg: genome.ChunkConfig, bp: int,
                stats: genome.ChunkStats, work_dir: str,
-               map_fn: Callable[..., Iterator[Any]] = map
-               ) -> Iterator[shards.RangeUnit] | None:
-  """The corpus as `shards.RangeUnit`s, planned from an index pass and a parallel scan.
+               submit: Callable[..., Any] = _run_now) -> Iterator[shards.RangeUnit]:
+  """The corpus as `shards.RangeUnit`s, planned from a structure pass and a parallel scan.
 
-  The main process finds the records' byte ranges (`fasta.index_records`; gzip files are
-  unpacked to work_dir first), `map_fn` runs the first pass (`shards.scan_ranges`: letters
-  checked and counted, runs of A/C/G/T found) on the workers, and the main process turns
-  the runs into segments and their seeded chunks (`_segment_chunks`, no bases touched)
-  and the chunks into units. Workers then read each unit's bases themselves. The chunks
-  are exactly `genome.iter_cuts`'s; each unit holds one file's chunks.
-
-  Returns None (before any work) if a file needs the sequential reader (';' comment lines
-  or text before its first header): the caller then uses `iter_units`.
+  The main process reads each file once for its structure (`fasta.iter_spans`: headers
+  and comment lines; a gzip file is unpacked into work_dir on the way, since a gzip
+  stream cannot be read from the middle: the copy costs the uncompressed size on disk
+  until the build completes, and a resumed build reuses a complete one). Batches of
+  records go to `submit` (the workers' `pool.submit`) for the first pass
+  (`shards.scan_ranges`: letters checked and counted, runs of A/C/G/T found), a few
+  batches ahead; the main process turns their runs into segments and their seeded chunks
+  (`_segment_chunks`, no bases touched) and the chunks into units, while the workers
+  write the units already planned. Workers then read each unit's bases themselves. The
+  chunks are exactly `genome.iter_cuts`'s; each unit holds one file's chunks.
   """
-  plain, indexes = [], []
-  for i, path in enumerate(paths):
-    plain.append(_plain_copy(path, i, work_dir))
-    indexes.append(fasta.index_records(plain[-1], display=path))
-    if indexes[-1] is None:
-      return None
-  return _iter_planned(paths, plain, indexes, cfg, bp, stats, map_fn)
-
-
-def _iter_planned(paths, plain, indexes, cfg, bp, stats, map_fn):
   plan = _UnitPlan(cfg, bp)
-  join = cfg.join_across_n
-  for path, copy, spans in zip(paths, plain, indexes):
+  for file_index, path in enumerate(paths):
     st = os.stat(path)
     source = f"{st.st_size}-{st.st_mtime_ns}"
-    ranges = [[(a, min(a + _RANGE_BYTES, sp.end)) for a in range(sp.start, sp.end, _RANGE_BYTES)]
-              for sp in spans]
-    flat = [r for rs in ranges for r in rs]
-    tasks = [flat[i:i + _RANGES_PER_TASK] for i in range(0, len(flat), _RANGES_PER_TASK)]
-    scanned = iter(r for part in map_fn(shards.scan_ranges, [copy] * len(tasks),
-                                        [path] * len(tasks), tasks) for r in part)
-    names: set[str] = set()
-    for sp, rs in zip(spans, ranges):
-      got = [next(scanned) for _ in rs]
-      letters = np.array([g[0] for g in got], np.int64)
-      acgt = np.array([g[1] for g in got], np.int64)
-      if not letters.sum():
-        continue  # No sequence: the sequential reader never sees this record either.
-      stats.letters += int(letters.sum())
-      stats.acgt += int(acgt.sum())
-      words = sp.name.split()
-      name = words[0] if words else f"record{sp.index}"
-      if name in names:
-        name = f"{name}#{sp.index}"
-      names.add(name)
-      name_hash = genome._name_hash(name)  # pylint: disable=protected-access
-      sizes = acgt if join else letters
-      coords = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-      if join:
-        segments = [(0, int(coords[-1]))]
-      else:
-        runs = np.concatenate([g[2] + off for g, off in zip(got, coords[:-1])])
-        segments = []
-        for a, b in runs.tolist():
+    with open(path, "rb") as f:
+      gz = f.read(2) == b"\x1f\x8b"
+    read, copy_to = path, None
+    if gz:
+      read = os.path.join(work_dir, f"input-{file_index}-{source}.fa")
+      if not os.path.isfile(read + ".done"):  # Else a complete copy from a killed build.
+        copy_to = read
+    spans = fasta.iter_spans(path if copy_to or not gz else read, copy_to=copy_to)
+    yield from _plan_file(spans, read, path, source, cfg, stats, plan, submit)
+    if copy_to:
+      open(read + ".done", "w").close()
+    unit = plan.flush(read, path, source)  # Units never span files.
+    if unit is not None:
+      yield unit
+
+
+_BATCH_BYTES = 8 << 20  # FASTA bytes per first-pass batch.
+_AHEAD = 4  # First-pass batches in flight ahead of the planning.
+
+
+def _plan_file(spans, read, path, source, cfg, stats, plan, submit):
+  """Units of one file, from its spans (as they are read) and the workers' first pass."""
+  inflight: collections.deque = collections.deque()
+  batch: list[tuple[fasta.RecordSpan, list[tuple[int, int]]]] = []
+  size = 0
+
+  def send():
+    futures, task, task_size = [], [], 0
+    for r in (r for _, rs in batch for r in rs):
+      task.append(r)
+      task_size += r[1] - r[0]
+      if task_size >= _BATCH_BYTES // 4:  # A big record: several tasks, several workers.
+        futures.append(submit(shards.scan_ranges, read, path, task))
+        task, task_size = [], 0
+    if task:
+      futures.append(submit(shards.scan_ranges, read, path, task))
+    inflight.append((list(batch), futures))
+
+  names: set[str] = set()
+  for span in spans:
+    rs = [(a, min(a + _RANGE_BYTES, e)) for s, e in span.parts
+          for a in range(s, e, _RANGE_BYTES)]
+    batch.append((span, rs))
+    size += sum(e - s for s, e in span.parts)
+    if size >= _BATCH_BYTES:
+      send()
+      batch, size = [], 0
+    while len(inflight) > _AHEAD:
+      yield from _plan_batch(*inflight.popleft(), cfg, stats, plan, names, read, path, source)
+  if batch:
+    send()
+  while inflight:
+    yield from _plan_batch(*inflight.popleft(), cfg, stats, plan, names, read, path, source)
+
+
+def _plan_batch(batch, futures, cfg, stats, plan, names, read, path, source):
+  """Units from the first pass's results for a batch of records."""
+  scanned = iter([r for fut in futures for r in fut.result()])
+  join = cfg.join_across_n
+  for span, rs in batch:
+    got = [next(scanned) for _ in rs]
+    letters = sum(g[0] for g in got)
+    if not letters:
+      continue  # No sequence: the sequential reader never sees this record either.
+    acgt = [g[1] for g in got]
+    stats.letters += letters
+    stats.acgt += sum(acgt)
+    words = span.name.split()
+    name = words[0] if words else f"record{span.index}"
+    if name in names:
+      name = f"{name}#{span.index}"
+    names.add(name)
+    name_hash = genome._name_hash(name)  # pylint: disable=protected-access
+    coords = np.concatenate([[0], np.cumsum(acgt if join else [g[0] for g in got])]
+                            ).astype(np.int64)
+    if join:
+      segments = [(0, int(coords[-1]))]
+    else:
+      segments = []
+      for g, off in zip(got, coords[:-1].tolist()):
+        for a, b in g[2].tolist():
+          a, b = a + off, b + off
           if segments and segments[-1][1] == a:  # A run that goes on in the next range.
             segments[-1] = (segments[-1][0], b)
           else:
             segments.append((a, b))
-      chunk_index = 0
-      for a, b in segments:
-        starts, lengths = _segment_chunks(cfg, name_hash, a, b - a)
-        if not lengths.shape[0]:
-          continue
-        stats.kept += int(lengths.sum())
-        stats.chunks += int(lengths.shape[0])
-        yield from plan.add(name, chunk_index, a + int(starts[0]), lengths, coords, rs, copy,
-                            path, source)
-        chunk_index += int(lengths.shape[0])
-    unit = plan.flush(copy, path, source)  # Units never span files.
-    if unit is not None:
-      yield unit
+    chunk_index = 0
+    for a, b in segments:
+      starts, lengths = _segment_chunks(cfg, name_hash, a, b - a)
+      if not lengths.shape[0]:
+        continue
+      stats.kept += int(lengths.sum())
+      stats.chunks += int(lengths.shape[0])
+      yield from plan.add(name, chunk_index, a + int(starts[0]), lengths, coords, rs, read,
+                          path, source)
+      chunk_index += int(lengths.shape[0])
 
 
 def _broken(e: BaseException, work_dir: str) -> RuntimeError:
@@ -498,12 +499,7 @@ class GenemaskGenome(tfds.core.GeneratorBasedBuilder):
     t0 = time.monotonic()
     with contextlib.ExitStack() as stack:
       pool = stack.enter_context(_process_pool(workers)) if workers > 1 else None
-      try:
-        units = plan_units(paths, cfg, bp, stats, work, pool.map if pool else map)
-      except concurrent.futures.process.BrokenProcessPool as e:
-        raise _broken(e, work) from e
-      if units is None:  # A file with ';' comments: the main process reads and cuts.
-        units = iter_units(paths, cfg, bp, stats)
+      units = plan_units(paths, cfg, bp, stats, work, pool.submit if pool else _run_now)
       results, reused = write_units(units, work, workers, self._log, pool=pool)
     seconds = time.monotonic() - t0
     counts = {s: sum(r["examples"][s] for r in results) for s in shards.SPLITS}
