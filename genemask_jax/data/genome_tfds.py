@@ -28,7 +28,8 @@ the examples are exactly `genome.iter_chunks`'s. Memory is bounded by the units 
 build that was killed resumes from them; TFDS only marks the dataset as built
 (``dataset_info.json``) after the last shard is in place, so a half-written build is never
 taken for a finished one. One build of a config runs at a time: a second one logs the lock
-file it waits for (``...CONFIG/VERSION.lock``) and the pid holding it, then waits. Examples are stored in corpus order (TFDS's key-hash shuffle is not applied: grain
+file it waits for (``...CONFIG/VERSION.lock``) and the pid holding it, then waits.
+Examples are stored in corpus order (TFDS's key-hash shuffle is not applied: grain
 shuffles when reading). The stats of what was read and kept (`genome.ChunkStats`) are in
 the dataset's ``metadata.json`` and in `summary`.
 
@@ -294,7 +295,8 @@ def plan_units(paths: Sequence[str], cfg: genome.ChunkConfig, bp: int,
       read = os.path.join(work_dir, f"input-{file_index}-{source}.fa")
       if not os.path.isfile(read + ".done"):  # Else a complete copy from a killed build.
         copy_to = read
-    spans = fasta.iter_spans(path if copy_to or not gz else read, copy_to=copy_to)
+    # A gzip file is read (and unpacked) unless a complete copy exists; a plain one, as is.
+    spans = fasta.iter_spans(read if gz and not copy_to else path, copy_to=copy_to)
     yield from _plan_file(spans, read, path, source, cfg, stats, plan, submit)
     if copy_to:
       open(read + ".done", "w").close()
