@@ -13,9 +13,11 @@ The build-scaling part (#22) builds the TFDS corpus from the shared GRCh37 files
 worker count, each build in a fresh subprocess, and prints Mbp/s (A/C/G/T bases per second
 of build), the speed-up over one worker, the peak memory of the whole process tree (RSS
 summed over the build process and its workers, sampled every 0.1 s), bytes on disk per
-Mbp, the rate of the sequential stage alone (reading and cutting in the main process,
-which caps the speed-up), and the projected GRCh38 (3.1 Gbp) build time per core count.
-The load average is printed next to each figure: the dev machine is shared.
+Mbp, the rate of the main process's serial part alone (reading the files for their
+structure while unpacking gzip, planning the chunks: what caps the speed-up), and the projected GRCh38 (3.1 Gbp)
+build time per core count. Each worker count is built ``--repeats`` times (default 3),
+and the median and range are printed. The load average is printed next to each figure:
+the dev machine is shared.
 """
 import argparse
 import json
@@ -51,16 +53,36 @@ if __name__ == "__main__":
   s["workers_cpu"] = e.children_user + e.children_system - c.children_user - c.children_system
   print("RESULT " + json.dumps(s))
 """
-_CUTS_SCRIPT = """
-import json, os, sys, time
-from genemask_jax.data import genome
-stats = genome.ChunkStats()
-t, c = time.perf_counter(), os.times()
-for cut in genome.iter_cuts(sys.argv[1].split(","), block_size=1 << 20, stats=stats):
-  pass
-e = os.times()
-print("RESULT " + json.dumps({"seconds": time.perf_counter() - t, "acgt": stats.acgt,
-                              "cpu": e.user + e.system - c.user - c.system}))
+_PLAN_SCRIPT = """
+import json, os, sys, tempfile, shutil
+from genemask_jax.data import fasta, genome, genome_tfds
+def cpu():
+  t = os.times()
+  return t.user + t.system
+paths = sys.argv[1].split(",")
+work = tempfile.mkdtemp(prefix="bench_plan_")
+try:
+  c = cpu()
+  for i, p in enumerate(paths):  # Reading for structure, unpacking gzip on the way.
+    for _ in fasta.iter_spans(p, copy_to=os.path.join(work, f"copy{i}.fa")):
+      pass
+  structure = cpu() - c
+  scan = [0.0]
+  def timed_submit(fn, *args):  # The first pass runs in workers: not the main's CPU.
+    c0 = cpu()
+    r = fn(*args)
+    scan[0] += cpu() - c0
+    return genome_tfds._Done(r)
+  stats = genome.ChunkStats()
+  os.makedirs(os.path.join(work, "w"))
+  c = cpu()
+  n = sum(1 for _ in genome_tfds.plan_units(paths, genome.ChunkConfig(), 1 << 20, stats,
+                                            os.path.join(work, "w"), timed_submit))
+  plan = cpu() - c - scan[0] - structure  # plan_units reads the files for structure too.
+finally:
+  shutil.rmtree(work, ignore_errors=True)
+print("RESULT " + json.dumps({"structure": structure, "plan": plan, "scan": scan[0],
+                              "acgt": stats.acgt}))
 """
 
 
@@ -104,7 +126,8 @@ def _run_measured(script: str, args: list[str]) -> tuple[dict, int]:
   return json.loads(line[len("RESULT "):]), peak
 
 
-def scaling(genome_dir: pathlib.Path, workers: list[int], unit_mbp: int = 0) -> None:
+def scaling(genome_dir: pathlib.Path, workers: list[int], unit_mbp: int = 0,
+            repeats: int = 3) -> None:
   """The #22 build-scaling section."""
   files = [str(genome_dir / f) for f in GENOME_FILES]
   for f in files:
@@ -113,35 +136,50 @@ def scaling(genome_dir: pathlib.Path, workers: list[int], unit_mbp: int = 0) -> 
   print(f"\n== Build scaling on {', '.join(GENOME_FILES)}"
         + (f", units forced to {unit_mbp} Mbp" if unit_mbp else "") + " "
         f"({os.cpu_count()} CPUs visible, load average {os.getloadavg()[0]:.1f} at start)")
-  cuts, _ = _run_measured(_CUTS_SCRIPT, [",".join(files)])
-  acgt_mbp = cuts["acgt"] / 1e6
-  seq_rate = acgt_mbp / cuts["cpu"]
-  print(f"sequential stage alone (read + cut, main process): {seq_rate:6.1f} Mbp per CPU-s "
-        f"({acgt_mbp:.1f} Mbp A/C/G/T, {cuts['cpu']:.1f} CPU-s, {cuts['seconds']:.1f} s wall; "
-        f"load {os.getloadavg()[0]:.1f})")
-  one, _ = _run_measured(_CUTS_SCRIPT, [files[0]])
-  whole_rate = one["acgt"] / 1e6 / one["cpu"]
+  plan, _ = _run_measured(_PLAN_SCRIPT, [",".join(files)])
+  acgt_mbp = plan["acgt"] / 1e6
+  seq_rate = acgt_mbp / (plan["structure"] + plan["plan"])
+  print(f"main process alone (reading for structure and unpacking gzip {plan['structure']:.2f} "
+        f"+ planning {plan['plan']:.2f} CPU-s): {seq_rate:6.1f} Mbp per CPU-s ({acgt_mbp:.1f} "
+        f"Mbp A/C/G/T; the workers' first pass took {plan['scan']:.2f} CPU-s; load "
+        f"{os.getloadavg()[0]:.1f})")
+  one, _ = _run_measured(_PLAN_SCRIPT, [files[0]])
+  whole_rate = one["acgt"] / 1e6 / (one["structure"] + one["plan"])
   print(f"  on {GENOME_FILES[0]} alone (one 70 Mbp record, like GRCh38's chromosomes): "
-        f"{whole_rate:6.1f} Mbp per CPU-s; the 9,627 short records of the other file cost more")
-  rates, results = {}, {}
+        f"{whole_rate:6.1f} Mbp per CPU-s (structure {one['structure']:.2f}, plan "
+        f"{one['plan']:.2f}); the 9,627 short records of the other file cost more")
+  rates, results, runs = {}, {}, {}
+  for rep in range(repeats):
+    for n in workers:
+      tmp = tempfile.mkdtemp(prefix=f"bench_build_{n}_")
+      try:
+        load0 = os.getloadavg()[0]
+        res, peak = _run_measured(_BUILD_SCRIPT, [tmp, str(n), ",".join(files), str(unit_mbp)])
+      finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+      res["rate"], res["peak"], res["load"] = acgt_mbp / res["seconds"], peak, load0
+      runs.setdefault(n, []).append(res)
+      cpu = res["main_cpu"] + res["workers_cpu"]
+      print(f"[{rep + 1}/{repeats}] {n:2d} worker(s): {res['rate']:6.2f} Mbp/s wall "
+            f"({res['rate'] / n:5.2f} per worker); {res['seconds']:6.1f} s build "
+            f"({res['wall']:.1f} s with start-up); CPU-s: main {res['main_cpu']:.2f}, workers "
+            f"{res['workers_cpu']:.2f} ({acgt_mbp / cpu:.2f} Mbp per CPU-s in all); peak RSS "
+            f"{peak / 2**20:5.0f} MiB (tree); {res['bytes'] / acgt_mbp / 1e6:.2f} MB on disk "
+            f"per Mbp; {sum(res['examples'].values())} examples, {res['units']} units; load "
+            f"{load0:.1f} -> {os.getloadavg()[0]:.1f}")
   for n in workers:
-    tmp = tempfile.mkdtemp(prefix=f"bench_build_{n}_")
-    try:
-      load0 = os.getloadavg()[0]
-      res, peak = _run_measured(_BUILD_SCRIPT, [tmp, str(n), ",".join(files), str(unit_mbp)])
-    finally:
-      shutil.rmtree(tmp, ignore_errors=True)
-    results[n] = res
-    rates[n] = acgt_mbp / res["seconds"]
-    cpu = res["main_cpu"] + res["workers_cpu"]
-    print(f"{n:2d} worker(s): {rates[n]:6.2f} Mbp/s wall ({rates[n] / n:5.2f} per worker), "
-          f"x{rates[n] / rates[workers[0]] * workers[0]:.2f} vs {workers[0]} worker; "
-          f"{res['seconds']:6.1f} s build ({res['wall']:.1f} s with start-up); CPU-s: main "
-          f"{res['main_cpu']:.1f}, workers {res['workers_cpu']:.1f} ({acgt_mbp / cpu:.2f} Mbp "
-          f"per CPU-s in all); peak RSS {peak / 2**20:5.0f} MiB (tree); "
-          f"{res['bytes'] / acgt_mbp / 1e6:.2f} MB on disk per Mbp; "
-          f"{sum(res['examples'].values())} examples, {res['units']} units; load "
-          f"{load0:.1f} -> {os.getloadavg()[0]:.1f}")
+    rs = sorted(runs[n], key=lambda r: r["rate"])
+    # Each figure's median over the runs (CPU-seconds vary by ~10% under load).
+    results[n] = dict(rs[len(rs) // 2], **{
+        k: sorted(r[k] for r in rs)[len(rs) // 2] for k in ("main_cpu", "workers_cpu")})
+    rates[n] = results[n]["rate"]
+    loads = [r["load"] for r in runs[n]]
+    print(f"{n:2d} worker(s), median of {len(rs)}: {rates[n]:6.2f} Mbp/s (range "
+          f"{rs[0]['rate']:.2f}-{rs[-1]['rate']:.2f}), x{rates[n] / rates[workers[0]] * workers[0]:.2f}"
+          f" vs {workers[0]} worker (medians); main CPU-s {results[n]['main_cpu']:.2f}, all "
+          f"{results[n]['main_cpu'] + results[n]['workers_cpu']:.2f}; peak RSS "
+          f"{max(r['peak'] for r in rs) / 2**20:.0f} MiB; load averages "
+          f"{min(loads):.1f}-{max(loads):.1f}")
   par = [n for n in workers if n > 1]
   if par:
     # On c idle cores, the main process (one core at most) and the workers run side by
@@ -150,7 +188,7 @@ def scaling(genome_dir: pathlib.Path, workers: list[int], unit_mbp: int = 0) -> 
     main_cpu, all_cpu = results[n]["main_cpu"], results[n]["main_cpu"] + results[n][
         "workers_cpu"]
     per_mbp_main, per_mbp_all = main_cpu / acgt_mbp, all_cpu / acgt_mbp
-    print(f"Projected from the CPU-seconds at {n} workers ({per_mbp_main:.3f} CPU-s/Mbp in the "
+    print(f"Projected from the median CPU-seconds at {n} workers ({per_mbp_main:.3f} CPU-s/Mbp in the "
           f"main process, {per_mbp_all:.3f} in all), on idle cores; first as measured on this "
           f"corpus, then with the main process's sequential part at the whole-chromosome rate:")
     # Whole chromosomes: the main process's sequential part runs at whole_rate instead.
@@ -170,7 +208,8 @@ def scaling(genome_dir: pathlib.Path, workers: list[int], unit_mbp: int = 0) -> 
       star_w = "*" if c > 1 and main_whole >= all_whole / c else " "
       print(f"  GRCh38 {GRCH38_MBP / 1000:.1f} Gbp on {c:3d} cores: {t / 60:6.1f} min{star} "
             f"{tw / 60:6.1f} min{star_w}")
-    print("  (* the main process's reading and cutting is the bound)")
+    print("  (* the main process -- reading for structure, unpacking gzip, planning -- is the "
+          "bound)")
 
 
 def cpu_1(results: dict) -> float:
@@ -192,6 +231,8 @@ def main() -> None:
   parser.add_argument("--unit_mbp", type=int, default=0,
                       help="force the work-unit size (16: what GRCh38 gets), for memory")
   parser.add_argument("--skip_scaling", action="store_true")
+  parser.add_argument("--repeats", type=int, default=3,
+                      help="builds per worker count (median and range are printed)")
   args = parser.parse_args()
   import tensorflow_datasets as tfds
   tfds.disable_progress_bar()
@@ -200,7 +241,7 @@ def main() -> None:
           os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data"), "genome"))
   workers = [int(w) for w in args.workers.split(",")]
   if args.scaling_only:
-    scaling(genome_dir, workers, args.unit_mbp)
+    scaling(genome_dir, workers, args.unit_mbp, args.repeats)
     return
 
   paths = genome.default_genome_paths()
@@ -240,7 +281,7 @@ def main() -> None:
           f"~{TRAIN_STEP_EXAMPLES_PER_S:.0f} examples/s the tiny model's train step consumes")
   print(f"(2-core CPU dev machine, {os.cpu_count()} CPUs visible)")
   if not args.skip_scaling:
-    scaling(genome_dir, workers, args.unit_mbp)
+    scaling(genome_dir, workers, args.unit_mbp, args.repeats)
 
 
 if __name__ == "__main__":

@@ -112,3 +112,38 @@ def test_overlong_header_is_refused(tmp_path):
   p = _write(tmp_path / "h.fa", b">" + b"x" * (2 << 20) + b"\nACGT\n")
   with pytest.raises(fasta.FastaError, match=r"h.fa:1: header line longer than 1048576 bytes"):
     list(fasta.iter_blocks(p))
+
+
+def test_spans_hold_each_records_bytes_as_the_stream_reader_reads_them(tmp_path):
+  data = (b"\n\n>r1 desc\r\nACGTac\r\n;a comment\r\nNNRY\r\n\r\n>empty\n>\nGG\nTT\n"
+          b">last no newline\nACG")
+  for gz in (False, True):
+    p = _write(tmp_path / ("x.fa.gz" if gz else "x.fa"), data, gz)
+    copy = str(tmp_path / "copy.fa")
+    spans = list(fasta.iter_spans(p, copy_to=copy, read_size=5))  # Tiny reads: edges.
+    read = copy if gz else str(p)
+    assert [(s.index, s.name) for s in spans] == [(0, "r1 desc"), (1, "empty"), (2, ""),
+                                                  (3, "last no newline")]
+    assert len(spans[0].parts) == 2  # The comment line is left out.
+    want = {r.index: (r.name, s) for r, s in fasta.iter_records(p)}
+    with open(read, "rb") as f:
+      got = {s.index: (s.name, b"".join(fasta.read_letters(f, a, b, "x.fa", read)
+                                        for a, b in s.parts)) for s in spans}
+    assert {i: v for i, v in got.items() if v[1]} == want
+    with open(read, "rb") as f:
+      assert b"".join(fasta.read_letters(f, a, b, "x", read, acgt_only=True)
+                      for a, b in spans[0].parts) == b"ACGTac"
+
+
+def test_spans_name_the_line_of_bad_structure(tmp_path):
+  with pytest.raises(fasta.FastaError, match=r"s.fa:2: sequence line before any '>'"):
+    list(fasta.iter_spans(_write(tmp_path / "s.fa", b"\nACGT\n>a\nAC\n")))
+  with pytest.raises(fasta.FastaError, match=r"h.fa:3: header is not UTF-8"):
+    list(fasta.iter_spans(_write(tmp_path / "h.fa", b">a\nAC\n>\xff\xfe\nAC\n")))
+  with pytest.raises(fasta.FastaError, match=r"e.fa: empty file"):
+    list(fasta.iter_spans(_write(tmp_path / "e.fa", b"")))
+  with pytest.raises(fasta.FastaError, match=r"n.fa: no FASTA header"):
+    list(fasta.iter_spans(_write(tmp_path / "n.fa", b"\n;only a comment\n")))
+  p = _write(tmp_path / "b.fa", b">a\nACGT\nAC#T\n")
+  with open(p, "rb") as f, pytest.raises(fasta.FastaError, match=r"b.fa:3: byte b'#'"):
+    fasta.read_letters(f, 3, 13, "b.fa", str(p))

@@ -11,6 +11,7 @@ import pytest
 
 from genemask_jax import errors
 from genemask_jax import tokenizer
+from genemask_jax.data import fasta as fasta_lib
 from genemask_jax.data import genome
 from genemask_jax.data import genome_tfds
 from genemask_jax.data import shards
@@ -119,6 +120,176 @@ def test_killed_build_is_not_taken_for_finished_and_resumes(tmp_path):
   assert _shard_bytes(resumed) == _shard_bytes(fresh)
 
 
+_SLOW_BUILD = textwrap.dedent("""
+    import sys, time
+    from genemask_jax.data import genome_tfds, shards
+    real = shards.write_unit
+    def write_unit(unit, work_dir):
+      time.sleep(0.3)  # Slow enough that the test's SIGKILL lands mid-build.
+      return real(unit, work_dir)
+    shards.write_unit = write_unit
+    genome_tfds.build(sys.argv[1], None, num_workers=1)
+    """)
+
+
+def test_build_killed_from_outside_restarts_cleanly_to_the_same_dataset(tmp_path):
+  import signal  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  builder = genome_tfds.builder_for(tmp_path / "t", genome_tfds.make_config(None))
+  work = pathlib.Path(builder.work_dir())
+  proc = subprocess.Popen([sys.executable, "-c", _SLOW_BUILD, str(tmp_path / "t")], cwd=_REPO,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          start_new_session=True)
+  try:
+    deadline = time.monotonic() + 240
+    while len(list(work.glob("unit-*.json"))) < 2:
+      assert proc.poll() is None, proc.stderr.read()[-2000:]
+      assert time.monotonic() < deadline, "no unit finished in 240 s"
+      time.sleep(0.02)
+  finally:
+    os.killpg(proc.pid, signal.SIGKILL)  # Anywhere: between units or inside a shard.
+    proc.wait()
+  assert proc.returncode == -signal.SIGKILL
+  assert not builder.is_prepared()
+  assert not list((tmp_path / "t").rglob("dataset_info.json"))
+  resumed = genome_tfds.build(tmp_path / "t", None, num_workers=2)
+  s = genome_tfds.summary(resumed)
+  assert s["reused_units"] >= 2 and s["num_workers"] == 2
+  assert not work.exists() and not list((tmp_path / "t").rglob("*.tmp"))
+  fresh = genome_tfds.build(tmp_path / "fresh", None, num_workers=1)
+  assert _shard_bytes(resumed) == _shard_bytes(fresh)
+  assert _rows(resumed) == _rows(fresh)
+
+
+_HOLD_LOCK = textwrap.dedent("""
+    import sys
+    from genemask_jax.data import genome_tfds
+    with genome_tfds._locked(sys.argv[1]):
+      print("held", flush=True)
+      sys.stdin.read()  # Until the test closes our stdin.
+    """)
+
+
+def test_second_concurrent_build_names_the_lock_and_waits(tmp_path, chrx_head):
+  import queue  # pylint: disable=g-import-not-at-top
+  import threading  # pylint: disable=g-import-not-at-top
+  fa = _fasta(tmp_path / "x.fa", chrx_head[:50_000])
+  builder = genome_tfds.builder_for(tmp_path / "t", genome_tfds.make_config([fa]))
+  lock = builder.work_dir() + ".lock"
+  holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, lock], cwd=_REPO,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+  env = {k: v for k, v in os.environ.items() if k != "GENEMASK_DATA_DIR"}
+  env["PYTHONPATH"] = str(_REPO) + os.pathsep + env.get("PYTHONPATH", "")
+  second = None
+  try:
+    assert holder.stdout.readline().strip() == "held"
+    second = subprocess.Popen(
+        [sys.executable, "-u", "-m", "genemask_jax.data.prepare", f"--tfds_dir={tmp_path / 't'}",
+         f"--fasta={fa}", "--num_workers=1"], stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, env=env)
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(l) for l in second.stdout] + [lines.put(None)],
+                     daemon=True).start()
+    seen = []
+    while not any(l.startswith("waiting for ") for l in seen):
+      line = lines.get(timeout=120)
+      assert line is not None, "".join(seen)[-3000:]
+      seen.append(line)
+    wait_line = next(l for l in seen if l.startswith("waiting for "))
+    assert lock in wait_line and f"(pid {holder.pid}) holds it" in wait_line
+    assert second.poll() is None and not builder.is_prepared()  # It waits, builds nothing.
+    holder.stdin.close()  # The first build ends: the second goes on.
+    assert holder.wait(timeout=60) == 0
+    assert second.wait(timeout=240) == 0
+    while lines.get(timeout=10) is not None:
+      pass
+  finally:
+    for p in (holder, second):
+      if p is not None and p.poll() is None:
+        p.kill()
+        p.wait()
+  assert genome_tfds.builder_for(tmp_path / "t", genome_tfds.make_config([fa])).is_prepared()
+
+
+def _messy_fasta(path: pathlib.Path, chrx: bytes, crlf: bool) -> str:
+  """Records with N runs, IUPAC letters, soft-masking, short pieces, repeated and empty
+  headers, a record with no sequence and lines of several widths."""
+  rng = np.random.default_rng(7)
+  seq = bytearray(chrx[:60_000])
+  for _ in range(40):  # N runs and single IUPAC letters, some a few bp apart.
+    a, n = int(rng.integers(0, len(seq) - 50)), int(rng.integers(1, 40))
+    seq[a:a + n] = b"N" * n
+    seq[int(rng.integers(0, len(seq)))] = ord("R")
+  low = bytes(seq).lower()
+  seq = bytes(seq[:30_000]) + low[30_000:]
+  eol = b"\r\n" if crlf else b"\n"
+
+  def lines(s: bytes, width: int) -> bytes:
+    return b"".join(s[i:i + width] + eol for i in range(0, len(s), width))
+
+  recs = [b">a desc" + eol + lines(seq[:12_000], 60) + b";a comment" + eol
+          + lines(seq[12_000:25_000], 60), b">empty" + eol,
+          b">a" + eol + lines(seq[25_000:40_000], 7), b">" + eol + lines(seq[40_000:41_000], 80),
+          b">tiny" + eol + b"ACGTA" + eol, b">ns" + eol + lines(b"N" * 3000, 60),
+          b">one_line" + eol + seq[41_000:] + eol]
+  path.write_bytes(b"".join(recs))
+  return str(path)
+
+
+@pytest.mark.parametrize("crlf,cfg", [
+    (False, {}), (True, {"seed": 5}), (False, {"join_across_n": True}),
+    (False, {"keep_tail": False, "min_chunk_bp": 20, "max_offset": 3000}),
+])
+def test_planned_units_hold_exactly_the_sequential_chunks(tmp_path, chrx_head, monkeypatch,
+                                                          crlf, cfg):
+  import gzip  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(genome_tfds, "_RANGE_BYTES", 997)  # Many ranges: runs cross them.
+  monkeypatch.setattr(genome_tfds, "_BATCH_BYTES", 7_000)  # Many batches and tasks.
+  plain = _messy_fasta(tmp_path / "m.fa", chrx_head, crlf)
+  gz = tmp_path / "m2.fa.gz"
+  gz.write_bytes(gzip.compress(pathlib.Path(plain).read_bytes()))
+  paths = [plain, str(gz)]
+  cfg = genome.ChunkConfig(**cfg)
+  want_stats, got_stats = genome.ChunkStats(), genome.ChunkStats()
+  cuts = list(genome.iter_cuts(paths, cfg, 1 << 12, want_stats))
+  (tmp_path / "w").mkdir()
+  units = [u.load() for u in genome_tfds.plan_units(paths, cfg, 5_000, got_stats,
+                                                     str(tmp_path / "w"))]
+  assert len(units) > 10 and [u.index for u in units] == list(range(len(units)))
+  assert got_stats == want_stats and want_stats.acgt > want_stats.kept  # Something was lost.
+  np.testing.assert_array_equal(np.concatenate([u.bases for u in units]),
+                                np.concatenate([c.bases for c in cuts]))
+  np.testing.assert_array_equal(np.concatenate([u.lengths for u in units]),
+                                np.concatenate([c.lengths for c in cuts]))
+  want_val = np.concatenate([genome.validation_flags(c, cfg) for c in cuts])
+  np.testing.assert_array_equal(np.concatenate([u.validation() for u in units]), want_val)
+  keys = lambda names, first, counts: [(n, f + i) for n, f, c in zip(names, first, counts)
+                                       for i in range(c)]
+  assert [k for u in units for k in keys(u.names, u.first, u.counts)] == keys(
+      [c.record_name for c in cuts], [c.first_index for c in cuts],
+      [c.lengths.shape[0] for c in cuts])
+
+
+def test_a_bad_byte_deep_in_a_file_names_its_line_from_a_worker(tmp_path, chrx_head):
+  lines = [chrx_head[i:i + 60] for i in range(0, 60_000, 60)]
+  lines[700] = lines[700][:10] + b"\x00" + lines[700][11:]
+  fa = tmp_path / "bad.fa"
+  fa.write_bytes(b">x\n" + b"\n".join(lines) + b"\n")
+  with pytest.raises(fasta_lib.FastaError, match=r"bad.fa:702: byte b'\\x00'"):
+    genome_tfds.build(tmp_path / "t", [str(fa)], num_workers=2)
+
+
+def test_comment_lines_are_skipped_as_the_sequential_reader_skips_them(tmp_path, chrx_head):
+  seq = chrx_head[:40_000]
+  fa = tmp_path / "c.fa"
+  fa.write_bytes(b">a\n" + seq[:20_000] + b"\n;a comment line\n" + seq[20_000:] + b"\n")
+  builder = genome_tfds.build(tmp_path / "t", [str(fa)], num_workers=2)
+  expect = {genome.TRAIN: [], genome.VALIDATION: []}
+  for c in genome.iter_chunks([str(fa)]):
+    expect[c.split].append(c.input_ids.tobytes() + np.int32(c.length).tobytes())
+  assert _rows(builder) == expect
+
+
 def test_failed_build_raises_and_leaves_no_dataset(tmp_path, monkeypatch):
   real = shards.write_unit
 
@@ -219,7 +390,7 @@ def test_prepare_user_errors_are_one_line_exit_2(tmp_path, make, args, expect):
   assert "Traceback" not in res.stderr
 
 
-class _DiesInWorker(shards.Unit):
+class _DiesInWorker(shards.RangeUnit):
   """A unit whose unpickling ends the worker process at once, as an OOM kill would."""
 
   def __reduce__(self):
@@ -228,13 +399,13 @@ class _DiesInWorker(shards.Unit):
 
 def test_a_dying_worker_is_one_clear_error_and_the_rerun_completes(tmp_path):
   import dataclasses  # pylint: disable=g-import-not-at-top
-  units = list(genome_tfds.iter_units(genome.default_genome_paths(), genome.ChunkConfig(),
-                                      1 << 20, genome.ChunkStats()))
-  assert len(units) >= 4
-  bad = _DiesInWorker(**{f.name: getattr(units[2], f.name)
-                         for f in dataclasses.fields(shards.Unit)})
   work = str(tmp_path / "work")
   os.makedirs(work)
+  units = list(genome_tfds.plan_units(genome.default_genome_paths(), genome.ChunkConfig(),
+                                      1 << 20, genome.ChunkStats(), work))
+  assert len(units) >= 4
+  bad = _DiesInWorker(**{f.name: getattr(units[2], f.name)
+                         for f in dataclasses.fields(shards.RangeUnit)})
   with pytest.raises(RuntimeError, match="worker died.*run the same command again"):
     genome_tfds.write_units(iter(units[:2] + [bad] + units[3:]), work, 2)
   results, reused = genome_tfds.write_units(iter(units), work, 1)

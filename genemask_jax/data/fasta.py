@@ -14,6 +14,7 @@ a header that is not UTF-8, or bytes that are not sequence letters (binary data)
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gzip
 import os
@@ -267,3 +268,189 @@ def check_files(paths: Sequence[str | os.PathLike]) -> None:
                          "(binary data?)")
       raise FastaError(f"{path}:{lineno}: sequence line before any '>' header; a FASTA file "
                        "starts with a '>name' line")
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordSpan:
+  """Where one record's sequence lines lie in an uncompressed FASTA file.
+
+  Attributes:
+    index: the record's position in the file (0-based, every header counts).
+    name: the header without '>' (stripped), as `Record.name`.
+    parts: (start, end) byte ranges of the record's sequence lines, in order (several
+      when ';' comment lines interrupt them).
+  """
+  index: int
+  name: str
+  parts: tuple[tuple[int, int], ...]
+
+
+def line_of(path: str | os.PathLike, offset: int) -> int:
+  """The 1-based line number of byte `offset` of an uncompressed file (for messages)."""
+  line, done = 1, 0
+  with open(path, "rb") as f:
+    while done < offset:
+      buf = f.read(min(_READ_SIZE, offset - done))
+      if not buf:
+        break
+      line += buf.count(b"\n")
+      done += len(buf)
+  return line
+
+
+def _line_start(buf: bytes, char: bytes, start: int, end: int) -> int:
+  """Where in buf[start:end] a line starting with `char` begins: the index of the newline
+  before it, or -1. A one-byte search (memchr): sequence has a newline on every line but
+  no '>' or ';', so this is far faster than searching for the two bytes."""
+  while True:
+    k = buf.find(char, start, end)
+    if k < 0:
+      return -1
+    if k > 0 and buf[k - 1] == 10:
+      return k - 1
+    start = k + 1
+
+
+def iter_spans(path: str | os.PathLike, copy_to: str | None = None,
+               read_size: int = _READ_SIZE) -> Iterator[RecordSpan]:
+  """The records of a FASTA file by byte range, each as soon as it has been read.
+
+  The structure pass of a parallel build: headers and ';' comment lines are found as
+  `iter_pieces` finds them, but the sequence bytes are not examined (workers then read,
+  check and cut any byte range themselves: `read_letters`). A gzip file is unpacked to
+  ``copy_to`` on the way (required for gzip: the byte ranges are the copy's), and a
+  record is yielded only once its bytes are all written there. Headers, empty files,
+  files without a header and sequence before the first header raise FastaError naming
+  the file and line, as `iter_pieces` does.
+  """
+  path = os.fspath(path)
+  dst = None
+  n_records, lineno, offset, total = 0, 1, 0, 0
+  at_line_start, mode = True, _SEQ
+  header: list[bytes] = []
+  header_size = header_line = 0
+  current: tuple[int, str] | None = None
+  parts: list[tuple[int, int]] = []
+
+  def finish() -> RecordSpan | None:
+    if current is None:
+      return None
+    if dst is not None:
+      dst.flush()
+    return RecordSpan(current[0], current[1], tuple(parts))
+
+  with contextlib.ExitStack() as stack:
+    src = stack.enter_context(open_maybe_gzip(path))
+    gz = isinstance(src, gzip.GzipFile)
+    if gz:
+      if copy_to is None:
+        raise ValueError(f"{path}: a gzip file needs copy_to")
+      dst = stack.enter_context(open(copy_to, "wb"))
+    while True:
+      try:
+        buf = src.read(read_size)
+      except (OSError, EOFError, zlib.error) as e:
+        raise FastaError(f"{path}:{lineno}: cannot read: {e}") from e
+      if not buf:
+        break
+      if dst is not None:
+        dst.write(buf)
+      total += len(buf)
+      i, n = 0, len(buf)
+      while i < n:
+        if at_line_start:
+          c = buf[i]
+          if c == _GT:
+            span = finish()
+            if span is not None:
+              yield span
+            current, parts = None, []
+            mode, header, header_size, header_line = _HEADER, [], 0, lineno
+            i += 1
+          elif c == _SEMI:
+            mode = _COMMENT
+          else:
+            mode = _SEQ
+          at_line_start = False
+          continue
+        j = buf.find(b"\n", i) if mode != _SEQ else -1
+        if mode != _SEQ:
+          stop = n if j < 0 else j
+          if mode == _HEADER:
+            header.append(buf[i:stop])
+            header_size += stop - i
+            if header_size > _MAX_HEADER:
+              raise FastaError(f"{path}:{header_line}: header line longer than "
+                               f"{_MAX_HEADER} bytes; is this a FASTA file?")
+          if j < 0:
+            break
+          if mode == _HEADER:
+            current = (n_records, _header_name(path, header_line, b"".join(header)))
+            n_records += 1
+          lineno += 1
+          at_line_start = True
+          i = j + 1
+          continue
+        # Sequence lines: up to the next line that starts a header or a comment.
+        j = _line_start(buf, b">", i, n)
+        k = _line_start(buf, b";", i, n if j < 0 else j)
+        j = k if k >= 0 else j
+        stop = n if j < 0 else j + 1
+        if current is None and buf[i:stop].strip(b"\r\n"):
+          region = buf[i:stop]
+          pos = len(region) - len(region.lstrip(b"\r\n"))
+          raise FastaError(
+              f"{path}:{_error_line(lineno, region, pos)}: sequence line before any '>' "
+              "header; a FASTA file starts with a '>name' line")
+        if current is not None:
+          a, b = offset + i, offset + stop
+          if parts and parts[-1][1] == a:
+            parts[-1] = (parts[-1][0], b)
+          else:
+            parts.append((a, b))
+        lineno += buf.count(b"\n", i, stop)
+        at_line_start = buf[stop - 1] == 10
+        i = stop
+      offset += n
+    if mode == _HEADER and not at_line_start:  # A last header without a newline.
+      current = (n_records, _header_name(path, header_line, b"".join(header)))
+      n_records += 1
+    span = finish()
+    if span is not None:
+      yield span
+  if total == 0:
+    raise FastaError(f"{path}: empty file; expected FASTA ('>name' then sequence lines)")
+  if n_records == 0:
+    lines = lineno - 1 if at_line_start else lineno
+    raise FastaError(f"{path}: no FASTA header ('>name' line) found in {lines} lines")
+
+
+_ACGT_EOL = b"ACGTacgt\r\n"
+_NOT_ACGT_EITHER_CASE = bytes(b for b in range(256) if b not in b"ACGTacgt")
+
+
+def read_letters(f: BinaryIO, start: int, end: int, display: str, path: str,
+                 acgt_only: bool = False) -> bytes:
+  """The sequence letters of bytes [start, end) of an open uncompressed FASTA file.
+
+  Line ends are removed and the letters checked as `iter_pieces` checks them (FastaError
+  naming the file and line of a bad byte); with ``acgt_only`` every letter but A/C/G/T
+  (either case) is removed too. `display` names the file in messages; `path` is the file
+  read, for the line number.
+  """
+  f.seek(start)
+  return letters_of(f.read(end - start), start, display, path, acgt_only)
+
+
+def letters_of(data: bytes, start: int, display: str, path: str,
+               acgt_only: bool = False) -> bytes:
+  """`read_letters` of bytes already read from offset `start`."""
+  if not data.translate(None, _ACGT_EOL):  # The common case: nothing else to check.
+    return data.translate(None, b"\r\n")
+  letters = data.translate(None, b"\r\n")
+  bad = letters.translate(None, _SEQ_LETTERS)
+  if bad:
+    pos = data.find(bad[:1])
+    raise FastaError(f"{display}:{line_of(path, start + pos)}: {_describe(bad)} in a "
+                     "sequence line; expected IUPAC letters (is this a FASTA file?)")
+  return letters.translate(None, _NOT_ACGT_EITHER_CASE) if acgt_only else letters

@@ -11,8 +11,11 @@ package); the few-shot datasets are built when ``--fewshot_data_dir`` is given o
 writes it). All inputs are checked before any long work; what was built is printed:
 examples per split, the share of A/C/G/T bases kept in chunks, and the test rows that also
 occur in a training file. The genome build runs on ``--num_workers`` processes (default:
-all cores); the dataset is the same for any number. A killed build, run again with the
-same arguments, resumes from its finished work units. A user error prints one line and
+all cores); the dataset is the same for any number. A gzip FASTA is unpacked under
+``TFDS_DIR/downloads/`` while the build runs (its uncompressed size on disk: ~3.1 GB for
+hg38), so that the workers can read it in parallel. A killed build, run again with the
+same arguments, resumes from its finished work units; a second build of the same dataset
+started meanwhile prints the lock file it waits for. A user error prints one line and
 exits with status 2.
 """
 

@@ -1,12 +1,15 @@
 """Writes pretraining chunks as array_record shards, one work unit at a time, in any process.
 
-The genome corpus build (`genome_tfds`) cuts the FASTA input into *work units* of a few
-Mbp of chunks in the main process (`genome.iter_cuts`: reading and the seeded chunk
-lengths, the cheap part) and hands each unit to `write_unit`, in the same process or a
-worker process. `write_unit` does the costly part: k-mer ids, packed rows, tf.Example
-bytes, and one array_record file per split, written under a temporary name and renamed,
-then a small JSON marker written last. A unit whose marker is there with the same digest
-is finished, so an interrupted build resumes from its finished units.
+The genome corpus build (`genome_tfds`) plans *work units* of a few Mbp of chunks in the
+main process and hands each to `write_unit`, in the same process or a worker process. A
+`RangeUnit` says where its chunks lie in an uncompressed FASTA file (byte ranges, chunk
+starts and lengths): the worker reads and upper-cases the bases itself (`RangeUnit.load`),
+so the main process never touches them; `scan_ranges` is the workers' first pass that the
+plan is made from (letters checked and counted, runs of A/C/G/T). A `Unit` carries its
+bases (the sequential reader's path). `write_unit` does the costly part: k-mer ids, packed
+rows, tf.Example bytes, and one array_record file per split, written under a temporary
+name and renamed, then a small JSON marker written last. A unit whose marker is there with
+the same digest is finished, so an interrupted build resumes from its finished units.
 
 This module imports neither TensorFlow Datasets nor JAX, so a spawned worker starts fast.
 The tf.Example bytes are built here with numpy (`ExampleEncoder`) for the features
@@ -27,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from genemask_jax import tokenizer
+from genemask_jax.data import fasta
 from genemask_jax.data import genome
 
 SPLITS = (genome.TRAIN, genome.VALIDATION)
@@ -58,6 +62,9 @@ class Unit:
   counts: np.ndarray
   cfg: genome.ChunkConfig
 
+  def num_bases(self) -> int:
+    return int(self.bases.shape[0])
+
   def validation(self) -> np.ndarray:
     """bool (m,): which chunks go to the validation split."""
     return genome.validation_mask(self.cfg.seed, self.names, self.first, self.counts,
@@ -71,6 +78,108 @@ class Unit:
       h = zlib.crc32(memoryview(np.ascontiguousarray(a, np.int64 if a.dtype != np.uint8
                                                      else np.uint8)).cast("B"), h)
     return f"{h:08x}-{self.bases.shape[0]}-{self.lengths.shape[0]}"
+
+
+_GOOD = np.zeros(256, bool)
+_GOOD[np.frombuffer(b"ACGTacgt", np.uint8)] = True
+
+
+def scan_ranges(path: str, display: str, ranges: list[tuple[int, int]]
+                ) -> list[tuple[int, int, np.ndarray]]:
+  """The first pass of a parallel build over byte ranges of an uncompressed FASTA file.
+
+  Each range holds sequence lines of one record (`fasta.index_records`). Returns per
+  range (letters, A/C/G/T letters, runs): runs are int64 (r, 2) [start, end) of the
+  maximal runs of A/C/G/T (either case), in letters from the range's first letter. Bad
+  bytes raise `fasta.FastaError` naming the file and line.
+  """
+  out = []
+  with open(path, "rb") as f:
+    for start, end in ranges:
+      letters = fasta.read_letters(f, start, end, display, path)
+      n = len(letters)
+      if not letters.translate(None, b"ACGTacgt"):
+        out.append((n, n, np.array([[0, n]], np.int64) if n else np.zeros((0, 2), np.int64)))
+        continue
+      good = _GOOD[np.frombuffer(letters, np.uint8)]
+      edges = np.flatnonzero(np.diff(good.astype(np.int8))) + 1
+      bounds = np.concatenate([[0], edges, [n]]).astype(np.int64)
+      keep = good[bounds[:-1]]
+      runs = np.stack([bounds[:-1][keep], bounds[1:][keep]], axis=1)
+      out.append((n, int(np.count_nonzero(good)), runs))
+  return out
+
+
+@dataclasses.dataclass
+class RangeUnit:
+  """A work unit described by where its chunks lie in a FASTA file, not by their bases.
+
+  The worker that writes it reads the bases itself (`load`), so the main process of a
+  parallel build only plans. Chunks form runs, each a stretch of consecutive chunks of one
+  segment of one record, back to back.
+
+  Attributes:
+    index: position of the unit in the corpus (0-based); names its files.
+    path: the uncompressed FASTA file to read (the input, or its unpacked copy).
+    display: the input file's name for messages; `source` its identity (size, mtime).
+    names, first, counts: per run, as in `Unit`.
+    starts: int64 (r,) each run's first base, in letters of its record (in A/C/G/T
+      letters with ``join_across_n``).
+    spans: per run, the byte ranges to read: (start byte, end byte, coordinate of the
+      range's first letter), in order.
+    lengths: int64 (m,) every chunk's length in bp.
+    cfg: the chunking settings.
+  """
+  index: int
+  path: str
+  display: str
+  source: str
+  names: list[str]
+  first: np.ndarray
+  counts: np.ndarray
+  starts: np.ndarray
+  spans: list[list[tuple[int, int, int]]]
+  lengths: np.ndarray
+  cfg: genome.ChunkConfig
+
+  def num_bases(self) -> int:
+    return int(self.lengths.sum())
+
+  def digest(self) -> str:
+    """A checksum of the input's identity and of every chunk's place and length."""
+    h = zlib.crc32(json.dumps([self.index, dataclasses.asdict(self.cfg), self.names,
+                               self.display, self.source, self.spans],
+                              sort_keys=True).encode())
+    for a in (self.lengths, self.first, self.counts, self.starts):
+      h = zlib.crc32(memoryview(np.ascontiguousarray(a, np.int64)).cast("B"), h)
+    return f"{h:08x}-{self.num_bases()}-{self.lengths.shape[0]}"
+
+  def load(self) -> Unit:
+    """Reads the chunks' bases (upper case) from the file: the same unit, as a `Unit`."""
+    bases = np.empty(self.num_bases(), np.uint8)
+    ends = np.cumsum(self.counts)
+    cum = np.concatenate([[0], np.cumsum(self.lengths)])
+    cache: dict[int, bytes] = {}
+    with open(self.path, "rb") as f:
+      for r, (a, spans) in enumerate(zip(self.starts.tolist(), self.spans)):
+        lo, hi = int(cum[ends[r] - self.counts[r]]), int(cum[ends[r]])
+        b = a + hi - lo
+        parts = []
+        for start, end, c0 in spans:
+          letters = cache.get(start)
+          if letters is None:
+            letters = fasta.read_letters(f, start, end, self.display, self.path,
+                                         acgt_only=self.cfg.join_across_n)
+            cache = {start: letters}  # Runs in order: keep only the last range read.
+          parts.append(letters[max(a - c0, 0):max(b - c0, 0)])
+        got = b"".join(parts)
+        if len(got) != hi - lo:
+          raise RuntimeError(f"{self.path}: read {len(got)} bases for a run of {hi - lo} "
+                             "(the file changed during the build?)")
+        bases[lo:hi] = np.frombuffer(got, np.uint8)
+    np.bitwise_and(bases, 0xDF, out=bases)  # a/c/g/t -> A/C/G/T.
+    return Unit(self.index, bases, self.lengths, self.names, self.first, self.counts,
+                self.cfg)
 
 
 def _varint(n: int) -> bytes:
@@ -183,7 +292,7 @@ def finished_indices(work_dir: str) -> list[int]:
   return sorted(out)
 
 
-def finished(work_dir: str, unit: Unit) -> dict[str, Any] | None:
+def finished(work_dir: str, unit: Unit | RangeUnit) -> dict[str, Any] | None:
   """The unit's result if its files are complete and from the same input, else None."""
   try:
     with open(_marker_path(work_dir, unit.index)) as f:
@@ -200,13 +309,18 @@ def finished(work_dir: str, unit: Unit) -> dict[str, Any] | None:
   return done
 
 
-def write_unit(unit: Unit, work_dir: str) -> dict[str, Any]:
+def write_unit(unit: Unit | RangeUnit, work_dir: str) -> dict[str, Any]:
   """Writes a unit's shards (one per split that gets examples) and its marker.
+
+  A `RangeUnit` is read from its file first (`RangeUnit.load`).
 
   Returns:
     {"index", "digest", "examples": {split: n}, "bytes": {split: file size}}.
   """
   from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
+  digest = unit.digest()
+  if isinstance(unit, RangeUnit):
+    unit = unit.load()
   k, max_len = unit.cfg.k, unit.cfg.max_len
   encoder = ExampleEncoder(max_len, tokenizer.vocab_size(k) - 1)
   validation = unit.validation()
@@ -235,7 +349,7 @@ def write_unit(unit: Unit, work_dir: str) -> dict[str, Any]:
       sizes[split] = os.path.getsize(path)
     else:
       sizes[split] = 0
-  result = {"index": unit.index, "digest": unit.digest(), "examples": counts, "bytes": sizes}
+  result = {"index": unit.index, "digest": digest, "examples": counts, "bytes": sizes}
   marker = _marker_path(work_dir, unit.index)
   with open(marker + ".tmp", "w") as f:
     json.dump(result, f)
