@@ -1,7 +1,7 @@
 """Reports of evaluation runs: summaries over seeds, CSV, Markdown and plots.
 
-One place for what the few-shot binary (`genemask_jax.fewshot`) and
-``benchmarks/study.py`` write:
+One place for what the few-shot binary (`genemask_jax.fewshot`), the own-task fine-tuning
+command (`python -m genemask_jax.finetune`) and ``benchmarks/study.py`` write:
 
     stats = report.summarize(rows)                       # {(model, task, shot, metric): ...}
     stats = report.summarize(rows, keys=("arm", "mode", "task", "shot", "metric"))
@@ -199,3 +199,48 @@ def write_outputs(rows, jobs, models, rc: Any, out_dir: pathlib.Path,
       "failures": list(failures)}
   (out_dir / "run.json").write_text(json.dumps(run_info, indent=2, default=str))
 
+
+# ------------------------------------------------------------- own-task fine-tuning
+# Columns of ``python -m genemask_jax.finetune``'s results.csv: one row per seed, split
+# (dev at the selected epoch, test) and metric.
+OWN_TASK_COLUMNS = ("model", "task", "task_type", "seed", "split", "metric", "value",
+                    "best_epoch", "epochs_run", "n_train", "n_dev", "n_test")
+
+
+def own_task_markdown(rows: Sequence[dict[str, Any]], settings: dict[str, Any]) -> str:
+  """results.md of the own-task command: per-seed test metrics, then mean ± sample std.
+
+  Args:
+    rows: `OWN_TASK_COLUMNS` rows.
+    settings: "model", "task", "task_type", "selection" (sentence), "hparams" (dict),
+      "n_train", "n_dev", "n_test", "max_len", "truncated", "saved_model" (or None).
+  """
+  test = [r for r in rows if r["split"] == "test"]
+  names = list(dict.fromkeys(r["metric"] for r in test))
+  seeds = list(dict.fromkeys(r["seed"] for r in test))
+  value = {(r["seed"], r["metric"]): r["value"] for r in test}
+  epoch = {r["seed"]: r["best_epoch"] for r in test}
+  stats = summarize(test, keys=("metric",))
+  lines = [f"# Fine-tuning results: {settings['task']} ({settings['task_type']}, "
+           f"{len(seeds)} seed(s))", "",
+           f"Model: {settings['model']}. Test set: {settings['n_test']} rows; train "
+           f"{settings['n_train']}, dev {settings['n_dev']}.", "",
+           "| seed | best dev epoch | " + " | ".join(names) + " |",
+           "|" + "---|" * (len(names) + 2)]
+  for s in seeds:
+    lines.append(f"| {s} | {epoch[s]} | "
+                 + " | ".join(f"{value[(s, m)]:.4f}" for m in names) + " |")
+  lines.append("| mean ± std | | " + " | ".join(format_cell(stats.get((m,))) for m in names)
+               + " |")
+  lines += ["", f"Model selection: {settings['selection']} ± is the sample standard "
+            "deviation (ddof=1) over seeds.", ""]
+  if settings.get("truncated"):
+    lines += [f"**{settings['truncated']} sequence(s) were longer than the model's input "
+              f"({settings['max_len']} tokens) and were truncated to it.**", ""]
+  hp = settings["hparams"]
+  lines += ["## Settings", "", "| " + " | ".join(hp) + " |", "|" + "---|" * len(hp),
+            "| " + " | ".join(f"{v:g}" if isinstance(v, float) else str(v)
+                              for v in hp.values()) + " |", ""]
+  if settings.get("saved_model"):
+    lines += [f"Saved model (seed with the best dev score): `{settings['saved_model']}`", ""]
+  return "\n".join(lines) + "\n"

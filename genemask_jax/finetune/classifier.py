@@ -38,6 +38,7 @@ from genemask_jax.finetune import arrays
 from genemask_jax.finetune import metrics as metrics_lib
 
 Params = Any
+TASK_TYPES = ("classification", "regression")
 
 
 class NonFiniteError(errors.UserError):
@@ -188,21 +189,28 @@ class FinetuneResult:
   eval_seconds: float
 
 
-def make_train_step(model: nn.Module, tx: optax.GradientTransformation) -> Callable:
+def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
+                    task_type: str = "classification") -> Callable:
   """Jitted ``(params, opt_state, ids, labels, weights, keys, step) -> (params, opt_state,
   loss)``.
 
   Every argument but ``step`` carries a leading seed axis (S,): ids (S, B, L) int32, labels
-  (S, B) int32, weights (S, B) float32 (0 for padding rows of a partial batch), keys (S,)
-  PRNG keys of the seeds; ``step`` is an int32 scalar folded into each key for dropout. The
-  loss is the weighted mean cross-entropy of each seed, (S,) float32.
+  (S, B) int32 classes (float32 targets for ``task_type="regression"``), weights (S, B)
+  float32 (0 for padding rows of a partial batch), keys (S,) PRNG keys of the seeds;
+  ``step`` is an int32 scalar folded into each key for dropout. The loss is the weighted
+  mean cross-entropy (regression: squared error of the one output) of each seed, (S,)
+  float32.
   """
+  _check_task_type(task_type)
 
   def loss_fn(params, ids, labels, weights, key):
     logits = model.apply({"params": params}, ids, deterministic=False,
                          rngs={"dropout": key}).astype(jnp.float32)
-    nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], axis=1)[:, 0]
-    return jnp.sum(nll * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+    if task_type == "regression":
+      per_row = (logits[:, 0] - labels) ** 2
+    else:
+      per_row = -jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], axis=1)[:, 0]
+    return jnp.sum(per_row * weights) / jnp.maximum(jnp.sum(weights), 1.0)
 
   def one_seed(params, opt_state, ids, labels, weights, key, step):
     loss, grads = jax.value_and_grad(loss_fn)(params, ids, labels, weights,
@@ -213,14 +221,21 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation) -> Calla
   return jax.jit(jax.vmap(one_seed, in_axes=(0, 0, 0, 0, 0, 0, None)), donate_argnums=(0, 1))
 
 
-def make_predict_fn(model: nn.Module) -> Callable:
-  """Jitted ``(params (S, ...), ids (B, L)) -> probs (S, B, C)`` float32, deterministic."""
+def make_predict_fn(model: nn.Module, task_type: str = "classification") -> Callable:
+  """Jitted ``(params (S, ...), ids (B, L)) -> (S, B, C)`` float32, deterministic: class
+  probabilities, or for ``task_type="regression"`` the predicted values (C = 1)."""
+  _check_task_type(task_type)
 
   def one_seed(params, ids):
-    logits = model.apply({"params": params}, ids, deterministic=True)
-    return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+    logits = model.apply({"params": params}, ids, deterministic=True).astype(jnp.float32)
+    return logits if task_type == "regression" else jax.nn.softmax(logits, axis=-1)
 
   return jax.jit(jax.vmap(one_seed, in_axes=(0, None)))
+
+
+def _check_task_type(task_type: str) -> None:
+  if task_type not in TASK_TYPES:
+    raise ValueError(f"task_type must be one of {TASK_TYPES}, got {task_type!r}")
 
 
 def epoch_batches(rng: np.random.Generator, n: int, batch_size: int) -> np.ndarray:
@@ -233,10 +248,11 @@ def epoch_batches(rng: np.random.Generator, n: int, batch_size: int) -> np.ndarr
 
 
 @functools.lru_cache(maxsize=8)
-def compiled_functions(cfg: model_lib.ModelConfig, num_classes: int, hp: Hparams, n: int):
+def compiled_functions(cfg: model_lib.ModelConfig, num_classes: int, hp: Hparams, n: int,
+              task_type: str = "classification"):
   """(init, optimizer init, train step, predict) jitted functions, shared by every call with
-  the same model, classes, hyper-parameters and train-set size (so by every model of one
-  size in a grid), so XLA compiles each once."""
+  the same model, classes, hyper-parameters, train-set size and task type (so by every
+  model of one size in a grid), so XLA compiles each once. Regression: ``num_classes=1``."""
   total, warmup = num_train_steps(n, hp)
   schedule = optim.make_lr_schedule(total_steps=total, warmup_steps=warmup,
                                     peak_learning_rate=hp.learning_rate)
@@ -245,7 +261,8 @@ def compiled_functions(cfg: model_lib.ModelConfig, num_classes: int, hp: Hparams
   model = model_lib.BertForSequenceClassification(classifier_config(cfg, hp.dropout),
                                                   num_labels=num_classes)
   init_fn = jax.jit(lambda key, enc: init_classifier_params(model, key, enc, 8))
-  return init_fn, jax.jit(jax.vmap(tx.init)), make_train_step(model, tx), make_predict_fn(model)
+  return (init_fn, jax.jit(jax.vmap(tx.init)), make_train_step(model, tx, task_type),
+          make_predict_fn(model, task_type))
 
 
 def finetune(cfg: model_lib.ModelConfig,

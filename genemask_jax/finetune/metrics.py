@@ -1,9 +1,10 @@
-"""Classification metrics of fine-tuned models, in plain numpy.
+"""Classification and regression metrics of fine-tuned models, in plain numpy.
 
 `classification_metrics` agrees with scikit-learn's `accuracy_score`, macro `f1_score` /
 `precision_score` / `recall_score` (zero_division=0), `matthews_corrcoef` and
 `roc_auc_score` (binary: score of class 1; multi-class: ``multi_class="ovo",
-average="macro"``).
+average="macro"``). `regression_metrics` gives Pearson's r, Spearman's rho (as scipy's
+`pearsonr` / `spearmanr`) and the mean squared error.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import math
 import numpy as np
 
 METRICS = ("accuracy", "f1", "precision", "recall", "mcc", "roc_auc")
+REGRESSION_METRICS = ("pearson", "spearman", "mse")
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
@@ -131,3 +133,34 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray) -> dict[str, f
       "roc_auc": roc_auc(y_true, probs),
   }
 
+
+def _pearson(x: np.ndarray, y: np.ndarray) -> float:
+  x = x - x.mean()
+  y = y - y.mean()
+  den = math.sqrt(float(x @ x) * float(y @ y))
+  return float(x @ y / den) if den > 0 else float("nan")
+
+
+def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
+  """Metrics of one regression model's test predictions.
+
+  Args:
+    y_true: float (N,) targets.
+    y_pred: float (N,) or (N, 1) predictions.
+
+  Returns:
+    {"pearson", "spearman" (Pearson's r of average ranks), "mse"} as Python floats;
+    the correlations are nan when either side is constant (as scipy returns).
+  """
+  y_true = np.asarray(y_true, np.float64).reshape(-1)
+  y_pred = np.asarray(y_pred, np.float64)
+  if y_pred.ndim == 2 and y_pred.shape[1] == 1:
+    y_pred = y_pred[:, 0]
+  if y_pred.shape != y_true.shape:
+    raise ValueError(f"y_pred must be (N,) or (N, 1) with N = len(y_true) = {len(y_true)}, "
+                     f"got {np.shape(y_pred)}")
+  return {
+      "pearson": _pearson(y_true, y_pred),
+      "spearman": _pearson(_rankdata(y_true), _rankdata(y_pred)),
+      "mse": float(np.mean((y_true - y_pred) ** 2)),
+  }
