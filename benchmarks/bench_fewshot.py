@@ -10,8 +10,8 @@ Prints, for one Script-B 10-shot Prom-core fine-tune (20 epochs, batch 5, 80 ste
 train time (compilation included) and test-set time; with ``--compare_vmap`` the same
 ``--seeds`` trained together in one vmapped step and one after another, side by side;
 with ``--grid`` the whole default grid (4 tasks x every shipped shot x ``--seeds``) through
-`genemask_jax.fewshot.run`, i.e. what the binary does. A random-init tiny model costs the
-same as a pretrained one. What was run is printed with every figure. ``--grid_log`` also
+`genemask_jax.fewshot_lib.run`, i.e. what the binary does. A random-init tiny model
+costs the same as a pretrained one. What was run is printed with every figure. ``--grid_log`` also
 writes the printed figures with the command, date, load and versions to a file, which
 ``run_all.py`` copies into docs/benchmarks.md (the grid takes too long to rerun there).
 """
@@ -27,7 +27,8 @@ from absl import app
 from absl import flags
 
 # --data_dir, --seeds, --max_test_examples, --model_size: the binary's own flags.
-from genemask_jax import fewshot  # pylint: disable=g-import-not-at-top,wrong-import-position
+from genemask_jax import fewshot  # pylint: disable=g-import-not-at-top,wrong-import-position,unused-import
+from genemask_jax import fewshot_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 FLAGS = flags.FLAGS
 _VMAP = flags.DEFINE_bool("compare_vmap", False, "Also time seeds one at a time.")
@@ -50,6 +51,7 @@ def main(argv):
   del argv
   import jax  # pylint: disable=g-import-not-at-top
   from genemask_jax import finetune  # pylint: disable=g-import-not-at-top
+  from genemask_jax.finetune import classifier  # pylint: disable=g-import-not-at-top
   from genemask_jax import model as model_lib  # pylint: disable=g-import-not-at-top
   from genemask_jax.data import tasks  # pylint: disable=g-import-not-at-top
 
@@ -73,7 +75,7 @@ def main(argv):
   seeds = list(range(FLAGS.seeds))
 
   def one(parallel):
-    finetune._compiled.cache_clear()  # pylint: disable=protected-access
+    classifier.compiled_functions.cache_clear()
     t0 = time.time()
     res = finetune.finetune(cfg, None, train, test, spec.num_classes, hp, seeds,
                             seeds_in_parallel=parallel, progress=False)
@@ -121,15 +123,15 @@ def main(argv):
         f"{time.time() - t0:.1f}s incl. compile; accuracy "
         f"{[round(m['accuracy'], 3) for m in mres.metrics]}")
   if _GRID.value:
-    finetune._compiled.cache_clear()  # pylint: disable=protected-access
+    classifier.compiled_functions.cache_clear()
     with tempfile.TemporaryDirectory() as out:
-      rc = fewshot.RunConfig(
+      rc = fewshot_lib.RunConfig(
           models=(("random", "random"),), model_size=(FLAGS.model_size or 'tiny'), tasks=tuple(tasks.TASKS),
           shots=(), seeds=tuple(seeds), resample=False, data_dir=str(data_dir),
           mode="finetune", output_dir=out, overrides={},
           max_test_examples=FLAGS.max_test_examples, progress=sys.stderr.isatty())
       t0 = time.time()
-      fewshot.run(rc)
+      fewshot_lib.run(rc)
       grid = time.time() - t0
     runs = sum(len(s.shots) for s in tasks.TASKS.values())
     say(f"default grid: 4 tasks x every shipped shot ({runs} (task, shot) runs) x "

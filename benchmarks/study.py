@@ -73,10 +73,13 @@ sys.path.insert(1, str(pathlib.Path(__file__).resolve().parent.parent))
 
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+from genemask_jax import report  # pylint: disable=g-import-not-at-top,wrong-import-position
 import study_plots  # pylint: disable=g-import-not-at-top,wrong-import-position
 import study_stats as st  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
+# A report cell: mean and sample std (ddof=1) over replicates (genemask_jax.report).
+SUMMARY_KEYS = ("arm", "mode", "task", "shot", "metric")
 
 # name -> (label, config presets, masking strategy, masking options as the config sets them)
 ARMS: dict[str, tuple[str, str, str, dict[str, Any]]] = {
@@ -502,7 +505,7 @@ def write_report(a, timings: dict[str, Any], command: str) -> pathlib.Path:
   figs.mkdir(parents=True, exist_ok=True)
   suffix = "_gpu" if a.budget == "gpu" else ""
   rows = read_results(a)
-  summary = st.summarize(rows)
+  summary = report.summarize(rows, keys=SUMMARY_KEYS)
   plan_path = work / "masking.json"
   plan = json.loads(plan_path.read_text()) if plan_path.exists() else {"arms": {}}
   masks = plan["arms"]

@@ -18,7 +18,7 @@ def plot_mcc(summary: dict[tuple, tuple[float, float, int]], mode: str, tasks: S
              colors: dict[str, str], baseline: str = "random") -> None:
   """MCC vs shots per task, mean ± sample std over replicates, one line per arm.
 
-  summary: {(arm, mode, task, shot, metric): (mean, std, n)} (study_stats.summarize).
+  summary: {(arm, mode, task, shot, metric): (mean, std, n)} (genemask_jax.report.summarize, ddof=1).
   """
   plt = _plt()
   fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.8), squeeze=False)

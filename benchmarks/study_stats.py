@@ -11,13 +11,13 @@
   (``--equalise_rate``).
 - `paired_test`: Wilcoxon signed-rank (scipy) and a paired bootstrap over matched
   (mode, task, shot, replicate) cells of two arms; `holm` adjusts a family of p-values.
-- `summarize`, `series`: means and sample stds per cell; a metric's curve in a log.jsonl.
+- `series`: a metric's curve in a log.jsonl (means and sample stds per cell are
+  `genemask_jax.report.summarize`).
 - `constant_runs`: few-shot runs whose predictions were all one class.
 """
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import itertools
 import json
@@ -194,22 +194,7 @@ def pair_up(rows: Sequence[dict[str, Any]], a: str, b: str, metric: str,
   return [ia[k] for k in keys], [ib[k] for k in keys], keys
 
 
-# --------------------------------------------------------------------------- summaries
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-  """Mean and sample standard deviation (ddof=1; 0 for one value)."""
-  n = len(values)
-  m = sum(values) / n
-  return m, (sum((v - m) ** 2 for v in values) / (n - 1)) ** 0.5 if n > 1 else 0.0
-
-
-def summarize(rows) -> dict[tuple, tuple[float, float, int]]:
-  """{(arm, mode, task, shot, metric): (mean, sample std, n replicates)}."""
-  groups = collections.defaultdict(list)
-  for r in rows:
-    groups[(r["arm"], r["mode"], r["task"], r["shot"], r["metric"])].append(r["value"])
-  return {k: (*mean_std(v), len(v)) for k, v in groups.items()}
-
-
+# --------------------------------------------------------------------------- logs
 def read_log(workdir: pathlib.Path) -> list[dict[str, Any]]:
   path = workdir / "log.jsonl"
   if not path.exists():

@@ -23,8 +23,10 @@ import test_support  # tests/ is on sys.path (rootdir-relative test modules).
 
 from genemask_jax import checkpoints
 from genemask_jax import fewshot
+from genemask_jax import fewshot_lib
 from genemask_jax import finetune
 from genemask_jax import model as model_lib
+from genemask_jax import report
 from genemask_jax import tokenizer
 from genemask_jax.data import tasks
 
@@ -147,7 +149,7 @@ def _rc(tmp_path, data_dir, **kw):
               output_dir=str(tmp_path / "out"), overrides={}, max_test_examples=8,
               progress=False)
   base.update(kw)
-  return fewshot.RunConfig(**base)
+  return fewshot_lib.RunConfig(**base)
 
 
 def test_bad_requests_fail_before_training(tmp_path, data_dir, workdir):
@@ -155,15 +157,15 @@ def test_bad_requests_fail_before_training(tmp_path, data_dir, workdir):
   out = tmp_path / "out"
   with pytest.raises(tasks.FewShotDataError, match="cohn_enh has no 1000-shot set; shots: "
                      "10, 50, 100, 500"):
-    fewshot.run(_rc(tmp_path, data_dir, tasks=("prom_core", "cohn_enh"), shots=(10, 1000)))
+    fewshot_lib.run(_rc(tmp_path, data_dir, tasks=("prom_core", "cohn_enh"), shots=(10, 1000)))
   with pytest.raises(tasks.FewShotDataError, match="unknown few-shot task 'prom_500'"):
-    fewshot.run(_rc(tmp_path, data_dir, tasks=("prom_500",)))
+    fewshot_lib.run(_rc(tmp_path, data_dir, tasks=("prom_500",)))
   with pytest.raises(checkpoints.CheckpointError, match="does not exist"):
-    fewshot.run(_rc(tmp_path, data_dir, models=(("a", str(tmp_path / "missing")),)))
+    fewshot_lib.run(_rc(tmp_path, data_dir, models=(("a", str(tmp_path / "missing")),)))
   with pytest.raises(checkpoints.CheckpointError, match="--model_size=dnabert_base"):
-    fewshot.run(_rc(tmp_path, data_dir, models=(("a", str(wd)),), model_size="dnabert_base"))
+    fewshot_lib.run(_rc(tmp_path, data_dir, models=(("a", str(wd)),), model_size="dnabert_base"))
   with pytest.raises(fewshot.FewShotError, match="learning_rate must be > 0"):
-    fewshot.run(_rc(tmp_path, data_dir, overrides={"learning_rate": -1.0}))
+    fewshot_lib.run(_rc(tmp_path, data_dir, overrides={"learning_rate": -1.0}))
   assert not out.exists()  # Nothing was trained or written.
   with pytest.raises(fewshot.FewShotError, match="NAME=PATH"):
     fewshot.parse_models(["a=", "b=x"], "pretrained")
@@ -175,7 +177,7 @@ def test_bad_requests_fail_before_training(tmp_path, data_dir, workdir):
 
 def test_test_set_is_deduplicated_against_the_train_set(tmp_path, data_dir):
   rc = _rc(tmp_path, data_dir, tasks=("splice_40",), shots=(500,), max_test_examples=None)
-  (job,) = fewshot.prepare_jobs(rc)
+  (job,) = fewshot_lib.prepare_jobs(rc)
   assert job.removed_overlaps == 8  # The data README's count for Splice-40 500-shot.
   train_rows = {r.tobytes() for r in job.train[0][0]}
   assert not any(r.tobytes() in train_rows for r in job.test[0])
@@ -183,7 +185,7 @@ def test_test_set_is_deduplicated_against_the_train_set(tmp_path, data_dir):
   # --resample: a new draw per seed, same size per class, test disjoint from every draw.
   rc = _rc(tmp_path, data_dir, tasks=("splice_40",), shots=(10,), seeds=(0, 1),
            resample=True, max_test_examples=None)
-  (job,) = fewshot.prepare_jobs(rc)
+  (job,) = fewshot_lib.prepare_jobs(rc)
   (a_ids, a_y), (b_ids, b_y) = job.train
   assert np.bincount(a_y).tolist() == np.bincount(b_y).tolist() == [100, 100, 100]
   assert {r.tobytes() for r in a_ids} != {r.tobytes() for r in b_ids}
@@ -272,3 +274,15 @@ def test_partial_batch_loss_and_update_equal_the_unpadded_batch():
   scale = max(float(np.abs(g).max()) for g in jax.tree.leaves(grads_real))
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5 * scale),
                grads_padded, grads_real)
+
+
+def test_report_summaries_are_mean_and_sample_std():
+  """fewshot and benchmarks/study.py share report.summarize: ddof=1, 0 for one seed."""
+  rows = [{"model": "m", "task": "t", "shot": 10, "metric": "mcc", "value": v}
+          for v in (0.1, 0.3, 0.8)]
+  ((mean, std, n),) = report.summarize(rows).values()
+  assert (mean, n) == (pytest.approx(0.4), 3)
+  assert std == pytest.approx(np.std([0.1, 0.3, 0.8], ddof=1))
+  by_cell = report.summarize([dict(rows[0], arm="a", mode="finetune")],
+                             keys=("arm", "mode", "task", "shot", "metric"))
+  assert by_cell == {("a", "finetune", "t", 10, "mcc"): (0.1, 0.0, 1)}

@@ -207,13 +207,13 @@ def workdirs(tmp_path_factory):
 
 
 def _rc(tmp_path, data_dir, **kw):
-  from genemask_jax import fewshot
+  from genemask_jax import fewshot_lib
   base = dict(models=(("random", "random"),), model_size="tiny", tasks=("prom_core",),
               shots=(10,), seeds=(0,), resample=False, data_dir=str(data_dir), mode="finetune",
               output_dir=str(tmp_path / "out"), overrides={"epochs": 1, "max_len": 16},
               max_test_examples=8, progress=False)
   base.update(kw)
-  return fewshot.RunConfig(**base)
+  return fewshot_lib.RunConfig(**base)
 
 
 def _fewshot_cmd(*args, cwd=None):
@@ -238,10 +238,10 @@ def test_a_diverging_run_gets_no_metrics_and_the_others_are_kept(workdirs, data_
   import csv
   import json
 
-  from genemask_jax import fewshot
+  from genemask_jax import fewshot_lib
   rc = _rc(tmp_path, data_dir, models=(("huge", str(workdirs["huge"])), ("random", "random")))
-  with pytest.raises(fewshot.FewShotError) as e:
-    fewshot.run(rc)
+  with pytest.raises(fewshot_lib.FewShotError) as e:
+    fewshot_lib.run(rc)
   msg = str(e.value)
   assert msg.startswith("1 of 2 run(s) diverged and have no metrics; 1 finished")
   assert "[1/2] huge prom_core 10-shot: the train loss is nan at step 1" in msg
@@ -255,18 +255,20 @@ def test_a_diverging_run_gets_no_metrics_and_the_others_are_kept(workdirs, data_
 
 
 def test_linear_probe_with_nan_features_gets_no_metrics(workdirs, data_dir, tmp_path):
-  from genemask_jax import fewshot
+  from genemask_jax import fewshot_lib
+  from genemask_jax import report
   rc = _rc(tmp_path, data_dir, models=(("huge", str(workdirs["huge"])),), mode="linear_probe")
-  with pytest.raises(fewshot.FewShotError, match=(
+  with pytest.raises(fewshot_lib.FewShotError, match=(
       r"^1 of 1 run\(s\) diverged .* huge prom_core 10-shot: the encoder's features are NaN")):
-    fewshot.run(rc)
-  assert (tmp_path / "out" / "results.csv").read_text().strip() == ",".join(fewshot.CSV_COLUMNS)
+    fewshot_lib.run(rc)
+  assert ((tmp_path / "out" / "results.csv").read_text().strip()
+          == ",".join(report.CSV_COLUMNS))
 
 
 def test_a_truncated_checkpoint_is_one_line_naming_the_model(workdirs, data_dir, tmp_path):
   import shutil
 
-  from genemask_jax import fewshot
+  from genemask_jax import fewshot_lib
   wd = tmp_path / "trunc"
   shutil.copytree(workdirs["good"], wd)
   data = max((wd / "checkpoints" / "7" / "state").rglob("ocdbt.process_0/d/*"),
@@ -274,7 +276,7 @@ def test_a_truncated_checkpoint_is_one_line_naming_the_model(workdirs, data_dir,
   data.write_bytes(data.read_bytes()[:data.stat().st_size // 2])
   from genemask_jax import checkpoints
   with pytest.raises(checkpoints.CheckpointError) as e:
-    fewshot.run(_rc(tmp_path, data_dir, models=(("t", str(wd)),)))
+    fewshot_lib.run(_rc(tmp_path, data_dir, models=(("t", str(wd)),)))
   msg = str(e.value)
   assert "\n" not in msg and len(msg) < 400, msg
   assert msg.startswith(f"model t: {wd}/checkpoints/7/state: cannot restore params")
@@ -284,10 +286,10 @@ def test_a_truncated_checkpoint_is_one_line_naming_the_model(workdirs, data_dir,
 
 def test_a_relative_checkpoint_path_loads(workdirs, tmp_path, monkeypatch):
   # Orbax restores absolute paths only: a relative --checkpoint used to read as "no params".
-  from genemask_jax import fewshot
+  from genemask_jax import fewshot_lib
   monkeypatch.chdir(workdirs["good"].parent)
   rc = _rc(tmp_path, None, models=(("g", "good"),))
-  ((name, _, enc, info),) = fewshot.load_models(rc, 4101)
+  ((name, _, enc, info),) = fewshot_lib.load_models(rc, 4101)
   assert name == "g" and info["step"] == 7 and "embeddings" in enc
 
 
@@ -313,21 +315,21 @@ def test_fewshot_output_dir_that_is_a_file_or_unwritable_fails_first(data_dir, t
                                                                      monkeypatch):
   import tempfile
 
-  from genemask_jax import fewshot
+  from genemask_jax import fewshot_lib
   f = tmp_path / "file"
   f.write_text("x")
   for out, match in ((f, f"--output_dir={f} is a file, not a directory"),
                      (f / "sub", f"--output_dir={f}/sub: {f} is a file, not a directory")):
     # A bad task too: the output dir is checked first, before any data is read.
-    with pytest.raises(fewshot.FewShotError, match=match):
-      fewshot.run(_rc(tmp_path, data_dir, output_dir=str(out), tasks=("nope",)))
+    with pytest.raises(fewshot_lib.FewShotError, match=match):
+      fewshot_lib.run(_rc(tmp_path, data_dir, output_dir=str(out), tasks=("nope",)))
 
   def refuse(*args, **kwargs):
     raise PermissionError(13, "Permission denied")
 
   monkeypatch.setattr(tempfile, "TemporaryFile", refuse)
-  with pytest.raises(fewshot.FewShotError, match=f"cannot write in {tmp_path}: Permission"):
-    fewshot.run(_rc(tmp_path, data_dir, output_dir=str(tmp_path / "new" / "out")))
+  with pytest.raises(fewshot_lib.FewShotError, match=f"cannot write in {tmp_path}: Permission"):
+    fewshot_lib.run(_rc(tmp_path, data_dir, output_dir=str(tmp_path / "new" / "out")))
   assert not (tmp_path / "new").exists()
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from genemask_jax import finetune
+from genemask_jax.finetune import metrics
 
 
 def _sklearn(y, probs):
@@ -41,9 +41,9 @@ def test_metrics_match_sklearn_on_random_predictions(num_classes, seed):
   probs = _random_probs(rng, n, num_classes)
   probs[np.arange(n), y] += rng.uniform(0, 1, n)
   probs /= probs.sum(1, keepdims=True)
-  ours = finetune.classification_metrics(y, probs)
+  ours = metrics.classification_metrics(y, probs)
   ref = _sklearn(y, probs)
-  assert set(ours) == set(finetune.METRICS)
+  assert set(ours) == set(metrics.METRICS)
   for k in ref:
     np.testing.assert_allclose(ours[k], ref[k], rtol=1e-10, atol=1e-12, err_msg=k)
 
@@ -53,7 +53,7 @@ def test_auc_with_tied_scores_matches_sklearn(num_classes):
   rng = np.random.default_rng(7)
   y = rng.integers(0, num_classes, 300)
   probs = _random_probs(rng, 300, num_classes, quantize=4)
-  ours = finetune.classification_metrics(y, probs)
+  ours = metrics.classification_metrics(y, probs)
   np.testing.assert_allclose(ours["roc_auc"], _sklearn(y, probs)["roc_auc"], rtol=1e-12)
 
 
@@ -64,7 +64,7 @@ def test_constant_prediction_gives_sklearn_zero_division_values(num_classes):
   rng = np.random.default_rng(1)
   y = rng.integers(0, num_classes, 50)
   probs = np.tile(np.eye(num_classes)[0] * 0.5 + 0.5 / num_classes, (50, 1))
-  ours = finetune.classification_metrics(y, probs)
+  ours = metrics.classification_metrics(y, probs)
   ref = _sklearn(y, probs)
   for k in ("accuracy", "f1", "precision", "recall", "mcc", "roc_auc"):
     np.testing.assert_allclose(ours[k], ref[k], atol=1e-12, err_msg=k)
@@ -74,15 +74,15 @@ def test_constant_prediction_gives_sklearn_zero_division_values(num_classes):
 def test_perfect_and_inverted_binary_predictions():
   y = np.array([0, 1, 1, 0, 1])
   good = np.stack([1 - y * 0.9 - 0.05, y * 0.9 + 0.05], 1)
-  m = finetune.classification_metrics(y, good)
+  m = metrics.classification_metrics(y, good)
   assert m["accuracy"] == 1.0 and m["mcc"] == pytest.approx(1.0) and m["roc_auc"] == 1.0
-  m = finetune.classification_metrics(y, good[:, ::-1])
+  m = metrics.classification_metrics(y, good[:, ::-1])
   assert m["accuracy"] == 0.0 and m["mcc"] == pytest.approx(-1.0) and m["roc_auc"] == 0.0
 
 
 def test_bad_shapes_raise():
   with pytest.raises(ValueError, match="probs must be"):
-    finetune.classification_metrics(np.zeros(3, int), np.zeros((4, 2)))
+    metrics.classification_metrics(np.zeros(3, int), np.zeros((4, 2)))
 
 
 @pytest.mark.parametrize("absent_from", ["both", "y_true", "y_pred"])
@@ -102,7 +102,7 @@ def test_macro_averages_over_the_classes_scikit_learn_uses(absent_from):
   probs /= probs.sum(1, keepdims=True)
   pred = probs.argmax(1)
   assert (3 in y) == (absent_from == "y_pred") and (3 in pred) == (absent_from == "y_true")
-  ours = finetune.classification_metrics(y, probs)
+  ours = metrics.classification_metrics(y, probs)
   for k, fn in (("f1", skm.f1_score), ("precision", skm.precision_score),
                 ("recall", skm.recall_score)):
     np.testing.assert_allclose(ours[k], fn(y, pred, average="macro", zero_division=0),
@@ -118,14 +118,14 @@ def test_edge_cases_a_small_test_set_produces():
   # Exactly one positive, then exactly one negative row: the AUC is defined.
   for y in (np.r_[1, np.zeros(9, int)], np.r_[0, np.ones(9, int)]):
     probs = _random_probs(rng, 10, 2)
-    ours = finetune.classification_metrics(y, probs)
+    ours = metrics.classification_metrics(y, probs)
     np.testing.assert_allclose(ours["roc_auc"], skm.roc_auc_score(y, probs[:, 1]), rtol=1e-12)
   # A class with exactly one row, predicted right (precision = recall = 1 for it), and a
   # class predicted exactly once without being true.
   y = np.array([0, 0, 0, 1, 1, 2, 0, 1])
   pred = np.array([0, 3, 0, 1, 0, 2, 0, 1])
   probs = np.eye(4)[pred] * 0.7 + 0.075
-  ours = finetune.classification_metrics(y, probs)
+  ours = metrics.classification_metrics(y, probs)
   for k, fn in (("f1", skm.f1_score), ("precision", skm.precision_score),
                 ("recall", skm.recall_score)):
     np.testing.assert_allclose(ours[k], fn(y, pred, average="macro", zero_division=0),
@@ -133,8 +133,8 @@ def test_edge_cases_a_small_test_set_produces():
   # One class only in y_true: MCC is 0 (zero denominator) and the AUC undefined (nan).
   y = np.zeros(6, int)
   probs = _random_probs(rng, 6, 2)
-  ours = finetune.classification_metrics(y, probs)
+  ours = metrics.classification_metrics(y, probs)
   assert ours["mcc"] == skm.matthews_corrcoef(y, probs.argmax(1)) == 0.0
   assert np.isnan(ours["roc_auc"])
   # A single row.
-  assert finetune.classification_metrics(np.array([1]), np.array([[0.2, 0.8]]))["accuracy"] == 1.0
+  assert metrics.classification_metrics(np.array([1]), np.array([[0.2, 0.8]]))["accuracy"] == 1.0

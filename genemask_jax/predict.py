@@ -1,0 +1,106 @@
+r"""Predict with a fine-tuned model: per-sequence class probabilities (or values) and labels.
+
+    python -m genemask_jax.predict --model=MODEL_DIR --input=new.fa.gz --output=pred.csv
+    python -m genemask_jax.predict --model=MODEL_DIR --input=seqs.csv --output=pred.csv
+
+``--model`` is a directory written by ``python -m genemask_jax.finetune --save_model``.
+``--input`` is FASTA (``.fa``/``.fasta``/``.fna``, gzip or not; the name is the header up
+to the first space) or a CSV with a ``sequence`` column (and ``name`` or ``id``, else the
+row number). ``pred.csv`` has one row per sequence: ``name``, then ``prob_<label>`` per
+class and ``predicted_label`` (the most probable class, as written in the training data),
+or ``value`` for a regression model. Batched and jit'd (``--batch_size``). Sequences with
+more k-mers than the model's input length are truncated to their first ones, with a
+warning that counts them.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import pathlib
+import sys
+from collections.abc import Sequence
+
+from absl import app
+from absl import flags
+from absl import logging
+import numpy as np
+
+from genemask_jax import errors
+from genemask_jax.data import labelled
+from genemask_jax.finetune import saved
+
+
+def _define_flags() -> None:
+  """The command's flags, defined only when it runs (the library can be imported next to
+  other binaries' flags, e.g. in one test process)."""
+  flags.DEFINE_string("model", None, "Fine-tuned model directory (--save_model of finetune).")
+  flags.DEFINE_string("input", None, "FASTA (.fa[.gz]) or CSV with a sequence column.")
+  flags.DEFINE_string("output", None, "Output CSV.")
+  flags.DEFINE_integer("batch_size", 64, "Sequences per jitted forward pass.")
+
+
+class PredictError(errors.UserError):
+  """A bad flag of the predict command."""
+
+
+def write_predictions(path: str | os.PathLike, names: Sequence[str], outputs: np.ndarray,
+                      model: saved.SavedModel) -> None:
+  """Writes one CSV row per sequence (see the module docstring), atomically."""
+  path = pathlib.Path(path)
+  tmp = path.with_name(path.name + ".tmp")
+  with open(tmp, "w", newline="") as f:
+    w = csv.writer(f)
+    if model.task_type == "regression":
+      w.writerow(["name", "value"])
+      for name, v in zip(names, outputs):
+        w.writerow([name, f"{float(v):.6g}"])
+    else:
+      w.writerow(["name", *(f"prob_{v}" for v in model.label_values), "predicted_label"])
+      for name, p in zip(names, outputs):
+        w.writerow([name, *(f"{float(x):.6f}" for x in p),
+                    model.label_values[int(np.argmax(p))]])
+  os.replace(tmp, path)
+
+
+def run(model_dir: str, input_path: str, output: str, batch_size: int = 64) -> int:
+  """Loads, predicts and writes; returns the number of sequences. Checks inputs first."""
+  if batch_size < 1:
+    raise PredictError(f"--batch_size must be >= 1, got {batch_size}")
+  out = pathlib.Path(output)
+  if out.is_dir():
+    raise PredictError(f"--output={output} is a directory; expected a CSV file path")
+  if not out.absolute().parent.is_dir():
+    raise PredictError(f"--output={output}: no directory {out.absolute().parent}")
+  model = saved.load_saved_model(model_dir)
+  names, seqs = labelled.read_sequences(input_path)
+  ids, truncated = saved.encode(seqs, model.max_len, model.k)
+  if truncated:
+    print(f"warning: {truncated} of {len(seqs)} sequence(s) have more than "
+          f"{model.max_len - 2} k-mers (the model's input length) and are truncated to "
+          "their first ones", file=sys.stderr, flush=True)
+  outputs = saved.predict_ids(model, ids, batch_size=batch_size)
+  write_predictions(out, names, outputs, model)
+  return len(seqs)
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+  fl = flags.FLAGS
+  try:
+    missing = [f"--{k}" for k in ("model", "input", "output") if not getattr(fl, k)]
+    if missing:
+      raise PredictError(f"{', '.join(missing)} required")
+    n = run(fl.model, fl.input, fl.output, fl.batch_size)
+  except errors.UserError as e:
+    sys.stderr.write(f"predict: error: {' '.join(str(e).split())}\n")  # One line.
+    sys.exit(2)
+  print(f"wrote {n} predictions to {fl.output}")
+
+
+if __name__ == "__main__":
+  _define_flags()
+  app.run(main)
