@@ -113,7 +113,7 @@ def move_unfinished_saves(workdir: epath.Path, ckpt_dir: epath.Path, is_main: bo
     for p in sorted(ckpt_dir.iterdir()):
       if p.name.endswith(_TMP_SUFFIX):
         _move_aside(workdir, p, "an unfinished save (never committed), ignored")
-  _sync("tmp_checkpoints")
+  sync("tmp_checkpoints")
 
 
 def _damage_signs(step_dir: epath.Path) -> list[str]:
@@ -144,7 +144,7 @@ def restore_newest_intact(manager: ocp.CheckpointManager, workdir: epath.Path,
   workdir_lib.hide_orbax_read_noise()
   for step in sorted(manager.all_steps(), reverse=True):
     try:
-      with _quiet_logs(logging.FATAL):  # Orbax logs each failed read's traceback as ERROR.
+      with quiet_logs(logging.FATAL):  # Orbax logs each failed read's traceback as ERROR.
         restored = manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
     except Exception as e:  # pylint: disable=broad-except  (orbax/tensorstore raise many types)
@@ -152,12 +152,12 @@ def restore_newest_intact(manager: ocp.CheckpointManager, workdir: epath.Path,
       failed.append((step, reason))
       gc.collect()  # Finalise the failed read's coroutines now, under the filter above.
       continue
-    _sync("restore")
+    sync("restore")
     if is_main:  # One line per damaged step.
       for bad, reason in failed:
         _move_aside(workdir, ckpt_dir / str(bad),
                     f"damaged checkpoint ({reason}); resuming from step {step}")
-    _sync("damaged_checkpoints")
+    sync("damaged_checkpoints")
     if failed:
       manager.reload()
     return restored
@@ -170,7 +170,7 @@ def restore_newest_intact(manager: ocp.CheckpointManager, workdir: epath.Path,
 
 
 @contextlib.contextmanager
-def _quiet_logs(level: int):
+def quiet_logs(level: int):
   """absl logging at `level` and above only, inside the block."""
   old = logging.get_verbosity()
   logging.set_verbosity(min(old, level))  # absl: lower = quieter.
@@ -180,6 +180,7 @@ def _quiet_logs(level: int):
     logging.set_verbosity(old)
 
 
-def _sync(name: str) -> None:
+def sync(name: str) -> None:
+  """Waits until every process got here (a no-op with one process)."""
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices(name)
