@@ -25,6 +25,8 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from genemask_jax import errors  # The user-error base class only; imports nothing heavy.
+
 config_flags.DEFINE_config_file(
     "config", None, "Configuration file, e.g. configs/pretrain.py[:preset].", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and the NPMI cache.")
@@ -79,7 +81,7 @@ def main(argv):
   try:
     train.train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir,
                              init_from_hf=flags.FLAGS.init_from_hf)
-  except train.USER_ERRORS as e:
+  except errors.UserError as e:
     sys.stderr.write(f"main.py: error: {e}\n")
     sys.exit(2)
   except train.NonFiniteLoss as e:

@@ -184,6 +184,16 @@ class ModelConfig:
     return _DTYPES[self.param_dtype]
 
 
+# The ModelConfig fields that fix a model's parameter tree and numerics: a workdir's
+# "model signature" (checked on resume) and what HF weights must match to drop into a
+# configured model. The other fields (dropout, dtype, attention_impl, remat) may change
+# between runs of the same weights.
+SIGNATURE_FIELDS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "mlp_dim",
+                    "max_len", "type_vocab_size", "layer_norm_eps", "vocab_pad_multiple")
+# The fields a named size (a key of MODEL_SIZES) sets that give it its shape.
+SIZE_FIELDS = ("num_layers", "hidden_size", "num_heads", "mlp_dim")
+
+
 MODEL_SIZES: dict[str, dict[str, Any]] = {
     # Small BERT for tests and quick runs.
     "tiny": dict(num_layers=2, hidden_size=256, num_heads=8, mlp_dim=1024),

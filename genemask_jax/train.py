@@ -22,15 +22,11 @@ SIGINT) so that `main.py && next` never treats an unfinished run as done.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import gc
 import json
 import math
 import os
 import pathlib
 import signal
-import socket
-import sys
 import tempfile
 import time
 from typing import Any
@@ -39,19 +35,22 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
 from genemask_jax import errors
 from genemask_jax import flops as flops_lib
+from genemask_jax import hf
 from genemask_jax import masking
 from genemask_jax import metrics_writer
 from genemask_jax import model as model_lib
 from genemask_jax import npmi as npmi_lib
 from genemask_jax import optim
+from genemask_jax import resume
 from genemask_jax import sharding as sharding_lib
+from genemask_jax import state as state_lib
 from genemask_jax import train_step as step_lib
+from genemask_jax import workdir as workdir_lib
 from genemask_jax.data import fasta
 from genemask_jax.data import genome
 from genemask_jax.data import genome_tfds
@@ -62,13 +61,8 @@ class UserError(errors.UserError):
   """A problem with the run's inputs (config, corpus, workdir), found before long work."""
 
 
-# Errors a user can cause (every module's error subclasses errors.UserError); main.py
-# prints them as one line instead of a traceback.
-USER_ERRORS = (errors.UserError,)
 
 AUTHORS_NPMI_CSV = "npmi/genemask_grch38_chr1-3_6mer_npmi.csv"
-_MODEL_KEYS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "mlp_dim", "max_len",
-               "vocab_pad_multiple")
 
 
 # ----------------------------------------------------------------------------- setup
@@ -190,39 +184,13 @@ def model_config_of(config: ml_collections.ConfigDict) -> model_lib.ModelConfig:
   return cfg
 
 
-def _model_signature(config: ml_collections.ConfigDict,
-                     cfg: model_lib.ModelConfig) -> dict[str, Any]:
-  d = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg)
-  sig = {k: d[k] for k in _MODEL_KEYS if k in d}
-  sig["size"] = config.model.size
-  return sig
-
-
 def check_workdir(workdir: epath.Path, config: ml_collections.ConfigDict,
                   cfg: model_lib.ModelConfig) -> bool:
   """Refuses a workdir that holds a run of another model; returns True if it holds a run.
 
   Reads only; nothing in the workdir is written before this passes.
   """
-  saved = workdir / "config.json"
-  has_checkpoints = (workdir / "checkpoints").is_dir() and any(
-      p.name.isdigit() for p in (workdir / "checkpoints").iterdir())
-  if not saved.exists():
-    if has_checkpoints:
-      raise UserError(f"{workdir} holds checkpoints but no config.json; refusing to mix runs")
-    return False
-  try:
-    old = json.loads(saved.read_text())
-  except json.JSONDecodeError as e:
-    raise UserError(f"{saved}: not valid JSON ({e}); is this a genemask-jax workdir?") from e
-  want = _model_signature(config, cfg)
-  have = old.get("model_signature", {})
-  diff = {k: (have.get(k), v) for k, v in want.items() if have.get(k) != v}
-  if diff and has_checkpoints:
-    details = ", ".join(f"{k}: checkpoint {a!r} vs config {b!r}" for k, (a, b) in diff.items())
-    raise UserError(f"{workdir} holds a checkpoint of another model ({details}); use another "
-                    "--workdir or the matching config")
-  return has_checkpoints
+  return workdir_lib.check_resumable(workdir, cfg, config.model.size)
 
 
 def resolve_workdir(workdir: str | os.PathLike) -> epath.Path:
@@ -260,80 +228,6 @@ def check_writable_dir(path: epath.Path, key: str) -> None:
   except OSError as e:
     where = "" if probe_dir == path else f" (its parent {probe_dir} is not writable)"
     raise UserError(f"{key}={path}: not writable{where}: {e.strerror or e}") from e
-
-
-class WorkdirLock:
-  """An O_EXCL lock file (`WORKDIR/.lock`) holding the pid and host of the run using it.
-
-  A lock left by a dead process on this host (SIGKILL, a crash) is taken over with a
-  warning; a live one, or one from another host, is a UserError naming its owner. Cloud
-  workdirs cannot be locked this way and are not locked.
-  """
-
-  NAME = ".lock"
-
-  def __init__(self, workdir: epath.Path):
-    self.path = None if metrics_writer.is_remote(os.fspath(workdir)) else (
-        pathlib.Path(workdir) / self.NAME)
-    self._held = False
-
-  def acquire(self) -> None:
-    if self.path is None:
-      return
-    me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
-    for _ in range(2):
-      try:
-        fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-      except FileExistsError:
-        owner = self._read_owner()
-        if owner is None or not self._is_stale(owner):
-          raise UserError(self._held_message(owner)) from None
-        logging.warning("%s: taking over the lock of pid %s, which is no longer running",
-                        self.path, owner.get("pid"))
-        print(f"{self.path}: stale lock of pid {owner.get('pid')} (no longer running) "
-              "taken over", file=sys.stderr, flush=True)
-        with contextlib.suppress(FileNotFoundError):
-          self.path.unlink()
-        continue
-      with os.fdopen(fd, "w") as f:
-        json.dump(me, f)
-      self._held = True
-      return
-    raise UserError(self._held_message(self._read_owner()))
-
-  def release(self) -> None:
-    if self._held:
-      with contextlib.suppress(FileNotFoundError):
-        self.path.unlink()
-      self._held = False
-
-  def _read_owner(self) -> dict[str, Any] | None:
-    try:
-      owner = json.loads(self.path.read_text())
-      return owner if isinstance(owner, dict) else None
-    except (OSError, ValueError):
-      return None  # Being written right now, or not ours: treat as held.
-
-  @staticmethod
-  def _is_stale(owner: dict[str, Any]) -> bool:
-    if owner.get("host") != socket.gethostname() or not isinstance(owner.get("pid"), int):
-      return False
-    try:
-      os.kill(owner["pid"], 0)
-    except ProcessLookupError:
-      return True
-    except PermissionError:
-      return False  # Alive, another user's.
-    return False
-
-  def _held_message(self, owner: dict[str, Any] | None) -> str:
-    if owner is None:
-      return (f"{self.path}: the workdir is locked by another run (unreadable lock file); "
-              "if no run uses it, delete that file")
-    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(owner.get("since", 0)))
-    return (f"{self.path}: the workdir is in use by pid {owner.get('pid')} on host "
-            f"{owner.get('host')} since {since}; wait for it, use another --workdir, or "
-            "delete that file if that run is gone")
 
 
 def fasta_paths_of(config: ml_collections.ConfigDict) -> list[str]:
@@ -409,133 +303,10 @@ def _quiet_tfds():
     yield
 
 
-@contextlib.contextmanager
-def _quiet_logs(level: int):
-  """absl logging at `level` and above only, inside the block."""
-  old = logging.get_verbosity()
-  logging.set_verbosity(min(old, level))  # absl: lower = quieter.
-  try:
-    yield
-  finally:
-    logging.set_verbosity(old)
+_quiet_logs = resume.quiet_logs  # absl logging at `level` and above only, inside the block.
 
 
-# ----------------------------------------------------------------------------- checkpoints
-DAMAGED_DIR = "checkpoints.damaged"  # In the workdir, beside checkpoints/.
-_TMP_SUFFIX = ".orbax-checkpoint-tmp"
-
-
-def _one_line(e: BaseException, limit: int = 200) -> str:
-  text = str(e).strip().split("\n")[0].split(" See full TensorStore details")[0]
-  if len(text) > limit:
-    text = text[:limit - 3] + "..."
-  return f"{type(e).__name__}: {text}" if text else type(e).__name__
-
-
-def _move_aside(workdir: epath.Path, path: epath.Path, why: str) -> None:
-  """Moves a checkpoint directory that must not be resumed from to DAMAGED_DIR (kept)."""
-  dest_root = workdir / DAMAGED_DIR
-  dest_root.mkdir(parents=True, exist_ok=True)
-  dest = dest_root / f"{path.name}.{time.strftime('%Y%m%dT%H%M%S')}"
-  path.rename(dest)
-  print(f"{path}: {why}; moved to {dest} (kept, not deleted)", file=sys.stderr, flush=True)
-
-
-def move_unfinished_saves(workdir: epath.Path, ckpt_dir: epath.Path, is_main: bool) -> None:
-  """Moves the `*.orbax-checkpoint-tmp` directories of interrupted saves out of the way.
-
-  Orbax ignores them when listing steps, but deletes one when it saves the same step again;
-  moving them keeps the rule that nothing in a workdir is deleted.
-  """
-  if is_main and ckpt_dir.is_dir():
-    for p in sorted(ckpt_dir.iterdir()):
-      if p.name.endswith(_TMP_SUFFIX):
-        _move_aside(workdir, p, "an unfinished save (never committed), ignored")
-  _sync("tmp_checkpoints")
-
-
-def _damage_signs(step_dir: epath.Path) -> list[str]:
-  """What is visibly missing from a step directory (orbax's own error can mislead)."""
-  signs = []
-  if not (step_dir / "commit_success.txt").exists():
-    signs.append("uncommitted, no commit_success.txt")
-  for name in ("_CHECKPOINT_METADATA", "state/_METADATA", "state/manifest.ocdbt"):
-    if not (step_dir / name).exists():
-      signs.append(f"{name} missing")
-  return signs
-
-
-def _hide_orbax_read_noise() -> None:
-  """Sends the 'Exception ignored in <coroutine ...>' reports of abandoned orbax reads to the
-  debug log instead of stderr (every other unraisable exception still goes to stderr).
-
-  A failed restore of a damaged step leaves orbax's pending read coroutines to be
-  finalised whenever the garbage collector gets to them; Python then prints each one's
-  traceback, which would bury the one line that reports the damaged step.
-  """
-  previous = sys.unraisablehook
-  if getattr(previous, "_genemask_filter", False):
-    return
-
-  def hook(unraisable):
-    where = f"{getattr(unraisable, 'object', '')!r} {unraisable.exc_value!r}"
-    if "orbax" in where or "_read_array_index_and_device_put" in where or (
-        unraisable.exc_traceback is not None and "orbax" in
-        str(getattr(unraisable.exc_traceback.tb_frame.f_code, "co_filename", ""))):
-      logging.debug("orbax: ignored while discarding a failed read: %r", unraisable.exc_value)
-      return
-    previous(unraisable)
-
-  hook._genemask_filter = True  # pylint: disable=protected-access
-  sys.unraisablehook = hook
-
-
-def restore_newest_intact(manager: ocp.CheckpointManager, workdir: epath.Path,
-                          abstract_state: Any, is_main: bool) -> Any | None:
-  """Restores the newest checkpoint that reads back whole; None if there is none.
-
-  When a step fails to restore (a truncated data file, a missing `_METADATA`, a save that
-  never committed) the next older one is tried. Each failed step (all newer than the one
-  restored) is then reported in one line on stderr and moved to DAMAGED_DIR, never
-  deleted, so that the run's next saves of those steps cannot clash with it.
-
-  Raises:
-    UserError: there are checkpoints but none restores (e.g. another model's).
-  """
-  ckpt_dir = epath.Path(manager.directory)
-  failed: list[tuple[int, str]] = []
-  _hide_orbax_read_noise()
-  for step in sorted(manager.all_steps(), reverse=True):
-    try:
-      with _quiet_logs(logging.FATAL):  # Orbax logs each failed read's traceback as ERROR.
-        restored = manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
-    except Exception as e:  # pylint: disable=broad-except  (orbax/tensorstore raise many types)
-      reason = "; ".join(_damage_signs(ckpt_dir / str(step)) + [_one_line(e)])
-      failed.append((step, reason))
-      gc.collect()  # Finalise the failed read's coroutines now, under the filter above.
-      continue
-    _sync("restore")
-    if is_main:  # One line per damaged step.
-      for bad, reason in failed:
-        _move_aside(workdir, ckpt_dir / str(bad),
-                    f"damaged checkpoint ({reason}); resuming from step {step}")
-    _sync("damaged_checkpoints")
-    if failed:
-      manager.reload()
-    return restored
-  if failed:
-    raise UserError(
-        f"{ckpt_dir}: no checkpoint restores into this model (steps "
-        f"{', '.join(str(s) for s, _ in failed)}; step {failed[0][0]}: {failed[0][1]}); "
-        "nothing was changed: fix the config, or move checkpoints/ away to start afresh")
-  return None
-
-
-def _sync(name: str) -> None:
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    multihost_utils.sync_global_devices(name)
+_sync = resume.sync  # Waits for every process (a no-op with one).
 
 
 # ----------------------------------------------------------------------------- eval data
@@ -694,7 +465,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             else None)
   hf_init = None
   if init_from_hf:
-    from genemask_jax import hf  # pylint: disable=g-import-not-at-top
     hf_init = hf.load_hf_for_init(init_from_hf, cfg, k=config.data.k)
 
   # --- In-training few-shot probe (linear probe on frozen features), data checked now. ----
@@ -722,7 +492,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     raise UserError(f"config.eval.batch_size={config.eval.batch_size}: {e}") from e
 
   workdir.mkdir(parents=True, exist_ok=True)
-  lock = WorkdirLock(workdir)
+  lock = workdir_lib.WorkdirLock(workdir)
   if is_main:
     lock.acquire()
   try:
@@ -739,9 +509,8 @@ def _train_locked(config: ml_collections.ConfigDict, cfg: model_lib.ModelConfig,
   """`train_and_evaluate` after its checks, with the workdir locked."""
   is_main = jax.process_index() == 0
   if is_main:
-    (workdir / "config.json").write_text(json.dumps(
-        {"config": json.loads(config.to_json_best_effort()),
-         "model_signature": _model_signature(config, cfg)}, indent=2))
+    workdir_lib.write_config(workdir, cfg, size=config.model.size,
+                             config=json.loads(config.to_json_best_effort()))
 
   # --- Data: corpus -> TFDS array_record -> grain, each process its own rows. --------------
   chunking = chunk_config_of(config)
@@ -777,32 +546,25 @@ def _train_locked(config: ml_collections.ConfigDict, cfg: model_lib.ModelConfig,
   state, state_shardings = step_lib.create_train_state(
       model, tx, jax.random.key(config.seed), mesh, rules, seq_len=config.data.max_len)
   if hf_init is not None:
-    from genemask_jax import hf  # pylint: disable=g-import-not-at-top
-    state = state.replace(params=hf.replace_params(state.params, hf.mlm_params(hf_init)))
+    state = state.replace(params=state_lib.replace_params(state.params, hf.mlm_params(hf_init)))
   n_params = sum(x.size for x in jax.tree.leaves(state.params))
 
   # --- Restore. ---------------------------------------------------------------------------
-  ckpt_dir = workdir / "checkpoints"
-  move_unfinished_saves(workdir, ckpt_dir, is_main)
-  manager = ocp.CheckpointManager(
-      ckpt_dir, options=ocp.CheckpointManagerOptions(
-          max_to_keep=config.train.keep_checkpoints,
-          enable_async_checkpointing=config.train.async_checkpoint))
+  ckpts = resume.Checkpoints(workdir, keep=config.train.keep_checkpoints,
+                             async_save=config.train.async_checkpoint, is_main=is_main)
   start_step = 0
-  restored = None
-  if resuming and manager.latest_step() is not None:
-    abstract = jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, state_shardings)
-    restored = restore_newest_intact(manager, workdir, abstract, is_main)
-  if restored is not None:
-    state = restored.state
+  restored_data = None
+  if resuming:
+    state, restored_data = ckpts.restore_or(state, state_shardings)
+  if restored_data is not None:
     start_step = int(state.step)
-    if restored.data.get("global_batch_size") != config.train.batch_size:
+    if restored_data.get("global_batch_size") != config.train.batch_size:
       logging.warning("checkpoint was written with global batch %s, now %d: the data order "
-                      "continues at batch %d of the new size", restored.data.get(
+                      "continues at batch %d of the new size", restored_data.get(
                           "global_batch_size"), config.train.batch_size, start_step)
     if is_main:
-      print(f"resumed from {ckpt_dir / str(start_step)} at step {start_step}", flush=True)
+      print(f"resumed from {ckpts.directory / str(start_step)} at step {start_step}",
+            flush=True)
 
   # The data position is the step: global batch s is the same on any process count.
   data = pipeline.train_iterator(
@@ -829,13 +591,9 @@ def _train_locked(config: ml_collections.ConfigDict, cfg: model_lib.ModelConfig,
             "accuracy": sums["correct"] / max(sums["weight_sum"], 1.0)}
 
   def save(step: int, wait: bool = False) -> None:
-    manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave({
-            "next_batch": step, "global_batch_size": config.train.batch_size,
-            "shuffle_seed": config.data.shuffle_seed})),
-        force=True)
-    if wait:
-      manager.wait_until_finished()
+    ckpts.save(step, state, wait=wait, data={
+        "next_batch": step, "global_batch_size": config.train.batch_size,
+        "shuffle_seed": config.data.shuffle_seed})
     writer.flush()  # Also copies the logs to a cloud workdir.
 
   # Rows past the restored step were written after the last save; those steps run again.
@@ -871,7 +629,7 @@ def _train_locked(config: ml_collections.ConfigDict, cfg: model_lib.ModelConfig,
       state, metrics = train_step(state, batch, key)
       step += 1
       history.append((step, metrics))
-      preempted = preemption.requested or manager.reached_preemption(step)
+      preempted = preemption.requested or ckpts.reached_preemption(step)
       if step % config.train.log_every == 0 or step == config.train.num_steps or preempted:
         _check_finite(history)
         now = time.time()
@@ -916,8 +674,7 @@ def _train_locked(config: ml_collections.ConfigDict, cfg: model_lib.ModelConfig,
         stopped_early = True
         break
   finally:
-    manager.wait_until_finished()
-    manager.close()
+    ckpts.close()
     writer.close()
     preemption.restore()
   if stopped_early:

@@ -22,10 +22,12 @@ import numpy as np
 import pytest
 
 from genemask_jax import hf
+from genemask_jax import state as state_lib
 from genemask_jax import model as model_lib
 from genemask_jax import optim
 from genemask_jax import sharding
 from genemask_jax import tokenizer
+from genemask_jax.hf import cli as hf_cli
 from genemask_jax import train_step
 
 def _installed(name: str) -> bool:
@@ -335,7 +337,7 @@ def test_init_state_from_hf_keeps_shardings_and_checks_the_shape(tmp_path):
   tx = optim.make_optimizer(1e-3)
   state, shardings = train_step.create_train_state(
       model_lib.BertForMaskedLM(cfg), tx, jax.random.key(0), mesh, sharding.DEFAULT_RULES)
-  new = hf.init_state_from_hf(state, d, cfg)
+  new = state_lib.init_state_from_hf(state, d, cfg)
   jax.tree.map(lambda x, s: (x.sharding == s) or pytest.fail(f"{x.sharding} != {s}"),
                new.params, shardings.params)
   word = np.asarray(new.params["bert"]["embeddings"]["word_embeddings"]["embedding"])
@@ -349,7 +351,7 @@ def test_init_state_from_hf_keeps_shardings_and_checks_the_shape(tmp_path):
   other = dataclasses.replace(cfg, num_layers=3, mlp_dim=256)
   with pytest.raises(ValueError, match=r"num_layers: HF 2 vs ours 3, mlp_dim: HF 128 vs ours "
                                        r"256"):
-    hf.init_state_from_hf(state, d, other)
+    state_lib.init_state_from_hf(state, d, other)
 
 
 # ----------------------------------------------------------------------------- commands
@@ -400,7 +402,7 @@ def test_model_card_states_masking_steps_data_and_results(tmp_path):
                            "data": {"fasta": "hg38_chr1.fa.gz", "k": 6, "max_len": 512},
                            "train": {"num_steps": 1200, "batch_size": 16}},
                 "model_signature": {"size": "tiny"}}
-  card = hf.model_card(model_lib.model_config("tiny"), run_config, 600,
+  card = hf_cli.model_card(model_lib.model_config("tiny"), run_config, 600,
                        fewshot_results=results)
   assert "Masking strategy: GeneMask" in card and "p=0.0176" in card
   assert "Optimizer steps: 600 of 1200 planned, global batch 16" in card
@@ -410,13 +412,13 @@ def test_model_card_states_masking_steps_data_and_results(tmp_path):
 def test_export_of_a_small_custom_model_restores_from_model_config(tmp_path):
   src_params = _our_params(model_lib.BertForMaskedLM(OUR_SMALL), seed=14)
   src = hf.export_params(src_params, OUR_SMALL, tmp_path / "hf_in")
-  ckpt = hf.import_to_checkpoint(src, tmp_path / "ckpt")
+  ckpt = hf_cli.import_to_checkpoint(src, tmp_path / "ckpt")
   assert json.loads((ckpt / "config.json").read_text())["model_signature"]["size"] == "custom"
-  cfg, params, info = hf.restore_params(ckpt / "checkpoints" / "0")
+  cfg, params, info = hf_cli.restore_params(ckpt / "checkpoints" / "0")
   assert cfg == OUR_SMALL and info["step"] == 0
   jax.tree.map(np.testing.assert_array_equal, params, src_params)
   with pytest.raises(hf.HFExportError, match=r"no step 7; saved steps are \[0\]"):
-    hf.restore_params(ckpt, step=7)
+    hf_cli.restore_params(ckpt, step=7)
 
 
 @needs_torch

@@ -24,7 +24,10 @@ from genemask_jax import errors
 from genemask_jax import hf
 from genemask_jax import metrics_writer
 from genemask_jax import model as model_lib
+from genemask_jax import resume
 from genemask_jax import train
+from genemask_jax import workdir as workdir_lib
+from genemask_jax.hf import cli as hf_cli
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -79,7 +82,7 @@ def trained(env):
   assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
   workdir = cwd / "rel" / "run"
   assert _steps(workdir / "checkpoints") == [2, 4]
-  assert not (workdir / train.WorkdirLock.NAME).exists()  # Released at the end.
+  assert not (workdir / workdir_lib.WorkdirLock.NAME).exists()  # Released at the end.
   return workdir
 
 
@@ -134,11 +137,11 @@ def test_damaged_latest_checkpoint_falls_back_and_keeps_it(env, trained, tmp_pat
   damaged_lines = [l for l in r.stderr.splitlines() if "damaged checkpoint (" in l]
   assert len(damaged_lines) == 1 and f"{ckpt / '4'}: damaged checkpoint" in damaged_lines[0]
   assert reason in damaged_lines[0]
-  assert f"moved to {workdir / train.DAMAGED_DIR}" in damaged_lines[0]
+  assert f"moved to {workdir / resume.DAMAGED_DIR}" in damaged_lines[0]
   assert "Traceback" not in r.stderr
   assert f"resumed from {ckpt / '2'} at step 2" in r.stdout
   # Nothing deleted: the damaged step and the unfinished save are moved aside whole.
-  kept = sorted((workdir / train.DAMAGED_DIR).iterdir())
+  kept = sorted((workdir / resume.DAMAGED_DIR).iterdir())
   assert [p.name.split(".")[0] for p in kept] == ["4", "6"]
   assert sorted(p.relative_to(kept[0]) for p in kept[0].rglob("*")) == files_before
   assert _steps(ckpt) == [2, 4, 6]  # 4 and 6 written again by this run.
@@ -158,8 +161,8 @@ def test_no_intact_checkpoint_is_an_error_that_changes_nothing(env, trained, tmp
   assert "main.py: error:" in r.stderr and "no checkpoint restores" in r.stderr
   assert "Traceback" not in r.stderr
   assert {p: p.stat().st_mtime_ns for p in ckpt.rglob("*")} == before
-  assert not (workdir / train.DAMAGED_DIR).exists()
-  assert not (workdir / train.WorkdirLock.NAME).exists()
+  assert not (workdir / resume.DAMAGED_DIR).exists()
+  assert not (workdir / workdir_lib.WorkdirLock.NAME).exists()
 
 
 def test_hf_export_of_a_damaged_checkpoint_is_one_line(trained, tmp_path):
@@ -171,18 +174,18 @@ def test_hf_export_of_a_damaged_checkpoint_is_one_line(trained, tmp_path):
     with open(f, "r+b") as fh:
       fh.truncate(f.stat().st_size // 2)
   with pytest.raises(hf.HFExportError, match="damaged checkpoint") as e:
-    hf.export_checkpoint(workdir, tmp_path / "hf_out")
+    hf_cli.export_checkpoint(workdir, tmp_path / "hf_out")
   assert "\n" not in str(e.value) and len(str(e.value)) < 600
   _remove_metadata(workdir / "checkpoints" / "4")
   with pytest.raises(hf.HFExportError, match="_METADATA") as e:
-    hf.export_checkpoint(workdir, tmp_path / "hf_out2")
+    hf_cli.export_checkpoint(workdir, tmp_path / "hf_out2")
   assert "\n" not in str(e.value)
 
 
 def test_live_lock_refuses_a_second_run_and_stale_lock_is_taken_over(env, trained, tmp_path):
   workdir = tmp_path / "run"
   shutil.copytree(trained, workdir)
-  lock = workdir / train.WorkdirLock.NAME
+  lock = workdir / workdir_lib.WorkdirLock.NAME
   lock.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                               "since": 0}))
   r = _run(env, workdir, *_STEPS)
@@ -200,9 +203,9 @@ def test_live_lock_refuses_a_second_run_and_stale_lock_is_taken_over(env, traine
 
 
 def test_lock_from_another_host_is_not_taken_over(tmp_path):
-  lock = train.WorkdirLock(tmp_path)
+  lock = workdir_lib.WorkdirLock(tmp_path)
   (tmp_path / lock.NAME).write_text(json.dumps({"pid": 1, "host": "elsewhere", "since": 0}))
-  with pytest.raises(train.UserError, match="in use by pid 1 on host elsewhere"):
+  with pytest.raises(workdir_lib.CheckpointError, match="in use by pid 1 on host elsewhere"):
     lock.acquire()
   (tmp_path / lock.NAME).unlink()
   lock.acquire()
@@ -307,6 +310,11 @@ def test_init_from_hf_problems_fail_before_anything_is_written(tmp_path):
                                              r"hidden_size=256.5"):
     train.train_and_evaluate(_config(), os.fspath(workdir), init_from_hf=os.fspath(d))
   assert not workdir.exists()
+  # An existing workdir is left as it was: no config.json, checkpoints/ or lock written.
+  workdir.mkdir()
+  with pytest.raises(errors.UserError, match=r"hidden_size=256.5"):
+    train.train_and_evaluate(_config(), os.fspath(workdir), init_from_hf=os.fspath(d))
+  assert not list(workdir.iterdir())
 
 
 class _NotATensor:  # A pickled object that torch's weights_only loader refuses.
