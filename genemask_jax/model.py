@@ -623,3 +623,26 @@ class BertForSequenceClassification(nn.Module):
     """(B, 1, E) final hidden state at [CLS]: the last layer runs for that row only."""
     cls_position = jnp.zeros((input_ids.shape[0], 1), jnp.int32)
     return self.bert(input_ids, token_type_ids, deterministic, cls_position)
+
+
+def first_layers(cfg: ModelConfig, bert_params: dict[str, Any],
+                 n: int) -> tuple[ModelConfig, dict[str, Any]]:
+  """The config and ``bert`` params of the encoder cut after its first ``n`` layers.
+
+  ``BertModel(cfg_n).apply({"params": params_n}, ids)`` is then the output of layer ``n``
+  (1-based; ``n = cfg.num_layers`` is the whole encoder): the hidden states of any layer
+  without computing the layers above it (``genemask_jax.embed --layer``).
+
+  Args:
+    cfg: the full model's config.
+    bert_params: the ``bert`` subtree (``embeddings``, ``encoder/layer_{i}``[, ``pooler``]).
+    n: layers to keep, 1..cfg.num_layers.
+
+  Raises:
+    ValueError: ``n`` outside 1..cfg.num_layers.
+  """
+  if not 1 <= n <= cfg.num_layers:
+    raise ValueError(f"layers to keep must be in 1..{cfg.num_layers}, got {n}")
+  encoder = {f"layer_{i}": bert_params["encoder"][f"layer_{i}"] for i in range(n)}
+  params = {"embeddings": bert_params["embeddings"], "encoder": encoder}
+  return dataclasses.replace(cfg, num_layers=n), params

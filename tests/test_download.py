@@ -224,3 +224,113 @@ def test_command_line_html_page_is_one_line_exit_2(mirror, tmp_path):
   assert res.returncode == 2
   (line,) = res.stderr.strip().splitlines()
   assert line.startswith("genemask-download: error: http://127.0.0.1:") and "HTML page" in line
+
+
+# ------------------------------------------------------------------------ GUE (#18 item 5)
+
+def _gue_files(drop=(), header="sequence,label"):
+  """{archive member: bytes} of a small synthetic GUE: every task, two rows a split."""
+  files = {}
+  for task in download.GUE_TASKS:
+    for split in download.GUE_SPLITS:
+      if f"{task}/{split}" not in drop:
+        files[f"GUE/{task}/{split}"] = f"{header}\nACGTACGTAC,0\nTTGCAAGCTA,1\n".encode()
+  files["__MACOSX/GUE/._EMP"] = b"\x00\x05"  # ignored, as in the real GUE.zip
+  return files
+
+
+def _gue_zip(path, files):
+  import zipfile  # pylint: disable=g-import-not-at-top
+  with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+    for name, data in files.items():
+      zf.writestr(name, data)
+  return path
+
+
+def _gue_tar(path, files):
+  import io  # pylint: disable=g-import-not-at-top
+  import tarfile  # pylint: disable=g-import-not-at-top
+  with tarfile.open(path, "w:gz") as tf:
+    for name, data in files.items():
+      info = tarfile.TarInfo(name)
+      info.size = len(data)
+      tf.addfile(info, io.BytesIO(data))
+  return path
+
+
+def test_gue_archive_from_a_file_unpacks_gues_layout(tmp_path):
+  archive = _gue_zip(tmp_path / "GUE.zip", _gue_files())
+  out = tmp_path / "data"
+  assert download.download_gue(out, file=archive, log=_quiet) == "downloaded"
+  assert len(download.GUE_TASKS) == 28
+  test = out / "GUE/prom/prom_300_all/test.csv"
+  assert test.read_text().startswith("sequence,label\nACGTACGTAC,0\n")
+  assert sorted(p.relative_to(out / "GUE").as_posix() for p in (out / "GUE").rglob("*.csv")) \
+      == sorted(f"{t}/{s}" for t in download.GUE_TASKS for s in download.GUE_SPLITS)
+  assert sorted(p.name for p in out.iterdir()) == ["GUE"]  # no .part or __MACOSX left
+  assert download.download_gue(out, file=archive, log=_quiet) == "skipped"
+
+
+def test_gue_archive_from_a_url_as_tar_gz(mirror, tmp_path):
+  root, url = mirror
+  _gue_tar(root / "GUE.tar.gz", _gue_files())
+  out = tmp_path / "data"
+  assert download.download_gue(out, url=url + "/GUE.tar.gz", log=_quiet) == "downloaded"
+  assert (out / "GUE/virus/covid/dev.csv").is_file()
+  assert sorted(p.name for p in out.iterdir()) == ["GUE"]
+
+
+@pytest.mark.parametrize("case, match", [
+    ("missing_task", r"1 of the 84 GUE split files are missing, e\.g\. tf/3/dev\.csv"),
+    ("bad_header", r"GUE\.zip/EMP/H3/train\.csv: expected the header sequence, label"),
+    ("damaged", r"fails its CRC check|damaged or truncated"),
+    ("not_an_archive", "neither a zip nor a tar archive"),
+    ("escapes", r"member '\.\./evil\.csv' points outside"),
+])
+def test_bad_gue_archives_are_rejected_and_leave_nothing(tmp_path, case, match):
+  files = _gue_files(drop=("tf/3/dev.csv",) if case == "missing_task" else ())
+  if case == "bad_header":
+    files["GUE/EMP/H3/train.csv"] = b"<html>not a csv</html>\n"
+  if case == "escapes":
+    files["../evil.csv"] = b"x"
+  archive = _gue_zip(tmp_path / "GUE.zip", files)
+  if case == "damaged":  # flip bytes inside the compressed data of a member
+    data = bytearray(archive.read_bytes())
+    name = b"GUE/prom/prom_core_all/test.csv"
+    at = data.index(name) + len(name)  # the local header's name, then the deflated data
+    data[at + 2:at + 6] = bytes(255 - b for b in data[at + 2:at + 6])
+    archive.write_bytes(bytes(data))
+  if case == "not_an_archive":
+    archive.write_bytes(b"<!DOCTYPE html><html>Google Drive: virus scan warning</html>")
+  out = tmp_path / "data"
+  with pytest.raises(download.DownloadError, match=match):
+    download.download_gue(out, file=archive, log=_quiet)
+  assert not (out / "GUE").exists() and not list(out.iterdir())
+  assert not (tmp_path / "evil.csv").exists()
+
+
+def test_a_broken_gue_folder_is_replaced_by_a_verified_one(tmp_path):
+  out = tmp_path / "data"
+  (out / "GUE/EMP/H3").mkdir(parents=True)
+  (out / "GUE/EMP/H3/train.csv").write_text("half a file")
+  archive = _gue_zip(tmp_path / "GUE.zip", _gue_files())
+  assert download.download_gue(out, file=archive, log=_quiet) == "downloaded"
+  download.check_gue_dir(out / "GUE")
+  assert sorted(p.name for p in out.iterdir()) == ["GUE"]
+
+
+def test_gue_command_line(tmp_path):
+  archive = _gue_zip(tmp_path / "GUE.zip", _gue_files())
+  cmd = [sys.executable, "-m", "genemask_jax.data.download", f"--data_dir={tmp_path / 'd'}"]
+  res = subprocess.run(cmd + ["--what=gue", f"--file={archive}"], capture_output=True,
+                       text=True, timeout=60)
+  assert res.returncode == 0, res.stderr
+  assert "1 file(s) downloaded" in res.stdout
+  assert (tmp_path / "d/GUE/splice/reconstructed/train.csv").is_file()
+  for args, match in [(["--what=gue"], "needs exactly one of --url=URL"),
+                      (["--what=npmi", f"--file={archive}"], "add --what=gue"),
+                      (["--what=gue", f"--file={tmp_path / 'nope.zip'}"], "no such file")]:
+    res = subprocess.run(cmd + args, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2
+    (line,) = res.stderr.strip().splitlines()
+    assert line.startswith("genemask-download: error: ") and match in line, line

@@ -16,6 +16,19 @@ FASTA), so an HTML error page served with status 200 is rejected; and the md5 wh
 source publishes a checksum list (UCSC's ``md5sum.txt`` for hg38 and its chromosomes). A file
 already present is verified the same way (without the network, but for the checksum list)
 and downloaded again if it fails. Errors are one line, exit code 2.
+
+GUE (DNABERT-2's benchmark, 28 tasks) is published as one archive with no stable direct URL
+(a Google Drive file), so ``--what=gue`` needs ``--url=URL`` of a copy or ``--file=GUE.zip``
+already on disk (zip or tar, optionally gzip/bzip2/xz compressed)::
+
+  python -m genemask_jax.data.download --data_dir=~/genemask_data --what=gue --file=GUE.zip
+
+It lands as ``DATA_DIR/GUE/<category>/<task>/{train,dev,test}.csv`` (GUE's own layout, e.g.
+``GUE/prom/prom_300_all/test.csv``; see `GUE_TASKS`), unpacked into ``DATA_DIR/.GUE.part``
+and renamed into place only once verified: every member's CRC (zip) or the whole
+compressed stream (tar) reads back intact, every one of the 28 task folders holds the three
+splits, each starting with the ``sequence,label`` header, and no member points outside the
+archive's folder. A ``GUE`` folder already there that passes the same folder checks is kept.
 """
 
 from __future__ import annotations
@@ -24,13 +37,16 @@ import gzip
 import hashlib
 import http.client
 import io
+import lzma
 import os
 import pathlib
 import shutil
 import sys
+import tarfile
 import urllib.error
 import urllib.parse
 import urllib.request
+import zipfile
 import zlib
 from typing import Callable, Iterable, Sequence
 
@@ -78,6 +94,20 @@ GROUPS: dict[str, tuple[str, ...]] = {
     **{c: (f"genome/hg38/{c}.fa.gz",) for c in HG38_CHROMOSOMES},
 }
 DEFAULT_WHAT = ("fewshot", "npmi", "hg38")
+
+# GUE (Zhou et al. 2023, DNABERT-2): <category>/<task> folders, each with these splits.
+GUE = "gue"  # --what name
+GUE_DIR = "GUE"  # its folder in the data dir
+GUE_SPLITS = ("train.csv", "dev.csv", "test.csv")
+GUE_TASKS: tuple[str, ...] = (
+    *(f"EMP/{m}" for m in ("H3", "H3K14ac", "H3K36me3", "H3K4me1", "H3K4me2", "H3K4me3",
+                           "H3K79me3", "H3K9ac", "H4", "H4ac")),
+    *(f"mouse/{i}" for i in range(5)),
+    *(f"prom/prom_{w}_{s}" for w in ("300", "core") for s in ("all", "notata", "tata")),
+    "splice/reconstructed",
+    *(f"tf/{i}" for i in range(5)),
+    "virus/covid",
+)
 
 
 # The checksum lists UCSC publishes next to the genome files ("<md5>  <file name>" lines),
@@ -352,14 +382,182 @@ def download(data_dir: str | os.PathLike, what: Sequence[str] = DEFAULT_WHAT,
   return done
 
 
+# ------------------------------------------------------------------------------ GUE
+_GUE_SOURCE = ("--what=gue needs exactly one of --url=URL (of GUE's archive) or --file=GUE.zip;"
+               " GUE has no stable direct URL (DNABERT-2 publishes GUE.zip on Google Drive)")
+
+
+def _gue_member(name: str) -> str | None:
+  """``<category>/<task>/<split>`` of an archive member that is a GUE split, else None.
+
+  Any leading folders (``GUE/``, ``data/GUE/``) are dropped; macOS metadata is ignored.
+  """
+  parts = [p for p in name.replace("\\", "/").split("/") if p and p != "."]
+  if len(parts) < 3 or "__MACOSX" in parts or parts[-1] not in GUE_SPLITS:
+    return None
+  rel = "/".join(parts[-3:])
+  return rel if rel.rsplit("/", 1)[0] in GUE_TASKS else None
+
+
+def _unsafe(name: str) -> bool:
+  parts = name.replace("\\", "/").split("/")
+  return name.startswith(("/", "\\")) or ".." in parts or (len(name) > 1 and name[1] == ":")
+
+
+def check_gue_dir(root: str | os.PathLike, where: str | None = None) -> None:
+  """Raises `DownloadError` unless ``root`` holds every GUE task's three splits, each a
+  ``sequence,label`` CSV."""
+  root = pathlib.Path(root)
+  where = where or str(root)
+  missing = [f"{t}/{s}" for t in GUE_TASKS for s in GUE_SPLITS if not (root / t / s).is_file()]
+  if missing:
+    raise DownloadError(f"{where}: {len(missing)} of the {len(GUE_TASKS) * 3} GUE split files "
+                        f"are missing, e.g. {', '.join(missing[:3])}; expected GUE's layout "
+                        "<category>/<task>/{train,dev,test}.csv (as in DNABERT-2's GUE.zip)")
+  for task in GUE_TASKS:
+    for split in GUE_SPLITS:
+      with open(root / task / split, "rb") as f:
+        first = f.read(4096)
+      _check_first_line(first, f"{GUE_DIR}/{task}/{split}", f"{where}/{task}/{split}")
+
+
+def _extract_gue(archive: pathlib.Path, dest: pathlib.Path, where: str) -> int:
+  """Unpacks the GUE splits of a zip or tar archive into ``dest``; returns the file count.
+
+  Raises:
+    DownloadError: not a zip/tar, a corrupt member or stream, or a path outside the archive.
+  """
+  count = 0
+  try:
+    if zipfile.is_zipfile(archive):
+      with zipfile.ZipFile(archive) as zf:
+        bad = zf.testzip()  # Reads every member: CRC-32 and decompression.
+        if bad is not None:
+          raise DownloadError(f"{where}: member {bad} fails its CRC check; the archive is "
+                              "damaged (download it again)")
+        for info in zf.infolist():
+          if _unsafe(info.filename):
+            raise DownloadError(f"{where}: member {info.filename!r} points outside the "
+                                "archive's folder; refusing to unpack it")
+          rel = _gue_member(info.filename)
+          if rel is None or info.is_dir():
+            continue
+          (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+          with zf.open(info) as src, open(dest / rel, "wb") as out:
+            shutil.copyfileobj(src, out, 1 << 20)
+          count += 1
+      return count
+    if tarfile.is_tarfile(archive):
+      with tarfile.open(archive, "r:*") as tf:
+        for member in tf:  # Streams the whole archive: a cut-short stream fails here.
+          if _unsafe(member.name):
+            raise DownloadError(f"{where}: member {member.name!r} points outside the "
+                                "archive's folder; refusing to unpack it")
+          rel = _gue_member(member.name)
+          if rel is None:
+            continue
+          if not member.isfile():
+            raise DownloadError(f"{where}: member {member.name!r} is a link or device, not "
+                                "a file")
+          src = tf.extractfile(member)
+          (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+          with src, open(dest / rel, "wb") as out:
+            shutil.copyfileobj(src, out, 1 << 20)
+          count += 1
+      return count
+  except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile,
+          lzma.LZMAError) as e:
+    raise DownloadError(f"{where}: damaged or truncated archive ({type(e).__name__}: {e})") from e
+  except OSError as e:
+    raise DownloadError(f"{where}: cannot unpack: {e.strerror or e}") from e
+  raise DownloadError(f"{where}: neither a zip nor a tar archive; expected GUE's archive "
+                      "(GUE.zip from DNABERT-2)")
+
+
+def download_gue(data_dir: str | os.PathLike, *, url: str | None = None,
+                 file: str | os.PathLike | None = None, timeout: float = 60.0,
+                 log: Callable[[str], None] = print) -> str:
+  """Unpacks GUE's archive (from ``url`` or a local ``file``) into ``DATA_DIR/GUE``.
+
+  Verified before it is moved into place (see the module docstring); a ``GUE`` folder
+  already present that passes the folder checks is kept as it is.
+
+  Returns:
+    "downloaded" or "skipped".
+
+  Raises:
+    DownloadError: no source or two, an unreachable URL, a damaged archive, missing tasks
+      or splits, a CSV without the ``sequence,label`` header. Nothing is left behind.
+  """
+  if (url is None) == (file is None):
+    raise DownloadError(_GUE_SOURCE)
+  if file is not None and not pathlib.Path(file).is_file():
+    raise DownloadError(f"--file={file}: no such file; expected GUE's archive (GUE.zip)")
+  data_dir = pathlib.Path(data_dir)
+  final = data_dir / GUE_DIR
+  if final.is_dir():
+    try:
+      check_gue_dir(final)
+    except DownloadError as e:
+      log(f"{GUE_DIR}: present but fails its check ({e}); unpacking it again")
+    else:
+      log(f"{GUE_DIR}: present and complete ({len(GUE_TASKS)} tasks); kept")
+      return "skipped"
+  part = data_dir / f".{GUE_DIR}.part"
+  try:
+    data_dir.mkdir(parents=True, exist_ok=True)
+  except OSError as e:
+    raise DownloadError(f"{data_dir}: cannot create it: {e.strerror or e}") from e
+  shutil.rmtree(part, ignore_errors=True)
+  try:
+    part.mkdir()
+    if url is not None:
+      archive = part / "archive"
+      fetch(url, archive, timeout)
+      where = url
+    else:
+      archive = pathlib.Path(file)
+      where = str(file)
+    unpacked = part / GUE_DIR
+    unpacked.mkdir()
+    n = _extract_gue(archive, unpacked, where)
+    try:
+      check_gue_dir(unpacked, where=where)
+    except DownloadError as e:
+      raise DownloadError(str(e).replace(str(unpacked), where)) from e
+    old = data_dir / f".{GUE_DIR}.old"
+    if final.exists():
+      shutil.rmtree(old, ignore_errors=True)
+      os.replace(final, old)
+    os.replace(unpacked, final)
+    shutil.rmtree(old, ignore_errors=True)
+  finally:
+    shutil.rmtree(part, ignore_errors=True)
+  log(f"{GUE_DIR}: {n} files of {len(GUE_TASKS)} tasks from {where}")
+  return "downloaded"
+
+
 def main(argv: Sequence[str]) -> None:
   """absl entry point; flags are defined in `run`."""
   from absl import flags  # pylint: disable=g-import-not-at-top
   if len(argv) > 1:
     raise SystemExit(f"unexpected arguments {argv[1:]}")
   f = flags.FLAGS
+  what = [w for w in f.what if w != GUE]
   try:
-    done = download(os.path.expanduser(f.data_dir), f.what, f.base_url or None, f.timeout)
+    if GUE not in f.what and (f.url or f.file):
+      raise DownloadError("--url and --file give GUE's archive; add --what=gue")
+    if GUE in f.what and bool(f.url) == bool(f.file):
+      raise DownloadError(_GUE_SOURCE)
+    if GUE in f.what and f.file and not os.path.isfile(os.path.expanduser(f.file)):
+      raise DownloadError(f"--file={f.file}: no such file; expected GUE's archive (GUE.zip)")
+    resolve(what, f.base_url or None)  # Unknown names fail before any transfer.
+    done = download(os.path.expanduser(f.data_dir), what, f.base_url or None, f.timeout)
+    if GUE in f.what:
+      gue = download_gue(os.path.expanduser(f.data_dir), url=f.url or None,
+                         file=os.path.expanduser(f.file) if f.file else None,
+                         timeout=f.timeout)
+      done["downloaded" if gue == "downloaded" else "skipped"].append(GUE_DIR + "/")
   except (DownloadError, ValueError) as e:
     print(f"genemask-download: error: {e}", file=sys.stderr)
     raise SystemExit(2) from e
@@ -372,7 +570,9 @@ def _define_flags() -> None:
   flags.DEFINE_string("data_dir", None, "destination data dir", required=True)
   flags.DEFINE_list("what", list(DEFAULT_WHAT),
                     "what to fetch: fewshot, npmi, hg38 (whole genome) or chr1..chr22, chrX, "
-                    "chrY")
+                    "chrY; gue (with --url or --file)")
+  flags.DEFINE_string("url", "", "--what=gue: URL of GUE's archive (zip or tar)")
+  flags.DEFINE_string("file", "", "--what=gue: GUE's archive on disk (GUE.zip)")
   flags.DEFINE_string("base_url", "", "mirror: fetch BASE_URL/<relative path> instead")
   flags.DEFINE_float("timeout", 60.0, "seconds per connection attempt")
 
