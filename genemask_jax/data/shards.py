@@ -24,6 +24,7 @@ import os
 import zlib
 from typing import Any
 
+from array_record.python import array_record_module
 import numpy as np
 
 from genemask_jax import tokenizer
@@ -206,7 +207,6 @@ def write_unit(unit: Unit, work_dir: str) -> dict[str, Any]:
   Returns:
     {"index", "digest", "examples": {split: n}, "bytes": {split: file size}}.
   """
-  from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
   k, max_len = unit.cfg.k, unit.cfg.max_len
   encoder = ExampleEncoder(max_len, tokenizer.vocab_size(k) - 1)
   validation = unit.validation()
