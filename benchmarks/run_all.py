@@ -51,6 +51,7 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 GRID_LOG = REPO / "docs" / "fewshot_grid.txt"
 # Written on a GPU machine by benchmarks/gpu_check.sh (this machine has none).
 GPU_RECORD = REPO / "docs" / "gpu_check.txt"
+DESIGN_NOTES = REPO / "docs" / "benchmarks_design.md"
 STEP_PLOT = REPO / "docs" / "figures" / "train_step_speed.png"
 
 
@@ -546,6 +547,9 @@ def main(argv: Sequence[str]) -> None:
     L.append("")
     L.append("Reading: " + (read_gpu_record(record) or "see the record above (no device "
                                                       "line found)."))
+    L.append("")
+  if DESIGN_NOTES.exists():  # Hand-written: the measurements behind choices in the code.
+    L.extend(DESIGN_NOTES.read_text(encoding="utf-8").rstrip("\n").split("\n"))
     L.append("")
   L.append("## Reproduce")
   L.append("")

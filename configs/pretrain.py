@@ -10,8 +10,11 @@ Any field can be overridden: `--config.train.batch_size=8`, `--config.masking.st
 A misspelt key fails at once and names the closest existing key.
 
 Presets may be combined with commas, later ones winning: `:paper,dnabert` is the paper's
-schedule with DNABERT's span masking (the baseline of the paper's comparison).
+schedule with DNABERT's span masking (the baseline of the paper's comparison). Each preset
+is an entry of `PRESETS`, a dict of overrides of `_base()`'s keys; add one there.
 """
+
+from typing import Any
 
 import ml_collections
 from ml_collections import config_dict
@@ -66,9 +69,9 @@ def _base() -> ml_collections.ConfigDict:
   c.masking.specials_rank_zero = False
   c.masking.random_over = "kmers"  # "vocab" reproduces the released code.
   c.masking.all_high_if_few = True
-  # Fixed-size MLM targets per sequence (BERT's layout). GeneMask masks 15% on average but
-  # with a long tail (78 of 506 tokens on average, 128 at the 99th percentile on real
-  # chunks), so L/4 slots; overflow keeps a uniform random subset, counted in num_masked.
+  # Fixed-size MLM targets per sequence (BERT's layout). GeneMask masks ~15% on average
+  # with a long tail, so L/4 slots (docs/benchmarks.md, "Design measurements"); overflow
+  # keeps a uniform random subset, counted in num_masked.
   c.masking.max_predictions = 128
 
   # NPMI lookup the masking reads: "corpus" computes it from the training FASTA (cached in
@@ -122,60 +125,47 @@ def _base() -> ml_collections.ConfigDict:
   return c
 
 
-def _apply(c: ml_collections.ConfigDict, preset: str) -> None:
-  if preset in ("", "default"):
+# Each preset is a dict of overrides ("section.key": value), applied in order of the
+# `:preset[,preset]` argument; the names here are the only list of presets.
+PRESETS: dict[str, dict[str, Any]] = {
     # CPU demo on the embedded sample: short sequences so it finishes in minutes.
-    c.data.max_len = 128
-    c.masking.max_predictions = 32
-  elif preset == "test":
-    c.model.size = "tiny"
-    c.data.max_len = 64
-    c.masking.max_predictions = 16
-    c.train.batch_size = 8
-    c.train.num_steps = 6
-    c.train.log_every = 1
-    c.train.checkpoint_every = 3
-    c.train.async_checkpoint = False
-    c.optim.warmup_steps = 2
-    c.eval.every = 3
-    c.eval.num_examples = 16
-    c.eval.batch_size = 8
-  elif preset == "logo":
-    c.model.size = "logo"
-    c.data.max_len = 128
-    c.masking.max_predictions = 32
-  elif preset == "dnabert_base":
-    c.model.size = "dnabert_base"
-    c.train.batch_size = 32
-  elif preset == "paper":
+    "default": {"data.max_len": 128, "masking.max_predictions": 32},
+    "test": {
+        "model.size": "tiny", "data.max_len": 64, "masking.max_predictions": 16,
+        "train.batch_size": 8, "train.num_steps": 6, "train.log_every": 1,
+        "train.checkpoint_every": 3, "train.async_checkpoint": False,
+        "optim.warmup_steps": 2,
+        "eval.every": 3, "eval.num_examples": 16, "eval.batch_size": 8,
+    },
+    "logo": {"model.size": "logo", "data.max_len": 128, "masking.max_predictions": 32},
+    "dnabert_base": {"model.size": "dnabert_base", "train.batch_size": 32},
     # The authors' Script-A: DNABERT base, 10k steps x 250 sequences, block 512.
-    c.model.size = "dnabert_base"
-    c.data.max_len = 512
-    c.masking.max_predictions = 128
-    c.train.batch_size = 250
-    c.train.num_steps = 10_000
-    c.train.log_every = 50
-    c.train.checkpoint_every = 1000
-    c.optim.peak_lr = 8e-4
-    c.optim.warmup_steps = 500
-    c.eval.every = 1000
-    c.eval.num_examples = 1000
-    c.eval.batch_size = 50
-  elif preset == "large":
-    c.model.size = "large"
-    c.train.batch_size = 256
-  elif preset in ("genemask", "dnabert", "bert"):
-    c.masking.strategy = preset
-  elif preset == "position":
-    c.masking.rank_source = "position"
-    c.masking.specials_rank_zero = True
-    c.masking.random_over = "vocab"
-  elif preset == "authors_npmi":
-    c.npmi.source = "authors"  # The authors' published table, from GENEMASK_DATA_DIR.
-  else:
-    raise ValueError(
-        f"configs/pretrain.py: unknown preset {preset!r}; known: default, test, logo, "
-        "dnabert_base, paper, large, genemask, dnabert, bert, position, authors_npmi")
+    "paper": {
+        "model.size": "dnabert_base", "data.max_len": 512, "masking.max_predictions": 128,
+        "train.batch_size": 250, "train.num_steps": 10_000, "train.log_every": 50,
+        "train.checkpoint_every": 1000,
+        "optim.peak_lr": 8e-4, "optim.warmup_steps": 500,
+        "eval.every": 1000, "eval.num_examples": 1000, "eval.batch_size": 50,
+    },
+    "large": {"model.size": "large", "train.batch_size": 256},
+    # The masking strategy alone: `:paper,dnabert` is the paper's baseline.
+    **{s: {"masking.strategy": s} for s in ("genemask", "dnabert", "bert")},
+    # The authors' released code (HEAD): position ranks, special ids rank 0, any vocab id.
+    "position": {"masking.rank_source": "position", "masking.specials_rank_zero": True,
+                 "masking.random_over": "vocab"},
+    # The authors' published table, from GENEMASK_DATA_DIR.
+    "authors_npmi": {"npmi.source": "authors"},
+}
+
+
+def _apply(c: ml_collections.ConfigDict, preset: str) -> None:
+  overrides = PRESETS.get(preset or "default")
+  if overrides is None:
+    raise ValueError(f"configs/pretrain.py: unknown preset {preset!r}; known: "
+                     f"{', '.join(PRESETS)}")
+  for key, value in overrides.items():
+    section, field = key.split(".")
+    c[section][field] = value
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -9,12 +9,12 @@ Two things make textbook JAX attention slow on a CPU, and both are fixed here:
   log-sum-exp for the backward pass (a ``jax.custom_vjp``), and recomputes each block's
   probabilities there. Forward and gradients equal the unblocked softmax attention to
   float32 rounding.
-* ``jax.random`` bits (threefry) cost ~12 ns per value on this CPU: a dropout mask over the
-  attention probabilities of one tiny-BERT layer at 8 x 512 took ~200 ms, more than the
-  layer itself. Dropout here draws two 32-bit words per call from ``jax.random`` and hashes
-  the element's global index with them (a counter-based generator, as Philox is), so a
-  mask costs a few integer ops per element, is the same for any sharding of the array, and
-  is recomputed in the backward pass instead of stored.
+* ``jax.random`` bits (threefry) are slow on a CPU: a dropout mask over the attention
+  probabilities can cost more than the layer itself (figures in docs/benchmarks.md,
+  "Design measurements"). Dropout here draws two 32-bit words per call from
+  ``jax.random`` and hashes the element's global index with them (a counter-based
+  generator, as Philox is), so a mask costs a few integer ops per element, is the same for
+  any sharding of the array, and is recomputed in the backward pass instead of stored.
 
 ``dot_product_attention`` picks the implementation: ``"blockwise"`` (the default on CPU),
 ``"xla"`` (``jax.nn.dot_product_attention``'s XLA lowering, with the explicit softmax when
@@ -36,14 +36,16 @@ from __future__ import annotations
 import functools
 import math
 
+import flax.linen as nn
 import jax
+from jax.experimental import pallas as pl
 import jax.numpy as jnp
 
 IMPLEMENTATIONS = ("auto", "blockwise", "xla", "cudnn", "pallas_gpu", "pallas_tpu")
 
 # Queries per block of the blockwise attention: 8 x 8 heads x 64 x 512 float32 scores is
-# 8 MB, which stays in this CPU's 32 MB L3 (64 was at or near the fastest of 32, 64, 128
-# and 512 in noisy measurements on the 2-core dev machine).
+# 8 MB, which stays in a 32 MB L3 cache (the choice: docs/benchmarks.md, "Design
+# measurements").
 DEFAULT_BLOCK_Q = 64
 
 
@@ -296,6 +298,7 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: ja
   impl = resolve_implementation(implementation, dtype=q.dtype, head_dim=q.shape[-1],
                                 q_len=q.shape[1], kv_len=k.shape[1], dropout_rate=rate)
   if impl == "pallas_gpu":
+    # Triton's Pallas backend loads only when this path is taken.
     from genemask_jax import attention_gpu  # pylint: disable=g-import-not-at-top
     if attention_gpu.supported(q.shape[1], k.shape[1], q.shape[-1]):
       return attention_gpu.flash_attention(  # Interpreted off the GPU (tests).
@@ -335,7 +338,6 @@ def _mix32_int(x: jax.Array) -> jax.Array:
 
 def _program_ids():
   """(sequence, head, query block) of the running Pallas grid cell."""
-  from jax.experimental import pallas as pl  # pylint: disable=g-import-not-at-top
   return pl.program_id(0), pl.program_id(1), pl.program_id(2)
 
 
@@ -382,7 +384,7 @@ def _pallas_forward(q, k, v, bias, seed4, rate, block_q, interpret, full):
   ``seed4``: (4,) uint32 = seed words, batch offset, head offset; ``full``: the whole
   (B, N, Lq, Lk) shape the dropout mask indexes.
   """
-  from jax.experimental import pallas as pl  # pylint: disable=g-import-not-at-top
+  # Mosaic (TPU) loads only when a TPU kernel is traced: ~0.8 s of import otherwise.
   from jax.experimental.pallas import tpu as pltpu  # pylint: disable=g-import-not-at-top
   batch, heads, len_q, head_dim = q.shape
   len_k = k.shape[2]
@@ -474,7 +476,6 @@ def pallas_tpu_attention(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax
 
   # A Mosaic kernel is not partitioned by XLA: run it per shard, on the layout the model's
   # logical constraints give q, k and v ((batch, heads) sharded, rows and head_dim whole).
-  import flax.linen as nn  # pylint: disable=g-import-not-at-top
   spec = nn.logical_to_mesh_axes(("batch", "heads", None, None))
   batch_axes, head_axes = spec[0], spec[1]
   bias_spec = jax.sharding.PartitionSpec(batch_axes, None, None, None)

@@ -8,17 +8,21 @@ Three ways a run becomes multi-process:
 - neither: one process, nothing to initialise (the default on one machine).
 
 An unreachable coordinator fails with a clear message within the timeout instead of the
-runtime's abort (a C++ check failure with a stack dump).
+runtime's abort (a C++ check failure with a stack dump). `sync(name)` is the barrier the
+data set-up and the checkpoint code share; `quiet_logs(level)` keeps other processes' and
+libraries' chatter (TFDS, orbax) out of a run's output.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
 
 import jax
 from absl import logging
+from jax.experimental import multihost_utils
 
 from genemask_jax import errors
 
@@ -95,3 +99,20 @@ def banner() -> str:
   return (f"process {jax.process_index()}/{jax.process_count()}: "
           f"{jax.local_device_count()} local / {jax.device_count()} global devices "
           f"({jax.devices()[0].platform})")
+
+
+def sync(name: str) -> None:
+  """Waits until every process reaches barrier `name` (a no-op with one process)."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
+
+
+@contextlib.contextmanager
+def quiet_logs(level: int):
+  """absl logging at `level` and above only, inside the block."""
+  old = logging.get_verbosity()
+  logging.set_verbosity(min(old, level))  # absl: lower = quieter.
+  try:
+    yield
+  finally:
+    logging.set_verbosity(old)

@@ -2,8 +2,10 @@
 
 Everything here is pure JAX with static shapes: one sequence is written plainly and
 ``vmap``-ped over the batch, so the masking runs inside a jit-compiled train step with no
-host round trip. The masks are a deterministic function of ``(key, ids)``; fold the step
-into the key with :func:`step_key` so that they are a function of ``(key, step, ids)``.
+host round trip. The masks are a deterministic function of ``(key, ids)``. The train step
+(`genemask_jax.train_step`) folds its step into the run's key and splits off the masking
+key, so a run's masks are a function of (seed, step, ids); :func:`step_key` is the fold
+for callers that mask outside a train step.
 
 Token layout (the tokenizer's): ``[CLS] k-mer ... k-mer [SEP] [PAD] ...``. The eligible
 positions are the k-mer positions: every id that is ``[UNK]`` or a k-mer (``[PAD]``,
@@ -493,8 +495,9 @@ def make_mask_fn(npmi_rank: np.ndarray | jax.Array, strategy: str = "genemask",
   """A masking function (key, ids) -> MaskedBatch to call inside a jit'd train step.
 
   Options are validated and the rank lookup checked (host side) once, here; shapes are
-  checked when the returned function is traced. In a train step call it as
-  ``mask_fn(step_key(key, step), ids)`` so that the masks are a function of (key, step, ids).
+  checked when the returned function is traced. Call it with a key that depends on the
+  step (`train_step.make_mlm_train_step` passes one split from ``fold_in(key, step)``) so
+  that the masks change from step to step.
 
   Args:
     npmi_rank: (vocab,) int rank lookup, 1 = best.

@@ -35,9 +35,9 @@ Z: the authors' values fit ln Z = 21.0146 for their counts, about twice the numb
 6-mer windows in GRCh38 chr1-3. The default here is therefore Z = 2 x (number of counted
 k-mer windows) (`default_log_z`): it reproduces their ranking and scales with the genome, so
 it carries over to any input (Z enters the dp and true scores through the number of pieces,
-so it changes the ranking, not only an offset; on the shared 88 Mbp, Z = 2N gives Spearman
-0.998 against the authors' table, Z = N or 4N 0.93 and 0.96, their own ln Z 0.95; see
-benchmarks/bench_npmi.py). With both strands N counts both. Pass ``log_z`` to fix it.
+so it changes the ranking, not only an offset; the agreement of each choice of Z with the
+authors' table is measured by benchmarks/bench_npmi.py, in docs/benchmarks.md). With both
+strands N counts both. Pass ``log_z`` to fix it.
 
 Ranks: every rank column of our CSV ranks within the k-mers only (1 = highest score); the
 authors' ``*.rank`` columns rank within all 2..10-grams, their ``norm_pmi_rank_rel`` within
@@ -78,9 +78,12 @@ import dataclasses
 import math
 import os
 import sys
+import tempfile
 import time
 from typing import Callable, Iterable, Sequence
 
+from absl import app
+from absl import flags
 import numpy as np
 
 from genemask_jax import errors
@@ -811,7 +814,6 @@ def check_output_path(path: str) -> str:
     existing = os.path.dirname(existing)
   if not os.path.isdir(existing):
     raise NpmiError(f"--output={path}: {existing} is a file, not a directory")
-  import tempfile  # pylint: disable=g-import-not-at-top
   try:
     with tempfile.TemporaryFile(dir=existing):
       pass
@@ -821,7 +823,6 @@ def check_output_path(path: str) -> str:
 
 
 def _main(argv: Sequence[str]) -> None:
-  from absl import app  # Binaries only.
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   progress = _Progress()
@@ -835,7 +836,6 @@ def _main(argv: Sequence[str]) -> None:
 
 
 def _run(progress: _Progress) -> None:
-  from absl import flags  # Binaries only.
   f = flags.FLAGS
   # Every flag is checked before the count, which takes minutes on a genome.
   paths = [p for p in f.fasta if p]
@@ -896,7 +896,6 @@ def format_extremes(table: NpmiTable, n: int = 10) -> str:
 
 
 def _define_flags() -> None:
-  from absl import flags
   flags.DEFINE_list("fasta", None, "FASTA files (plain or gzip), comma-separated.", required=True)
   flags.DEFINE_string("output", None, "Output CSV; <stem>.rank.npy and <stem>.score.npy are "
                       "written next to it.", required=True)
@@ -917,6 +916,5 @@ def _define_flags() -> None:
 
 
 if __name__ == "__main__":
-  from absl import app
   _define_flags()
   app.run(_main)

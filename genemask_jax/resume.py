@@ -12,7 +12,6 @@ The layout (``WORKDIR/checkpoints/<STEP>/{state,data}``, ``checkpoints.damaged/`
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import os
 import sys
@@ -24,8 +23,8 @@ import jax
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
-from jax.experimental import multihost_utils
 
+from genemask_jax import distributed
 from genemask_jax import workdir as workdir_lib
 
 CheckpointError = workdir_lib.CheckpointError
@@ -113,7 +112,7 @@ def move_unfinished_saves(workdir: epath.Path, ckpt_dir: epath.Path, is_main: bo
     for p in sorted(ckpt_dir.iterdir()):
       if p.name.endswith(_TMP_SUFFIX):
         _move_aside(workdir, p, "an unfinished save (never committed), ignored")
-  sync("tmp_checkpoints")
+  distributed.sync("tmp_checkpoints")
 
 
 def _damage_signs(step_dir: epath.Path) -> list[str]:
@@ -144,7 +143,7 @@ def restore_newest_intact(manager: ocp.CheckpointManager, workdir: epath.Path,
   workdir_lib.hide_orbax_read_noise()
   for step in sorted(manager.all_steps(), reverse=True):
     try:
-      with quiet_logs(logging.FATAL):  # Orbax logs each failed read's traceback as ERROR.
+      with distributed.quiet_logs(logging.FATAL):  # Orbax logs each failed read's traceback as ERROR.
         restored = manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
     except Exception as e:  # pylint: disable=broad-except  (orbax/tensorstore raise many types)
@@ -152,12 +151,12 @@ def restore_newest_intact(manager: ocp.CheckpointManager, workdir: epath.Path,
       failed.append((step, reason))
       gc.collect()  # Finalise the failed read's coroutines now, under the filter above.
       continue
-    sync("restore")
+    distributed.sync("restore")
     if is_main:  # One line per damaged step.
       for bad, reason in failed:
         _move_aside(workdir, ckpt_dir / str(bad),
                     f"damaged checkpoint ({reason}); resuming from step {step}")
-    sync("damaged_checkpoints")
+    distributed.sync("damaged_checkpoints")
     if failed:
       manager.reload()
     return restored
@@ -167,20 +166,3 @@ def restore_newest_intact(manager: ocp.CheckpointManager, workdir: epath.Path,
         f"{', '.join(str(s) for s, _ in failed)}; step {failed[0][0]}: {failed[0][1]}); "
         "nothing was changed: fix the config, or move checkpoints/ away to start afresh")
   return None
-
-
-@contextlib.contextmanager
-def quiet_logs(level: int):
-  """absl logging at `level` and above only, inside the block."""
-  old = logging.get_verbosity()
-  logging.set_verbosity(min(old, level))  # absl: lower = quieter.
-  try:
-    yield
-  finally:
-    logging.set_verbosity(old)
-
-
-def sync(name: str) -> None:
-  """Waits until every process got here (a no-op with one process)."""
-  if jax.process_count() > 1:
-    multihost_utils.sync_global_devices(name)

@@ -1,8 +1,10 @@
-"""GeneMask pretraining, top to bottom: setup, mesh, data, NPMI lookup, model, state,
-restore, loop, final save.
+"""GeneMask pretraining, read top to bottom: setup, mesh, data, state, restore, loop.
 
-Called by `main.py` (the binary); see its docstring for the command. Everything here takes
-the `ConfigDict` from `configs/pretrain.py`; nothing reads flags.
+Called by `main.py` (the binary; see its docstring for the command) as
+``train.train_and_evaluate(config, workdir)`` with the `ConfigDict` of `configs/pretrain.py`;
+nothing here reads flags. The data (corpus, NPMI rank lookup, fixed evaluation batches)
+comes from `genemask_jax.data.sources.get_datasets`; the periodic evaluations (masked-LM
+eval, the few-shot probe) are the evaluators of `genemask_jax.evaluators`.
 
 What a run leaves in its workdir:
   config.json      the resolved config (and the model size, checked on restart)
@@ -21,7 +23,6 @@ SIGINT) so that `main.py && next` never treats an unfinished run as done.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -32,29 +33,25 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
 from etils import epath
 
 from genemask_jax import errors
+from genemask_jax import evaluators
 from genemask_jax import flops as flops_lib
 from genemask_jax import hf
 from genemask_jax import masking
 from genemask_jax import metrics_writer
 from genemask_jax import model as model_lib
-from genemask_jax import npmi as npmi_lib
 from genemask_jax import optim
 from genemask_jax import resume
 from genemask_jax import sharding as sharding_lib
 from genemask_jax import state as state_lib
 from genemask_jax import train_step as step_lib
 from genemask_jax import workdir as workdir_lib
-from genemask_jax.data import fasta
-from genemask_jax.data import genome
-from genemask_jax.data import genome_tfds
-from genemask_jax.data import pipeline
+from genemask_jax.data import sources
 
 
 class UserError(errors.UserError):
@@ -62,7 +59,6 @@ class UserError(errors.UserError):
 
 
 
-AUTHORS_NPMI_CSV = "npmi/genemask_grch38_chr1-3_6mer_npmi.csv"
 
 
 # ----------------------------------------------------------------------------- setup
@@ -230,121 +226,9 @@ def check_writable_dir(path: epath.Path, key: str) -> None:
     raise UserError(f"{key}={path}: not writable{where}: {e.strerror or e}") from e
 
 
-def fasta_paths_of(config: ml_collections.ConfigDict) -> list[str]:
-  paths = [p.strip() for p in config.data.fasta.split(",") if p.strip()]
-  if not paths:
-    paths = [os.fspath(p) for p in genome.default_genome_paths()]
-  fasta.check_files(paths)
-  return paths
 
 
-# ----------------------------------------------------------------------------- NPMI
-def npmi_lookup(config: ml_collections.ConfigDict, fasta_paths: list[str],
-                workdir: epath.Path) -> npmi_lib.NpmiLookup:
-  """The rank lookup the masking reads: computed from the corpus (cached) or loaded."""
-  source = config.npmi.source
-  # The scored-6-mer floor matters only to GeneMask's masking (npmi.DEFAULT_MIN_SCORED_FRACTION).
-  floor = config.npmi.min_scored_fraction if config.masking.strategy == "genemask" else 0.0
-  if source == "authors":
-    data_dir = os.environ.get("GENEMASK_DATA_DIR")
-    if not data_dir:
-      raise UserError("config.npmi.source='authors' needs GENEMASK_DATA_DIR (the folder "
-                      f"holding {AUTHORS_NPMI_CSV})")
-    return npmi_lib.load_lookup(os.path.join(data_dir, AUTHORS_NPMI_CSV), k=config.data.k,
-                                min_scored_fraction=floor)
-  if source != "corpus":
-    return npmi_lib.load_lookup(source, k=config.data.k, min_scored_fraction=floor)
-  fingerprint = {"fasta": [(os.path.abspath(p), os.path.getsize(p)) for p in fasta_paths],
-                 "min_count": config.npmi.min_count, "k": config.data.k}
-  remote = workdir / "npmi"
-  # The table is computed and read on local disk; a cloud workdir gets a copy.
-  local = (epath.Path(os.path.expanduser("~/.cache/genemask_jax/npmi")) /
-           _hash(fingerprint) if metrics_writer.is_remote(os.fspath(workdir)) else remote)
-  cache, stamp = local / "table.csv", local / "source.json"
-  fresh = not (cache.exists() and stamp.exists() and  # (JSON turns tuples into lists.)
-               json.loads(stamp.read_text()) == json.loads(json.dumps(fingerprint)))
-  if fresh and jax.process_index() == 0:
-    t0 = time.time()
-    counts = npmi_lib.count_fasta(fasta_paths, k=config.data.k)
-    table = npmi_lib.score_counts(counts, min_count=config.npmi.min_count,
-                                  min_scored_fraction=floor, source="config.data.fasta")
-    local.mkdir(parents=True, exist_ok=True)
-    npmi_lib.write_table(table, os.fspath(cache))
-    stamp.write_text(json.dumps(fingerprint))
-    if local != remote:
-      remote.mkdir(parents=True, exist_ok=True)
-      for f in local.iterdir():
-        (remote / f.name).write_bytes(f.read_bytes())
-    logging.info("NPMI table from %d FASTA file(s) in %.1f s -> %s", len(fasta_paths),
-                 time.time() - t0, remote)
-  _sync("npmi")
-  if not cache.exists():  # Another host's local cache, next to a cloud workdir.
-    local.mkdir(parents=True, exist_ok=True)
-    for f in remote.iterdir():
-      (local / f.name).write_bytes(f.read_bytes())
-  return npmi_lib.load_lookup(os.fspath(cache), k=config.data.k, min_scored_fraction=floor)
-
-
-def _hash(obj: Any) -> str:
-  import hashlib  # pylint: disable=g-import-not-at-top
-  return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _build_corpus(tfds_dir: str, fasta_paths: list[str], chunking: genome.ChunkConfig,
-                  num_workers: int = 0):
-  # An empty corpus is a genome_tfds.CorpusError (a UserError) raised by the build itself.
-  return genome_tfds.build(tfds_dir, fasta_paths, chunking, num_workers=num_workers)
-
-
-@contextlib.contextmanager
-def _quiet_tfds():
-  """TFDS logs every config it opens at WARNING level; keep the run's output readable."""
-  with _quiet_logs(logging.ERROR):
-    yield
-
-
-_quiet_logs = resume.quiet_logs  # absl logging at `level` and above only, inside the block.
-
-
-_sync = resume.sync  # Waits for every process (a no-op with one).
-
-
-# ----------------------------------------------------------------------------- eval data
-def fixed_eval_batches(config, eval_data, rank: np.ndarray) -> list[dict[str, np.ndarray]]:
-  """Masks the held-out batches once with fixed keys: every evaluation sees the same masks."""
-  key = jax.random.key(config.seed + 7919)
-  batches = []
-  for i, batch in enumerate(eval_data):
-    m = masking.mask_batch(jax.random.fold_in(key, i), jnp.asarray(batch["input_ids"]),
-                           jnp.asarray(rank), config.masking.strategy,
-                           max_predictions=config.masking.max_predictions,
-                           **masking_options(config))
-    m = jax.device_get(m)
-    batches.append({"input_ids": m.masked_ids, "masked_lm_positions": m.masked_lm_positions,
-                    "masked_lm_ids": m.masked_lm_ids, "masked_lm_weights": m.masked_lm_weights})
-  return batches
-
-
-def chunk_config_of(config: ml_collections.ConfigDict) -> genome.ChunkConfig:
-  """The paper's chunking for this block size: chunks of max_len - 1 bp (511 for 512)."""
-  d = config.data
-  return genome.ChunkConfig(
-      seed=config.seed, max_chunk_bp=d.max_len - 1, min_chunk_bp=d.min_chunk_bp,
-      p_max_chunk=d.long_chunk_prob, validation_fraction=d.validation_fraction,
-      join_across_n=d.join_across_n, k=d.k, max_len=d.max_len)
-
-
-def masking_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  m = config.masking
-  opts: dict[str, Any] = {"random_over": m.random_over}
-  if m.p is not None:
-    opts["p"] = m.p
-  if m.strategy == "genemask":
-    opts.update(rank_source=m.rank_source, all_high_if_few=m.all_high_if_few,
-                specials_rank_zero=bool(m.get("specials_rank_zero", False)))
-  return opts
-
-
+# ----------------------------------------------------------------------------- model, step
 def optimizer_of(config: ml_collections.ConfigDict) -> tuple[Any, Any]:
   """(learning-rate schedule, AdamW transformation) from ``config.optim`` and the steps."""
   schedule = optim.make_lr_schedule(total_steps=config.train.num_steps,
@@ -364,7 +248,8 @@ def train_step_of(config: ml_collections.ConfigDict, model: Any, tx: Any, schedu
   so that the check compiles exactly the step a run executes.
   """
   mask_fn = masking.make_mask_fn(rank, config.masking.strategy,
-                                 config.masking.max_predictions, **masking_options(config))
+                                 config.masking.max_predictions,
+                                 **sources.masking_options(config))
   return step_lib.make_mlm_train_step(model, tx, mask_fn, learning_rate_fn=schedule,
                                       num_microbatches=config.train.grad_accum_steps)
 
@@ -449,38 +334,22 @@ def _check_finite(history: list[tuple[int, Any]]) -> None:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        init_from_hf: str | None = None) -> dict[str, float]:
   """Runs pretraining; returns the final evaluation metrics."""
-  # --- Setup: every check that can fail runs before anything is written. -----------------
+  # --- Setup. The checks that need no corpus build run before anything is written to the
+  # workdir (the writability probes leave nothing behind): config, workdir, FASTA files, a
+  # given NPMI table, HF weights, probe data, mesh. The corpus's own checks (empty, smaller
+  # than a batch, a corpus NPMI table below the floor) run as it is built, after the lock
+  # and config.json.
   validate_config(config)
   cfg = model_config_of(config)
   workdir = resolve_workdir(workdir)
   resuming = check_workdir(workdir, config, cfg)  # Reads only; the probes below write.
   check_writable_dir(workdir, "--workdir")
   check_writable_dir(workdir / "checkpoints", "--workdir's checkpoints directory")
-  is_main = jax.process_index() == 0
   if config.data.tfds_dir:
     check_writable_dir(resolve_workdir(config.data.tfds_dir), "config.data.tfds_dir")
-  fasta_paths = fasta_paths_of(config)
-  # A given NPMI table is read now; one computed from the corpus after the dataset build.
-  lookup = (npmi_lookup(config, fasta_paths, workdir) if config.npmi.source != "corpus"
-            else None)
-  hf_init = None
-  if init_from_hf:
-    hf_init = hf.load_hf_for_init(init_from_hf, cfg, k=config.data.k)
-
-  # --- In-training few-shot probe (linear probe on frozen features), data checked now. ----
-  probe = None
-  if config.probe.every > 0:
-    from genemask_jax import finetune  # pylint: disable=g-import-not-at-top
-    from genemask_jax.data import tasks  # pylint: disable=g-import-not-at-top
-    shots = [int(x) for x in str(config.probe.shots).split(",") if x.strip()]
-    specs = {t.strip(): shots for t in config.probe.tasks.split(",") if t.strip()}
-    try:
-      probe_data = finetune.probe_tasks_from_data(
-          specs, tasks.resolve_data_dir(config.probe.data_dir or None),
-          max_test_examples=config.probe.max_test_examples)
-    except ValueError as e:
-      raise UserError(f"config.probe: {e}") from e
-    probe = finetune.make_in_training_probe(cfg, probe_data)
+  inputs = sources.check_inputs(config, workdir)
+  hf_init = hf.load_hf_for_init(init_from_hf, cfg, k=config.data.k) if init_from_hf else None
+  probe = evaluators.ProbeEvaluator.from_config(config, cfg)  # None when config.probe is off.
 
   # --- Mesh. ----------------------------------------------------------------------------
   mesh = sharding_lib.make_mesh(tuple(config.mesh.shape), tuple(config.mesh.axes))
@@ -493,52 +362,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   workdir.mkdir(parents=True, exist_ok=True)
   lock = workdir_lib.WorkdirLock(workdir)
-  if is_main:
+  if jax.process_index() == 0:
     lock.acquire()
   try:
-    return _train_locked(config, cfg, workdir, resuming=resuming, fasta_paths=fasta_paths,
-                         probe=probe, mesh=mesh, rules=rules, lookup=lookup, hf_init=hf_init)
+    return _train_locked(config, cfg, workdir, resuming=resuming, inputs=inputs, probe=probe,
+                         mesh=mesh, rules=rules, hf_init=hf_init)
   finally:
     lock.release()
 
 
 def _train_locked(config: ml_collections.ConfigDict, cfg: model_lib.ModelConfig,
-                  workdir: epath.Path, *, resuming: bool, fasta_paths: list[str], probe: Any,
-                  mesh: jax.sharding.Mesh, rules: Any, lookup: npmi_lib.NpmiLookup | None,
-                  hf_init: Any) -> dict[str, float]:
+                  workdir: epath.Path, *, resuming: bool, inputs: sources.Inputs,
+                  probe: evaluators.ProbeEvaluator | None, mesh: jax.sharding.Mesh,
+                  rules: Any, hf_init: Any) -> dict[str, float]:
   """`train_and_evaluate` after its checks, with the workdir locked."""
   is_main = jax.process_index() == 0
   if is_main:
     workdir_lib.write_config(workdir, cfg, size=config.model.size,
                              config=json.loads(config.to_json_best_effort()))
 
-  # --- Data: corpus -> TFDS array_record -> grain, each process its own rows. --------------
-  chunking = chunk_config_of(config)
-  tfds_dir = config.data.tfds_dir or os.fspath(workdir / "tfds")
-  with _quiet_tfds():
-    if is_main:  # One process builds; the others wait, then open the same build.
-      _build_corpus(tfds_dir, fasta_paths, chunking, config.data.num_workers)
-    _sync("tfds")
-    builder = _build_corpus(tfds_dir, fasta_paths, chunking)
-  sources = genome_tfds.data_sources(builder)
-  local_batch = config.train.batch_size // jax.process_count()
-  # Fails early if the corpus is smaller than one batch; the reading iterator is made
-  # after the restore, at the restored step.
-  pipeline.train_dataset(sources["train"], local_batch_size=local_batch,
-                         seed=config.data.shuffle_seed, process_index=jax.process_index(),
-                         process_count=jax.process_count())
-  eval_data = pipeline.eval_dataset(
-      sources["validation"], local_batch_size=config.eval.batch_size // jax.process_count(),
-      num_examples=config.eval.num_examples, process_index=jax.process_index(),
-      process_count=jax.process_count())
-  if len(eval_data) == 0:
-    raise UserError(f"the validation split has {len(sources['validation'])} examples, fewer "
-                    f"than config.eval.batch_size={config.eval.batch_size}; use a larger corpus")
-
-  # --- NPMI lookup. -----------------------------------------------------------------------
-  if lookup is None:
-    lookup = npmi_lookup(config, fasta_paths, workdir)
-  rank = np.asarray(lookup.rank, np.int32)
+  # --- Data: corpus -> TFDS array_record -> grain, NPMI rank, fixed eval batches. ---------
+  data = sources.get_datasets(config, workdir, inputs)
 
   # --- Model, optimizer, state created sharded. -------------------------------------------
   model = model_lib.BertForMaskedLM(cfg)
@@ -566,106 +410,64 @@ def _train_locked(config: ml_collections.ConfigDict, cfg: model_lib.ModelConfig,
       print(f"resumed from {ckpts.directory / str(start_step)} at step {start_step}",
             flush=True)
 
-  # The data position is the step: global batch s is the same on any process count.
-  data = pipeline.train_iterator(
-      sources["train"], local_batch_size=local_batch, seed=config.data.shuffle_seed,
-      process_index=jax.process_index(), process_count=jax.process_count(),
-      worker_count=config.data.worker_count, start_batch=start_step)
-
-  # --- Steps. -----------------------------------------------------------------------------
-  train_step = step_lib.jit_train_step(train_step_of(config, model, tx, schedule, rank),
-                                       mesh, rules, state_shardings)
-  eval_step = step_lib.jit_eval_step(step_lib.make_mlm_eval_step(model), mesh, rules,
-                                     state_shardings.params)
-  eval_batches = fixed_eval_batches(config, eval_data, rank)
-  key = jax.random.key(config.seed + 1)
-
-  def evaluate(params) -> dict[str, float]:
-    sums = {"loss_sum": 0.0, "weight_sum": 0.0, "correct": 0.0}
-    for b in eval_batches:
-      out = eval_step(params, sharding_lib.global_batch_from_local(b, mesh, rules))
-      for k in sums:
-        sums[k] += float(out[k])
-    loss = sums["loss_sum"] / max(sums["weight_sum"], 1.0)
-    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)),
-            "accuracy": sums["correct"] / max(sums["weight_sum"], 1.0)}
-
   def save(step: int, wait: bool = False) -> None:
     ckpts.save(step, state, wait=wait, data={
         "next_batch": step, "global_batch_size": config.train.batch_size,
         "shuffle_seed": config.data.shuffle_seed})
     writer.flush()  # Also copies the logs to a cloud workdir.
 
+  # --- Steps and evaluators. --------------------------------------------------------------
+  train_step = step_lib.jit_train_step(train_step_of(config, model, tx, schedule, data.rank),
+                                       mesh, rules, state_shardings)
+  eval_step = step_lib.jit_eval_step(step_lib.make_mlm_eval_step(model), mesh, rules,
+                                     state_shardings.params)
+  evals: list[evaluators.Evaluator] = [evaluators.MlmEvaluator(
+      eval_step, data.eval_batches, mesh, rules, every=config.eval.every)]
+  if probe is not None:
+    evals.append(probe)
+
   # Rows past the restored step were written after the last save; those steps run again.
   writer = metrics_writer.MetricWriter(os.fspath(workdir), enabled=is_main,
                                        resume_step=start_step)
-  tokens_per_step = config.train.batch_size * config.data.max_len
-  # Model FLOPs per device per step, and the chip's dense bf16 peak (None if unknown): MFU.
-  flops_per_device = flops_lib.model_flops_per_step(
-      cfg, config.train.batch_size, config.data.max_len,
-      config.masking.max_predictions) / jax.device_count()
-  peak = flops_lib.peak_flops(getattr(jax.devices()[0], "device_kind", ""))
   if is_main:
-    mem = _per_device_bytes(state)
     summary = (f"model {config.model.size}: {n_params:,} parameters; mesh "
                f"{dict(mesh.shape)} over {jax.device_count()} {jax.devices()[0].platform} "
                f"device(s) in {jax.process_count()} process(es); train state "
-               f"{mem / 2**20:.1f} MiB per device; masking {config.masking.strategy}; "
-               f"batch {config.train.batch_size} x {config.data.max_len} tokens; steps "
-               f"{start_step}..{config.train.num_steps}")
+               f"{_per_device_bytes(state) / 2**20:.1f} MiB per device; masking "
+               f"{config.masking.strategy}; batch {config.train.batch_size} x "
+               f"{config.data.max_len} tokens; steps {start_step}..{config.train.num_steps}")
     print(summary, flush=True)
     writer.write_text("summary", summary)
 
   # --- Loop. ------------------------------------------------------------------------------
+  # The data position is the step: global batch s is the same on any process count.
+  batches = data.train_iterator(start_batch=start_step)
+  key = jax.random.key(config.seed + 1)
+  total = config.train.num_steps
+  log = _StepLog(config, cfg, writer, is_main, start_step)
   preemption = _Preemption()
-  history: list[tuple[int, Any]] = []
   step = start_step
-  t_last, step_last = time.time(), step
   final_eval: dict[str, float] = {}
   stopped_early = False
   try:
-    while step < config.train.num_steps:
-      batch = sharding_lib.global_batch_from_local(next(data), mesh, rules)
+    while step < total:
+      batch = sharding_lib.global_batch_from_local(next(batches), mesh, rules)
       state, metrics = train_step(state, batch, key)
       step += 1
-      history.append((step, metrics))
+      log.history.append((step, metrics))
       preempted = preemption.requested or ckpts.reached_preemption(step)
-      if step % config.train.log_every == 0 or step == config.train.num_steps or preempted:
-        _check_finite(history)
-        now = time.time()
-        rate = (step - step_last) / max(now - t_last, 1e-9)
-        scalars = {k: float(v) for k, v in history[-1][1].items()}
-        scalars.update(steps_per_sec=rate, tokens_per_sec=rate * tokens_per_step,
-                       tflops_per_device=rate * flops_per_device / 1e12)
-        if peak:
-          scalars["mfu"] = rate * flops_per_device / peak
-        writer.write_scalars(step, scalars, prefix="train/")
-        if is_main:
-          eta = (config.train.num_steps - step) / max(rate, 1e-9)
-          mfu = f"  MFU {100 * scalars['mfu']:.1f}%" if peak else ""
-          print(f"step {step}/{config.train.num_steps}  loss {scalars['loss']:.4f}  "
-                f"acc {scalars['accuracy']:.3f}  lr {scalars['learning_rate']:.2e}  "
-                f"{rate:.2f} steps/s  {rate * tokens_per_step:,.0f} tokens/s  "
-                f"{scalars['tflops_per_device']:.3g} TFLOP/s/device{mfu}  "
-                f"ETA {_fmt_time(eta)}", flush=True)
-        history.clear()
-        t_last, step_last = time.time(), step
-      if step % config.eval.every == 0 or step == config.train.num_steps:
-        final_eval = evaluate(state.params)
-        writer.write_scalars(step, final_eval, prefix="eval/")
-        if is_main:
-          print(f"eval step {step}: loss {final_eval['loss']:.4f}  perplexity "
-                f"{final_eval['perplexity']:.1f}  masked accuracy "
-                f"{final_eval['accuracy']:.3f}", flush=True)
-      if probe is not None and (step % config.probe.every == 0 or
-                                step == config.train.num_steps):
-        scores = probe(state.params)
-        writer.write_scalars(step, scores)
-        if is_main:
-          print(f"probe step {step}: " + "  ".join(
-              f"{k.removeprefix('fewshot/')} {v:.3f}" for k, v in scores.items()), flush=True)
-      if step % config.train.checkpoint_every == 0 or step == config.train.num_steps or preempted:
-        _check_finite(history)
+      if evaluators.itstime(step, config.train.log_every, total) or preempted:
+        log.write(step)
+      for ev in evals:
+        if evaluators.itstime(step, ev.every, total):
+          results = ev.run(state, step)
+          writer.write_scalars(step, results, prefix=ev.prefix)
+          if is_main:
+            print(ev.describe(step, results), flush=True)
+          if ev.name == evaluators.MlmEvaluator.name:
+            final_eval = results
+      if evaluators.itstime(step, config.train.checkpoint_every, total) or preempted:
+        _check_finite(log.history)
         save(step, wait=preempted)
       if preempted:
         if is_main:
@@ -680,3 +482,41 @@ def _train_locked(config: ml_collections.ConfigDict, cfg: model_lib.ModelConfig,
   if stopped_early:
     raise Preempted(step, preemption.signum)
   return final_eval
+
+
+class _StepLog:
+  """The train/ scalars and console line every config.train.log_every steps: the loss
+  history since the last line (checked finite), throughput, TFLOP/s and MFU."""
+
+  def __init__(self, config: ml_collections.ConfigDict, cfg: model_lib.ModelConfig,
+               writer: metrics_writer.MetricWriter, is_main: bool, start_step: int):
+    self.history: list[tuple[int, Any]] = []
+    self._total = config.train.num_steps
+    self._writer, self._is_main = writer, is_main
+    self._tokens_per_step = config.train.batch_size * config.data.max_len
+    # Model FLOPs per device per step, and the chip's dense bf16 peak (None if unknown).
+    self._flops_per_device = flops_lib.model_flops_per_step(
+        cfg, config.train.batch_size, config.data.max_len,
+        config.masking.max_predictions) / jax.device_count()
+    self._peak = flops_lib.peak_flops(getattr(jax.devices()[0], "device_kind", ""))
+    self._t_last, self._step_last = time.time(), start_step
+
+  def write(self, step: int) -> None:
+    _check_finite(self.history)
+    rate = (step - self._step_last) / max(time.time() - self._t_last, 1e-9)
+    scalars = {k: float(v) for k, v in self.history[-1][1].items()}
+    scalars.update(steps_per_sec=rate, tokens_per_sec=rate * self._tokens_per_step,
+                   tflops_per_device=rate * self._flops_per_device / 1e12)
+    if self._peak:
+      scalars["mfu"] = rate * self._flops_per_device / self._peak
+    self._writer.write_scalars(step, scalars, prefix="train/")
+    if self._is_main:
+      eta = (self._total - step) / max(rate, 1e-9)
+      mfu = f"  MFU {100 * scalars['mfu']:.1f}%" if self._peak else ""
+      print(f"step {step}/{self._total}  loss {scalars['loss']:.4f}  "
+            f"acc {scalars['accuracy']:.3f}  lr {scalars['learning_rate']:.2e}  "
+            f"{rate:.2f} steps/s  {rate * self._tokens_per_step:,.0f} tokens/s  "
+            f"{scalars['tflops_per_device']:.3g} TFLOP/s/device{mfu}  "
+            f"ETA {_fmt_time(eta)}", flush=True)
+    self.history.clear()
+    self._t_last, self._step_last = time.time(), step

@@ -1,4 +1,5 @@
 """Every shipped config and preset loads, validates and builds its model abstractly."""
+import importlib.util
 import pathlib
 import subprocess
 import sys
@@ -8,6 +9,7 @@ import jax.numpy as jnp
 import pytest
 
 from genemask_jax import model as model_lib
+from genemask_jax import train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PRESETS = ["default", "test", "logo", "dnabert_base", "paper", "large", "paper,dnabert",
@@ -15,7 +17,6 @@ PRESETS = ["default", "test", "logo", "dnabert_base", "paper", "large", "paper,d
 
 
 def _load(arg):
-  import importlib.util  # pylint: disable=g-import-not-at-top
   spec = importlib.util.spec_from_file_location("pretrain_cfg", ROOT / "configs" / "pretrain.py")
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
@@ -28,7 +29,6 @@ def test_every_config_file_is_covered():
 
 @pytest.mark.parametrize("preset", PRESETS)
 def test_preset_loads_and_builds_model_abstractly(preset):
-  from genemask_jax import train  # pylint: disable=g-import-not-at-top
   config = _load(preset)
   train.validate_config(config)
   cfg = train.model_config_of(config)
@@ -41,7 +41,6 @@ def test_preset_loads_and_builds_model_abstractly(preset):
 
 @pytest.mark.parametrize("preset", ["default", "dnabert_base", "paper", "large"])
 def test_dtype_auto_by_default_and_a_bad_dtype_names_the_key(preset, monkeypatch):
-  from genemask_jax import train  # pylint: disable=g-import-not-at-top
   config = _load(preset)
   assert config.model.dtype == "auto"  # bfloat16 on GPU/TPU without a flag.
   assert train.model_config_of(config).dtype == "float32"  # The tests run on CPU.
@@ -65,6 +64,22 @@ def test_paper_preset_is_script_a():
 def test_unknown_preset_names_the_known_ones():
   with pytest.raises(ValueError, match="unknown preset 'tiyn'.*known: default, test"):
     _load("tiyn")
+
+
+def test_every_preset_overrides_existing_keys_only():
+  spec = importlib.util.spec_from_file_location("pretrain_cfg", ROOT / "configs" / "pretrain.py")
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  base = mod.get_config("default")
+  for name, overrides in mod.PRESETS.items():
+    c = mod.get_config(name)
+    for key, value in overrides.items():
+      section, field = key.split(".")
+      assert field in base[section], f"preset {name!r}: {key} is not a config key"
+      assert c[section][field] == value, (name, key)
+  assert mod.get_config("paper,dnabert").masking.strategy == "dnabert"  # Later ones win.
+  assert mod.get_config("dnabert,paper").masking.strategy == "dnabert"  # paper keeps it.
+  assert mod.get_config("").preset == "default"
 
 
 def test_misspelt_override_fails_naming_closest_key(tmp_path):

@@ -166,9 +166,9 @@ def test_check_output_path_probes_the_directory(tmp_path, monkeypatch):
 
 
 def test_pretraining_applies_the_floor_for_genemask_only(tmp_path):
-  """config.npmi.min_scored_fraction reaches the NPMI computation of train.npmi_lookup."""
+  """config.npmi.min_scored_fraction reaches the NPMI computation of sources.npmi_lookup."""
   from etils import epath
-  from genemask_jax import train
+  from genemask_jax.data import sources
   sys.path.insert(0, str(REPO))
   try:
     from configs import pretrain
@@ -181,13 +181,13 @@ def test_pretraining_applies_the_floor_for_genemask_only(tmp_path):
   with pytest.raises(npmi.NpmiError, match=r"config\.data\.fasta .*min_count=101\): \d+ of 4096 "
                      r"6-mers scored.*lower npmi\.min_count or use the authors' table: "
                      r"--config=configs/pretrain\.py:authors_npmi"):
-    train.npmi_lookup(config, [str(fa)], workdir)
+    sources.npmi_lookup(config, [str(fa)], workdir)
   assert not (workdir / "npmi" / "table.csv").exists()  # Nothing cached.
   config.npmi.min_scored_fraction = 0.0
-  assert npmi.scored_count(train.npmi_lookup(config, [str(fa)], workdir)) < 100
+  assert npmi.scored_count(sources.npmi_lookup(config, [str(fa)], workdir)) < 100
   # Other masking strategies do not read the ranks: no floor.
   config = pretrain.get_config("test,dnabert")
-  train.npmi_lookup(config, [str(fa)], epath.Path(tmp_path / "wd2"))
+  sources.npmi_lookup(config, [str(fa)], epath.Path(tmp_path / "wd2"))
 
 
 # ------------------------------------------------------------------------- few-shot

@@ -50,6 +50,9 @@ import zipfile
 import zlib
 from typing import Callable, Iterable, Sequence
 
+from absl import app
+from absl import flags
+
 from genemask_jax import errors
 
 _UCSC = "https://hgdownload.soe.ucsc.edu/goldenPath/hg38/"
@@ -539,7 +542,6 @@ def download_gue(data_dir: str | os.PathLike, *, url: str | None = None,
 
 def main(argv: Sequence[str]) -> None:
   """absl entry point; flags are defined in `run`."""
-  from absl import flags  # pylint: disable=g-import-not-at-top
   if len(argv) > 1:
     raise SystemExit(f"unexpected arguments {argv[1:]}")
   f = flags.FLAGS
@@ -566,7 +568,6 @@ def main(argv: Sequence[str]) -> None:
 
 
 def _define_flags() -> None:
-  from absl import flags  # pylint: disable=g-import-not-at-top
   flags.DEFINE_string("data_dir", None, "destination data dir", required=True)
   flags.DEFINE_list("what", list(DEFAULT_WHAT),
                     "what to fetch: fewshot, npmi, hg38 (whole genome) or chr1..chr22, chrX, "
@@ -579,7 +580,6 @@ def _define_flags() -> None:
 
 def run() -> None:
   """Console-script entry point."""
-  from absl import app  # pylint: disable=g-import-not-at-top
   _define_flags()
   app.run(main)
 

@@ -12,14 +12,12 @@ Every batch is a dict of numpy arrays::
 which the trainer turns into a global array with
 ``jax.make_array_from_process_local_data``.
 
-The training iterator is a ``grain.DatasetIterator``; its position is a small JSON-able
-dict, so resuming is exact::
+Resuming needs no iterator state: global batch ``s`` is a function of (source, seed, s)
+only, so the trainer saves the step with its checkpoint and starts a new iterator there,
+exactly and on any number of processes::
 
-  it = pipeline.train_iterator(source, local_batch_size=8, seed=0)
-  state = it.get_state()          # save (or orbax: grain.checkpoint.CheckpointSave(it))
-  ...
-  it = pipeline.train_iterator(source, local_batch_size=8, seed=0)
-  it.set_state(state)             # next(it) is the batch that came after the save
+  it = pipeline.train_iterator(source, local_batch_size=8, seed=0, start_batch=step)
+  next(it)                        # global batch `step`, this process's rows of it
 
 The evaluation set is fixed: the first ``num_examples`` of the validation split, in file
 order, rounded down to whole global batches so every process gets the same number of

@@ -27,10 +27,13 @@ from typing import Any, Sequence
 
 from absl import app
 from absl import flags
+import tensorflow_datasets as tfds
 
 from genemask_jax import errors
+from genemask_jax.data import fewshot_tfds
 from genemask_jax.data import genome
 from genemask_jax.data import genome_tfds
+from genemask_jax.data import tasks as tasks_lib
 
 _TFDS_DIR = flags.DEFINE_string("tfds_dir", None, "TFDS data dir to write", required=True)
 _FASTA = flags.DEFINE_list("fasta", [], "genome FASTA files (plain or gzip); empty: the "
@@ -78,14 +81,7 @@ def prepare(tfds_dir: str, fasta_paths: Sequence[str] | None = None,
   if num_workers < 0:
     raise PrepareError(f"--num_workers must be >= 0 (0: all cores), got {num_workers}")
   config = genome_tfds.make_config(fasta_paths or None, chunk_cfg) if build_genome else None
-  fewshot_tfds = None
   if fewshot_data_dir is not None:
-    try:
-      from genemask_jax.data import fewshot_tfds  # pylint: disable=g-import-not-at-top
-      from genemask_jax.data import tasks as tasks_lib  # pylint: disable=g-import-not-at-top
-    except ImportError as e:
-      raise RuntimeError("few-shot datasets need genemask_jax.data.fewshot_tfds, which "
-                         f"could not be imported: {e}") from e
     for name in tasks or ():
       tasks_lib.get_task(name)  # Unknown task names fail here.
     # The few-shot build checks every file first and is quick: do it before the genome.
@@ -117,7 +113,6 @@ def prepare(tfds_dir: str, fasta_paths: Sequence[str] | None = None,
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   tfds.disable_progress_bar()
   try:
     chunk_cfg = genome.ChunkConfig(seed=_SEED.value, join_across_n=_JOIN.value,

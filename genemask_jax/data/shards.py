@@ -27,6 +27,7 @@ import os
 import zlib
 from typing import Any
 
+from array_record.python import array_record_module
 import numpy as np
 
 from genemask_jax import tokenizer
@@ -317,7 +318,6 @@ def write_unit(unit: Unit | RangeUnit, work_dir: str) -> dict[str, Any]:
   Returns:
     {"index", "digest", "examples": {split: n}, "bytes": {split: file size}}.
   """
-  from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
   digest = unit.digest()
   if isinstance(unit, RangeUnit):
     unit = unit.load()
