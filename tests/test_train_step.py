@@ -155,3 +155,123 @@ def test_token_types_reach_the_model_and_eval_is_deterministic(setup):
       "masked_lm_weights": masks.masked_lm_weights})
   np.testing.assert_allclose(sums["loss_sum"] / sums["weight_sum"], loss, rtol=1e-5)
   np.testing.assert_allclose(sums["correct"] / sums["weight_sum"], accuracy, rtol=1e-6)
+
+
+# A model whose dropout is on: the step must train it with dropout, drawn from the key.
+DROPOUT_MODEL = model_lib.BertForMaskedLM(dataclasses.replace(
+    CFG, dropout_rate=0.2, attention_dropout_rate=0.2))
+
+
+def _keyed_mask_fn(masks: _Masks):
+  """A mask_fn whose masks depend on both its key and the ids it is given."""
+
+  def mask_fn(key, ids):
+    keep = jax.random.bernoulli(key, 0.6, masks.masked_lm_weights.shape)
+    masked_ids = jnp.where(jnp.asarray(masks.masked_ids) == tokenizer.MASK_ID,
+                           tokenizer.MASK_ID, ids)
+    return _Masks(masked_ids, jnp.asarray(masks.masked_lm_positions),
+                  jnp.asarray(masks.masked_lm_ids),
+                  jnp.asarray(masks.masked_lm_weights) * keep)
+
+  return mask_fn
+
+
+@pytest.mark.parametrize("num_microbatches", [1, 3])
+def test_masks_dropout_and_update_follow_the_documented_keys(setup, num_microbatches):
+  """The documented randomness and update of one step, checked against a reference.
+
+  ``k = fold_in(key, step)`` is split into the masking key (given to ``mask_fn`` with the
+  batch's ids) and the dropout key (micro-batch i of M > 1 uses ``fold_in(dropout_key,
+  i)`` on rows i, i+M, ...); the optimizer gets the normalised gradient and the params;
+  ``learning_rate`` is the schedule at the step. A resumed run relies on all of it.
+  """
+  params, ids, masks = setup
+  mask_fn = _keyed_mask_fn(masks)
+  # The metric reads the schedule at state.step; the update uses the optimizer's own count
+  # (the same in a run, not in this state made up at step 5), so it gets a fixed rate.
+  schedule = optax.linear_schedule(0.5, 0.1, 10)
+  lr = 0.3
+  optimizer = optax.chain(optax.add_decayed_weights(0.01), optax.sgd(lr))
+  step = train_step.make_mlm_train_step(DROPOUT_MODEL, optimizer, mask_fn,
+                                        learning_rate_fn=schedule,
+                                        num_microbatches=num_microbatches)
+  key, at_step = jax.random.key(7), 5
+  state = train_step.init_train_state(params, optimizer).replace(
+      step=jnp.asarray(at_step, jnp.int32))
+  new_state, metrics = jax.jit(step)(state, {"input_ids": ids}, key)
+
+  mask_key, dropout_key = jax.random.split(jax.random.fold_in(key, at_step))
+  m = mask_fn(mask_key, jnp.asarray(ids))
+  m_rows = int(np.count_nonzero(np.asarray(m.masked_lm_weights)))
+  assert 0 < m_rows < int(masks.masked_lm_weights.sum())  # the key did drop some slots
+  micro = ([(slice(None), dropout_key)] if num_microbatches == 1 else
+           [(slice(i, None, num_microbatches), jax.random.fold_in(dropout_key, i))
+            for i in range(num_microbatches)])
+
+  def sums(p):
+    loss, correct = 0.0, 0.0
+    for rows, dkey in micro:
+      logits = DROPOUT_MODEL.apply({"params": p}, m.masked_ids[rows],
+                                   masked_positions=m.masked_lm_positions[rows],
+                                   deterministic=False, rngs={"dropout": dkey})
+      w = m.masked_lm_weights[rows]
+      logp = jax.nn.log_softmax(logits)
+      nll = -jnp.take_along_axis(logp, m.masked_lm_ids[rows][..., None], -1)[..., 0]
+      loss += jnp.sum(nll * w)
+      correct += jnp.sum((logits.argmax(-1) == m.masked_lm_ids[rows]) * w)
+    return loss / m_rows, correct / m_rows
+
+  (loss, accuracy), grads = jax.jit(jax.value_and_grad(sums, has_aux=True))(params)
+  np.testing.assert_allclose(metrics["loss"], loss, rtol=1e-5)
+  np.testing.assert_allclose(metrics["accuracy"], accuracy, rtol=1e-6)
+  assert float(metrics["num_masked"]) == m_rows
+  assert metrics["learning_rate"].dtype == jnp.float32
+  np.testing.assert_allclose(metrics["learning_rate"], float(schedule(at_step)), rtol=1e-6)
+  scale = max(float(np.abs(g).max()) for g in jax.tree.leaves(grads))
+  jax.tree.map(lambda got, p, g: np.testing.assert_allclose(
+      got, p - lr * (g + 0.01 * p), rtol=1e-4, atol=lr * 1e-5 * scale),
+               new_state.params, params, grads)
+  assert int(new_state.step) == at_step + 1
+  # The same key and step repeat the step exactly; the next step draws afresh.
+  _, again = jax.jit(step)(state, {"input_ids": ids}, key)
+  assert float(again["loss"]) == float(metrics["loss"])
+  _, later = jax.jit(step)(state.replace(step=state.step + 1), {"input_ids": ids}, key)
+  assert float(later["loss"]) != float(metrics["loss"])
+
+
+@pytest.mark.parametrize("num_real", [0, 1])
+def test_a_batch_with_one_or_no_masked_slot(setup, num_real):
+  """No masked slot: loss, accuracy and gradient are 0, not nan; one slot: its own loss."""
+  params, ids, masks = setup
+  weights = np.zeros_like(masks.masked_lm_weights)
+  weights[0, :num_real] = 1.0
+  one = masks._replace(masked_lm_weights=weights)
+  step = train_step.make_mlm_train_step(MODEL, _grad_recorder(), lambda key, x: one)
+  new_state, metrics = jax.jit(step)(train_step.init_train_state(params, _grad_recorder()),
+                                     {"input_ids": ids}, jax.random.key(1))
+  assert float(metrics["num_masked"]) == num_real
+  if num_real == 0:
+    assert float(metrics["loss"]) == 0.0 and float(metrics["accuracy"]) == 0.0
+    assert float(metrics["grad_norm"]) == 0.0
+    assert all(not np.any(g) for g in jax.tree.leaves(new_state.opt_state))
+  else:
+    loss, grads, accuracy, _ = _reference(params, one)
+    np.testing.assert_allclose(metrics["loss"], loss, rtol=1e-5)
+    np.testing.assert_allclose(metrics["accuracy"], accuracy)
+    norm = np.sqrt(sum(np.sum(np.square(g)) for g in jax.tree.leaves(grads)))
+    np.testing.assert_allclose(metrics["grad_norm"], norm, rtol=1e-4)
+
+
+def test_step_arguments_are_checked_before_tracing(setup):
+  """Each misuse names what was expected."""
+  _, ids, masks = setup
+  with pytest.raises(ValueError, match="num_microbatches must be >= 1, got 0"):
+    train_step.make_mlm_train_step(MODEL, _grad_recorder(), lambda key, x: masks,
+                                   num_microbatches=0)
+  state = train_step.init_train_state({"w": jnp.zeros(())}, _grad_recorder())
+  step = train_step.make_mlm_train_step(MODEL, _grad_recorder(), lambda key, x: masks,
+                                        num_microbatches=2)
+  with pytest.raises(ValueError, match=r"batch size 3 is not divisible by num_microbatches=2"):
+    step(state, {"input_ids": jnp.asarray(ids)}, jax.random.key(0))
+  with pytest.raises(ValueError, match=r"must be \(batch, length\), got \(16,\)"):
+    step(state, {"input_ids": jnp.asarray(ids[0])}, jax.random.key(0))
