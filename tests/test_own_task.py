@@ -140,20 +140,39 @@ def test_bad_datasets_are_one_clear_error(tmp_path, files, task_type, match):
 
 
 def test_prediction_inputs_fasta_gzip_and_csv(tmp_path):
+  """The one reader of embed, predict and finetune: FASTA, CSV, gzip, spaced k-mers."""
   fa = tmp_path / "x.fa.gz"
   with gzip.open(fa, "wt") as f:
     f.write(">seq1 some description\nACGTAC\nGTAA\n>seq2\nttttgggccc\n")
-  assert labelled.read_sequences(fa) == (["seq1", "seq2"], ["ACGTACGTAA", "TTTTGGGCCC"])
+  assert labelled.read_sequences(fa) == (["seq1 some description", "seq2"],
+                                         ["ACGTACGTAA", "TTTTGGGCCC"])
   c = tmp_path / "x.csv"
   c.write_text("id,sequence\nr1,ACGTACGT\nr2,GGGGCCCC\n")
   assert labelled.read_sequences(c) == (["r1", "r2"], ["ACGTACGT", "GGGGCCCC"])
-  (tmp_path / "empty.fa").write_text("")
-  with pytest.raises(labelled.DatasetError, match="empty.fa: empty file"):
-    labelled.read_sequences(tmp_path / "empty.fa")
-  (tmp_path / "noseq.csv").write_text("name,seq\nx,ACGT\n")
-  with pytest.raises(labelled.DatasetError, match="noseq.csv:1: header .* has no sequence "
-                     "column"):
-    labelled.read_sequences(tmp_path / "noseq.csv")
+  gz = tmp_path / "k.csv.gz"
+  with gzip.open(gz, "wt") as f:
+    f.write("sequence,label\nACGTAC CGTACG GTACGG,1\n\nttgcaa,0\n")
+  assert labelled.read_sequences(gz) == (["line2", "line4"], ["ACGTACGG", "TTGCAA"])
+  noext = tmp_path / "records"
+  noext.write_text("\n>a\nACGT\n")
+  assert labelled.read_sequences(noext) == (["a"], ["ACGT"])
+
+
+@pytest.mark.parametrize("name, text, match", [
+    ("empty.fa", "", r"empty.fa: empty file"),
+    ("empty.csv", "", r"empty.csv: empty file"),
+    ("noseq.csv", "name,seq\nx,ACGT\n", r"noseq.csv:1: no 'sequence' column \(columns: "
+     r"name, seq\)"),
+    ("cell.csv", "name,sequence\nx,\n", r"cell.csv:2: empty 'sequence' cell"),
+    ("gap.csv", "sequence\nAC-GT\n", r"gap.csv:2: sequence holds '-'; expected bases"),
+    ("kmers.csv", "sequence\nACGTAC TTTTTT\n", r"kmers.csv:2: k-mers 1 \(ACGTAC\) and 2"),
+    ("header.csv", "sequence,label\n", r"header.csv: no sequences"),
+    ("bad.fa", ">a\nACGT\nnot fasta >\n", r"bad.fa"),
+])
+def test_bad_sequence_files_are_one_clear_error(tmp_path, name, text, match):
+  (tmp_path / name).write_text(text)
+  with pytest.raises(labelled.DatasetError, match=match):
+    labelled.read_sequences(tmp_path / name)
 
 
 # ------------------------------------------------------------------------------ metrics
