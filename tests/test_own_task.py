@@ -20,6 +20,7 @@ from scipy import stats
 
 from genemask_jax import model as model_lib
 from genemask_jax import predict as predict_lib
+from genemask_jax import tokenizer
 from genemask_jax.data import labelled
 from genemask_jax.finetune import classifier
 from genemask_jax.finetune import metrics
@@ -213,6 +214,38 @@ def test_dev_selection_keeps_the_best_epoch_and_scores_test_with_it(tmp_path):
   assert res.test_metrics == metrics.classification_metrics(ds.test.labels, probs)
 
 
+def test_long_sequences_train_as_windows_and_score_as_their_windows_mean(tmp_path):
+  """At input length 22 (20 k-mers) a 40 bp row (35 k-mers) is 3 windows: k-mers 0-19,
+  10-29 and 15-34 (the last moved back to the end), i.e. bases 0-24, 10-34, 15-39."""
+  write_gue(tmp_path, classes=(0, 1))
+  ds = labelled.load_dataset(tmp_path / "prom" / "toy")
+  cfg = classifier.classifier_config(model_lib.model_config("tiny", **MICRO), 0.0)
+  data = own_task.encode_dataset(ds, cfg.max_len, max_len=22)
+  assert data.max_len == 22 and data.windowed == 96 + 30 + 30
+  cuts = ((0, 25), (10, 35), (15, 40))
+
+  def by_hand(seqs):
+    return tokenizer.pack([tokenizer.encode(s[a:b], 6) for s in seqs for a, b in cuts], 22)
+
+  # Training rows: every window, with its sequence's label.
+  np.testing.assert_array_equal(data.train.ids, by_hand(ds.train.sequences))
+  np.testing.assert_array_equal(data.train.window_labels, np.repeat(ds.train.labels, 3))
+  hp = own_task.resolve_hparams({"epochs": 1, "learning_rate": 1e-3, "batch_size": 32}, 22)
+  res = own_task.train_seed(cfg, None, data, hp, seed=0, patience=0, progress=False)
+  # Test scores: the mean of each sequence's three windows' probabilities.
+  model = saved.SavedModel(cfg, res.params, "classification", ds.label_values, 22, 6, {})
+  per_window = saved.predict_ids(model, by_hand(ds.test.sequences)).reshape(30, 3, 2)
+  np.testing.assert_allclose(res.test_outputs, per_window.mean(1), atol=1e-5)
+  assert res.test_metrics == metrics.classification_metrics(ds.test.labels, res.test_outputs)
+  np.testing.assert_allclose(saved.predict(model, ds.test.sequences), res.test_outputs,
+                             atol=1e-5)
+  # --max_windows=2 keeps the first and the last window.
+  two = own_task.encode_dataset(ds, cfg.max_len, max_len=22, max_windows=2)
+  np.testing.assert_array_equal(two.test.ids[:2], by_hand(ds.test.sequences[:1])[[0, 2]])
+  np.testing.assert_allclose(saved.predict(model, ds.test.sequences[:3], max_windows=2),
+                             per_window[:3, [0, 2]].mean(1), atol=1e-5)
+
+
 # ------------------------------------------------------------------------------ commands
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
@@ -252,23 +285,34 @@ def test_predict_command_writes_probabilities_and_labels(trained):
   tmp, _, model_dir, _ = trained
   fa = tmp / "new.fa.gz"
   rng = np.random.default_rng(5)
-  rows = _rows(5, rng) + [("ACGT" * 200, "0")]  # The last is longer than max_len.
+  long = "".join(rng.choice(list("ACGT"), 800))  # 795 k-mers; the model takes 35.
+  rows = _rows(5, rng) + [(long, "0")]
   with gzip.open(fa, "wt") as f:
     for i, (s, _) in enumerate(rows):
       f.write(f">s{i} x\n{s}\n")
   pred = tmp / "pred.csv"
   proc = _run("genemask_jax.predict", f"--model={model_dir}", f"--input={fa}",
-              f"--output={pred}", "--batch_size=4")
+              f"--output={pred}", "--batch_size=4", "--max_windows=3")
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "1 of 6 sequence(s) have more than 35 k-mers" in proc.stderr
   with open(pred) as f:
     got = list(csv.DictReader(f))
-  assert [r["name"] for r in got] == [f"s{i}" for i in range(6)]
+  assert [r["name"] for r in got] == [f"s{i} x" for i in range(6)]
+  assert [r["windows"] for r in got] == ["1"] * 5 + ["3"]
   model = saved.load_saved_model(model_dir)
-  want = saved.predict(model, [s for s, _ in rows])
+  short = saved.predict(model, [s for s, _ in rows[:5]])
+  # The long one, by hand: 44 windows of 35 k-mers, 18 apart (half-window overlap, the
+  # last ending at k-mer 795); --max_windows=3 keeps numbers 0, 22 and 43, which start at
+  # k-mers 0, 396 and 760, i.e. bases [0, 40), [396, 436), [760, 800).
+  windows = saved.predict(model, [long[a:a + 40] for a in (0, 396, 760)])
+  want = np.concatenate([short, windows.mean(0, keepdims=True)])
   probs = np.array([[float(r[f"prob_{c}"]) for c in "012"] for r in got])
   np.testing.assert_allclose(probs, want, atol=2e-6)
   assert [r["predicted_label"] for r in got] == [str(i) for i in want.argmax(1)]
+  # Without --max_windows, every window counts (the library call the command makes).
+  every = saved.predict(model, [long[18 * i:18 * i + 40] for i in range(43)] + [long[760:]])
+  np.testing.assert_allclose(saved.predict(model, [long]), every.mean(0, keepdims=True),
+                             atol=1e-6)
 
 
 def test_hf_export_is_a_transformers_sequence_classifier(trained):
