@@ -98,9 +98,12 @@ def test_shipped_gue_prom_300_test_file_reads_as_a_gue_task(tmp_path, data_dir):
   assert ds.label_values == ("0", "1")
   assert {len(s) for s in ds.test.sequences} == {300}
   data = own_task.encode_dataset(ds, model_max_len=512)
-  assert data.max_len == 297 and data.truncated == 0  # 295 6-mers + [CLS] + [SEP].
+  assert data.max_len == 297 and data.windowed == 0  # 295 6-mers + [CLS] + [SEP].
+  assert data.train.ids.shape == (200, 297)
   short = own_task.encode_dataset(ds, model_max_len=100)
-  assert short.max_len == 100 and short.truncated == 400
+  # 295 k-mers in windows of 98, 49 apart: 5 windows (the last moved back to the end).
+  assert short.max_len == 100 and short.windowed == 400
+  assert short.train.ids.shape == (1000, 100)
 
 
 def test_regression_labels_are_floats(tmp_path):
