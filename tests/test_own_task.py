@@ -101,9 +101,9 @@ def test_shipped_gue_prom_300_test_file_reads_as_a_gue_task(tmp_path, data_dir):
   assert data.max_len == 297 and data.windowed == 0  # 295 6-mers + [CLS] + [SEP].
   assert data.train.ids.shape == (200, 297)
   short = own_task.encode_dataset(ds, model_max_len=100)
-  # 295 k-mers in windows of 98, 49 apart: 5 windows (the last moved back to the end).
+  # 295 k-mers in windows of 98, 49 apart: 6 windows (the last moved back to the end).
   assert short.max_len == 100 and short.windowed == 400
-  assert short.train.ids.shape == (1000, 100)
+  assert short.train.ids.shape == (1200, 100)
 
 
 def test_regression_labels_are_floats(tmp_path):
