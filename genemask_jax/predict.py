@@ -4,9 +4,10 @@ r"""Predict with a fine-tuned model: per-sequence class probabilities (or values
     python -m genemask_jax.predict --model=MODEL_DIR --input=seqs.csv --output=pred.csv
 
 ``--model`` is a directory written by ``python -m genemask_jax.finetune --save_model``.
-``--input`` is FASTA (``.fa``/``.fasta``/``.fna``, gzip or not; the name is the header up
-to the first space) or a CSV with a ``sequence`` column (and ``name`` or ``id``, else the
-row number). ``pred.csv`` has one row per sequence: ``name``, then ``prob_<label>`` per
+``--input`` is FASTA (``.fa``/``.fasta``/``.fna``, gzip or not; the name is the header
+line) or a CSV (plain or gzip) with a ``sequence`` column of bases or spaced k-mers (and
+``name`` or ``id``, else ``line<N>``): `genemask_jax.data.labelled.read_sequences`, the
+reader embed and finetune use too. A sequence shorter than one k-mer is an error. ``pred.csv`` has one row per sequence: ``name``, then ``prob_<label>`` per
 class and ``predicted_label`` (the most probable class, as written in the training data),
 or ``value`` for a regression model, then ``windows``. Batched and jit'd
 (``--batch_size``).
