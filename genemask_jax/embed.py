@@ -246,8 +246,8 @@ def embed_windows(params: Any, cfg: Any, sequences: Iterable[Any], *, layer: int
     (float32 [N, hidden_size], int32 [N] windows per sequence).
   """
   import jax  # pylint: disable=g-import-not-at-top
-  from genemask_jax import finetune  # pylint: disable=g-import-not-at-top
   from genemask_jax import model as model_lib  # pylint: disable=g-import-not-at-top
+  from genemask_jax import progress as progress_lib  # pylint: disable=g-import-not-at-top
 
   if pooling not in POOLINGS:
     raise EmbedError(f"--pooling={pooling!r}; expected one of {POOLINGS}")
@@ -277,7 +277,7 @@ def embed_windows(params: Any, cfg: Any, sequences: Iterable[Any], *, layer: int
   lengths = (window_ids != tokenizer.PAD_ID).sum(axis=1)
   order = np.argsort(lengths, kind="stable")  # Similar lengths share a batch and a shape.
   out = np.zeros((len(window_ids), cfg.hidden_size), np.float32)
-  bar = finetune.Progress(len(window_ids), "embed (windows)", enabled=progress)
+  bar = progress_lib.Progress(len(window_ids), "embed (windows)", enabled=progress)
   filler = np.array([tokenizer.CLS_ID, tokenizer.SEP_ID], np.int32)
   try:
     for start in range(0, len(order), batch_size):
@@ -400,7 +400,8 @@ def run(checkpoint: str | None, input_path: str | None, output: str | None, *,
     raise EmbedError(f"--batch_size must be at least 1, got {batch_size}")
   if max_windows is not None and max_windows < 1:
     raise EmbedError(f"--max_windows must be at least 1, got {max_windows}")
-  names, seqs = read_sequences(input_path)
+  from genemask_jax.data import labelled  # pylint: disable=g-import-not-at-top
+  names, seqs = labelled.read_sequences(input_path)  # The package's one FASTA/CSV reader.
   cfg, params, info = load_model(checkpoint)
   resolve_layer(layer, cfg.num_layers)
   check_lengths(input_path, names, seqs, kmer_size(cfg.vocab_size))

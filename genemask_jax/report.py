@@ -213,7 +213,7 @@ def own_task_markdown(rows: Sequence[dict[str, Any]], settings: dict[str, Any]) 
   Args:
     rows: `OWN_TASK_COLUMNS` rows.
     settings: "model", "task", "task_type", "selection" (sentence), "hparams" (dict),
-      "n_train", "n_dev", "n_test", "max_len", "truncated", "saved_model" (or None).
+      "n_train", "n_dev", "n_test", "max_len", "windowed", "train_windows", "saved_model" (or None).
   """
   test = [r for r in rows if r["split"] == "test"]
   names = list(dict.fromkeys(r["metric"] for r in test))
@@ -234,9 +234,11 @@ def own_task_markdown(rows: Sequence[dict[str, Any]], settings: dict[str, Any]) 
                + " |")
   lines += ["", f"Model selection: {settings['selection']} ± is the sample standard "
             "deviation (ddof=1) over seeds.", ""]
-  if settings.get("truncated"):
-    lines += [f"**{settings['truncated']} sequence(s) were longer than the model's input "
-              f"({settings['max_len']} tokens) and were truncated to it.**", ""]
+  if settings.get("windowed"):
+    lines += [f"**{settings['windowed']} sequence(s) were longer than the input "
+              f"({settings['max_len']} tokens) and were split into windows: each window "
+              "trains as a row with its sequence's label; dev/test score the mean of a "
+              "sequence's window probabilities (regression: values).**", ""]
   hp = settings["hparams"]
   lines += ["## Settings", "", "| " + " | ".join(hp) + " |", "|" + "---|" * len(hp),
             "| " + " | ".join(f"{v:g}" if isinstance(v, float) else str(v)

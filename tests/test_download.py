@@ -334,3 +334,39 @@ def test_gue_command_line(tmp_path):
     assert res.returncode == 2
     (line,) = res.stderr.strip().splitlines()
     assert line.startswith("genemask-download: error: ") and match in line, line
+
+
+def test_downloaded_gue_is_read_by_the_finetune_command(tmp_path):
+  """genemask-download --what=gue then finetune --gue_dir: the two agree on the layout."""
+  import csv  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  import pathlib  # pylint: disable=g-import-not-at-top
+  import random  # pylint: disable=g-import-not-at-top
+  rng = random.Random(0)
+  files = _gue_files()
+  for split, n in (("train", 32), ("dev", 8), ("test", 8)):  # prom_300_all: enough rows
+    rows = ["sequence,label"]
+    for i in range(n):
+      bases = "".join(rng.choice("ACGT") for _ in range(40))
+      rows.append(f"{bases},{i % 2}")
+    files[f"GUE/prom/prom_300_all/{split}.csv"] = ("\n".join(rows) + "\n").encode()
+  archive = _gue_zip(tmp_path / "GUE.zip", files)
+  repo = pathlib.Path(__file__).resolve().parents[1]
+  env = dict(os.environ, PYTHONPATH=str(repo), JAX_PLATFORMS="cpu")
+  d = tmp_path / "data"
+  res = subprocess.run([sys.executable, "-m", "genemask_jax.data.download", f"--data_dir={d}",
+                        "--what=gue", f"--file={archive}"], capture_output=True, text=True,
+                       env=env, cwd=repo, timeout=120)
+  assert res.returncode == 0, res.stderr[-2000:]
+  out = tmp_path / "out"
+  res = subprocess.run([sys.executable, "-m", "genemask_jax.finetune", f"--gue_dir={d}/GUE",
+                        "--task=prom/prom_300_all", "--checkpoint=random", "--model_size=tiny",
+                        "--seeds=1", "--epochs=1", "--batch_size=16", f"--output_dir={out}",
+                        "--noprogress"], capture_output=True, text=True, env=env, cwd=repo,
+                       timeout=600)
+  assert res.returncode == 0, res.stderr[-3000:]
+  with open(out / "results.csv") as f:
+    rows = list(csv.DictReader(f))
+  assert {r["task"] for r in rows} == {"prom/prom_300_all"}
+  assert {(r["n_train"], r["n_dev"], r["n_test"]) for r in rows} == {("32", "8", "8")}
+  assert {r["split"] for r in rows} == {"dev", "test"}

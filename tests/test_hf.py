@@ -528,3 +528,63 @@ def test_export_logits_equal_a_numpy_bert(tmp_path, num_labels):
   ids = _ids(seed=23)
   np.testing.assert_allclose(_numpy_bert(state, config, ids), _apply(module, params, ids),
                              atol=TOL, rtol=1e-5)
+
+
+# ------------------------------------------------------- fine-tuned model export (#18)
+@pytest.fixture(scope="module")
+def saved_classifier(tmp_path_factory):
+  """A fine-tuned-model dir (as --save_model writes it) with random 3-class params, and
+  its export by the command."""
+  from genemask_jax.finetune import saved  # pylint: disable=g-import-not-at-top
+  tmp = tmp_path_factory.mktemp("saved")
+  params = _our_params(model_lib.BertForSequenceClassification(OUR_SMALL, num_labels=3),
+                       seed=21)
+  model_dir = saved.save_model(tmp / "model", OUR_SMALL, params, task_type="classification",
+                               label_values=["neg", "weak", "strong"], max_len=64, k=6)
+  out = tmp / "hf"
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+  r = subprocess.run([sys.executable, "-m", "genemask_jax.hf", "export",
+                      f"--checkpoint={model_dir}", f"--output={out}"], cwd=REPO, env=env,
+                     capture_output=True, text=True, timeout=300, check=False)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "BertForSequenceClassification" in r.stdout
+  # A second export into the now non-empty directory is refused, in one line.
+  r = subprocess.run([sys.executable, "-m", "genemask_jax.hf", "export",
+                      f"--checkpoint={model_dir}", f"--output={out}", "--step=3"], cwd=REPO,
+                     env=env, capture_output=True, text=True, timeout=300, check=False)
+  assert r.returncode == 2 and r.stderr.strip().count("\n") == 0, r.stderr[-2000:]
+  assert "--step and --fewshot_results apply to pretraining checkpoints only" in r.stderr
+  return model_dir, out, params
+
+
+def test_export_command_writes_a_saved_classifier_as_hf_files(saved_classifier):
+  """No torch needed: config.json and the tensors, checked against the saved params."""
+  _, out, params = saved_classifier
+  config = json.loads((out / "config.json").read_text())
+  assert config["architectures"] == ["BertForSequenceClassification"]
+  assert config["num_labels"] == 3 and config["problem_type"] == "single_label_classification"
+  assert config["id2label"] == {"0": "neg", "1": "weak", "2": "strong"}
+  assert config["label2id"] == {"neg": 0, "weak": 1, "strong": 2}
+  tensors = hf.read_safetensors(out / "model.safetensors")
+  np.testing.assert_array_equal(tensors["classifier.weight"],
+                                np.asarray(params["classifier"]["kernel"]).T)
+  np.testing.assert_array_equal(tensors["bert.pooler.dense.bias"],
+                                np.asarray(params["bert"]["pooler"]["dense"]["bias"]))
+  assert not any(k.startswith("cls.") for k in tensors)  # No MLM head in a classifier.
+  assert (out / "vocab.txt").read_text().count("\n") == 4101
+
+
+@needs_torch
+def test_exported_classifier_gives_the_saved_models_probabilities(saved_classifier):
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  from genemask_jax.finetune import saved  # pylint: disable=g-import-not-at-top
+  model_dir, out, _ = saved_classifier
+  hf_model = transformers.BertForSequenceClassification.from_pretrained(out).eval()
+  model = saved.load_saved_model(model_dir)
+  ids = _ids(rows=4, length=64, seed=3)
+  with torch.no_grad():
+    logits = hf_model(input_ids=torch.tensor(ids, dtype=torch.long),
+                      attention_mask=torch.tensor(ids != 0, dtype=torch.long)).logits
+  np.testing.assert_allclose(torch.softmax(logits, -1).numpy(), saved.predict_ids(model, ids),
+                             atol=TOL)

@@ -20,6 +20,7 @@ from scipy import stats
 
 from genemask_jax import model as model_lib
 from genemask_jax import predict as predict_lib
+from genemask_jax import tokenizer
 from genemask_jax.data import labelled
 from genemask_jax.finetune import classifier
 from genemask_jax.finetune import metrics
@@ -97,9 +98,12 @@ def test_shipped_gue_prom_300_test_file_reads_as_a_gue_task(tmp_path, data_dir):
   assert ds.label_values == ("0", "1")
   assert {len(s) for s in ds.test.sequences} == {300}
   data = own_task.encode_dataset(ds, model_max_len=512)
-  assert data.max_len == 297 and data.truncated == 0  # 295 6-mers + [CLS] + [SEP].
+  assert data.max_len == 297 and data.windowed == 0  # 295 6-mers + [CLS] + [SEP].
+  assert data.train.ids.shape == (200, 297)
   short = own_task.encode_dataset(ds, model_max_len=100)
-  assert short.max_len == 100 and short.truncated == 400
+  # 295 k-mers in windows of 98, 49 apart: 6 windows (the last moved back to the end).
+  assert short.max_len == 100 and short.windowed == 400
+  assert short.train.ids.shape == (1200, 100)
 
 
 def test_regression_labels_are_floats(tmp_path):
@@ -140,20 +144,39 @@ def test_bad_datasets_are_one_clear_error(tmp_path, files, task_type, match):
 
 
 def test_prediction_inputs_fasta_gzip_and_csv(tmp_path):
+  """The one reader of embed, predict and finetune: FASTA, CSV, gzip, spaced k-mers."""
   fa = tmp_path / "x.fa.gz"
   with gzip.open(fa, "wt") as f:
     f.write(">seq1 some description\nACGTAC\nGTAA\n>seq2\nttttgggccc\n")
-  assert labelled.read_sequences(fa) == (["seq1", "seq2"], ["ACGTACGTAA", "TTTTGGGCCC"])
+  assert labelled.read_sequences(fa) == (["seq1 some description", "seq2"],
+                                         ["ACGTACGTAA", "TTTTGGGCCC"])
   c = tmp_path / "x.csv"
   c.write_text("id,sequence\nr1,ACGTACGT\nr2,GGGGCCCC\n")
   assert labelled.read_sequences(c) == (["r1", "r2"], ["ACGTACGT", "GGGGCCCC"])
-  (tmp_path / "empty.fa").write_text("")
-  with pytest.raises(labelled.DatasetError, match="empty.fa: empty file"):
-    labelled.read_sequences(tmp_path / "empty.fa")
-  (tmp_path / "noseq.csv").write_text("name,seq\nx,ACGT\n")
-  with pytest.raises(labelled.DatasetError, match="noseq.csv:1: header .* has no sequence "
-                     "column"):
-    labelled.read_sequences(tmp_path / "noseq.csv")
+  gz = tmp_path / "k.csv.gz"
+  with gzip.open(gz, "wt") as f:
+    f.write("sequence,label\nACGTAC CGTACG GTACGG,1\n\nttgcaa,0\n")
+  assert labelled.read_sequences(gz) == (["line2", "line4"], ["ACGTACGG", "TTGCAA"])
+  noext = tmp_path / "records"
+  noext.write_text("\n>a\nACGT\n")
+  assert labelled.read_sequences(noext) == (["a"], ["ACGT"])
+
+
+@pytest.mark.parametrize("name, text, match", [
+    ("empty.fa", "", r"empty.fa: empty file"),
+    ("empty.csv", "", r"empty.csv: empty file"),
+    ("noseq.csv", "name,seq\nx,ACGT\n", r"noseq.csv:1: no 'sequence' column \(columns: "
+     r"name, seq\)"),
+    ("cell.csv", "name,sequence\nx,\n", r"cell.csv:2: empty 'sequence' cell"),
+    ("gap.csv", "sequence\nAC-GT\n", r"gap.csv:2: sequence holds '-'; expected bases"),
+    ("kmers.csv", "sequence\nACGTAC TTTTTT\n", r"kmers.csv:2: k-mers 1 \(ACGTAC\) and 2"),
+    ("header.csv", "sequence,label\n", r"header.csv: no sequences"),
+    ("bad.fa", ">a\nACGT\nnot fasta >\n", r"bad.fa"),
+])
+def test_bad_sequence_files_are_one_clear_error(tmp_path, name, text, match):
+  (tmp_path / name).write_text(text)
+  with pytest.raises(labelled.DatasetError, match=match):
+    labelled.read_sequences(tmp_path / name)
 
 
 # ------------------------------------------------------------------------------ metrics
@@ -192,6 +215,38 @@ def test_dev_selection_keeps_the_best_epoch_and_scores_test_with_it(tmp_path):
   probs = saved.predict(model, ds.test.sequences)
   np.testing.assert_allclose(probs, res.test_outputs, atol=1e-5)
   assert res.test_metrics == metrics.classification_metrics(ds.test.labels, probs)
+
+
+def test_long_sequences_train_as_windows_and_score_as_their_windows_mean(tmp_path):
+  """At input length 22 (20 k-mers) a 40 bp row (35 k-mers) is 3 windows: k-mers 0-19,
+  10-29 and 15-34 (the last moved back to the end), i.e. bases 0-24, 10-34, 15-39."""
+  write_gue(tmp_path, classes=(0, 1))
+  ds = labelled.load_dataset(tmp_path / "prom" / "toy")
+  cfg = classifier.classifier_config(model_lib.model_config("tiny", **MICRO), 0.0)
+  data = own_task.encode_dataset(ds, cfg.max_len, max_len=22)
+  assert data.max_len == 22 and data.windowed == 96 + 30 + 30
+  cuts = ((0, 25), (10, 35), (15, 40))
+
+  def by_hand(seqs):
+    return tokenizer.pack([tokenizer.encode(s[a:b], 6) for s in seqs for a, b in cuts], 22)
+
+  # Training rows: every window, with its sequence's label.
+  np.testing.assert_array_equal(data.train.ids, by_hand(ds.train.sequences))
+  np.testing.assert_array_equal(data.train.window_labels, np.repeat(ds.train.labels, 3))
+  hp = own_task.resolve_hparams({"epochs": 1, "learning_rate": 1e-3, "batch_size": 32}, 22)
+  res = own_task.train_seed(cfg, None, data, hp, seed=0, patience=0, progress=False)
+  # Test scores: the mean of each sequence's three windows' probabilities.
+  model = saved.SavedModel(cfg, res.params, "classification", ds.label_values, 22, 6, {})
+  per_window = saved.predict_ids(model, by_hand(ds.test.sequences)).reshape(30, 3, 2)
+  np.testing.assert_allclose(res.test_outputs, per_window.mean(1), atol=1e-5)
+  assert res.test_metrics == metrics.classification_metrics(ds.test.labels, res.test_outputs)
+  np.testing.assert_allclose(saved.predict(model, ds.test.sequences), res.test_outputs,
+                             atol=1e-5)
+  # --max_windows=2 keeps the first and the last window.
+  two = own_task.encode_dataset(ds, cfg.max_len, max_len=22, max_windows=2)
+  np.testing.assert_array_equal(two.test.ids[:2], by_hand(ds.test.sequences[:1])[[0, 2]])
+  np.testing.assert_allclose(saved.predict(model, ds.test.sequences[:3], max_windows=2),
+                             per_window[:3, [0, 2]].mean(1), atol=1e-5)
 
 
 # ------------------------------------------------------------------------------ commands
@@ -233,23 +288,34 @@ def test_predict_command_writes_probabilities_and_labels(trained):
   tmp, _, model_dir, _ = trained
   fa = tmp / "new.fa.gz"
   rng = np.random.default_rng(5)
-  rows = _rows(5, rng) + [("ACGT" * 200, "0")]  # The last is longer than max_len.
+  long = "".join(rng.choice(list("ACGT"), 800))  # 795 k-mers; the model takes 35.
+  rows = _rows(5, rng) + [(long, "0")]
   with gzip.open(fa, "wt") as f:
     for i, (s, _) in enumerate(rows):
       f.write(f">s{i} x\n{s}\n")
   pred = tmp / "pred.csv"
   proc = _run("genemask_jax.predict", f"--model={model_dir}", f"--input={fa}",
-              f"--output={pred}", "--batch_size=4")
+              f"--output={pred}", "--batch_size=4", "--max_windows=3")
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "1 of 6 sequence(s) have more than 35 k-mers" in proc.stderr
   with open(pred) as f:
     got = list(csv.DictReader(f))
-  assert [r["name"] for r in got] == [f"s{i}" for i in range(6)]
+  assert [r["name"] for r in got] == [f"s{i} x" for i in range(6)]
+  assert [r["windows"] for r in got] == ["1"] * 5 + ["3"]
   model = saved.load_saved_model(model_dir)
-  want = saved.predict(model, [s for s, _ in rows])
+  short = saved.predict(model, [s for s, _ in rows[:5]])
+  # The long one, by hand: 44 windows of 35 k-mers, 18 apart (half-window overlap, the
+  # last ending at k-mer 795); --max_windows=3 keeps numbers 0, 22 and 43, which start at
+  # k-mers 0, 396 and 760, i.e. bases [0, 40), [396, 436), [760, 800).
+  windows = saved.predict(model, [long[a:a + 40] for a in (0, 396, 760)])
+  want = np.concatenate([short, windows.mean(0, keepdims=True)])
   probs = np.array([[float(r[f"prob_{c}"]) for c in "012"] for r in got])
   np.testing.assert_allclose(probs, want, atol=2e-6)
   assert [r["predicted_label"] for r in got] == [str(i) for i in want.argmax(1)]
+  # Without --max_windows, every window counts (the library call the command makes).
+  every = saved.predict(model, [long[18 * i:18 * i + 40] for i in range(43)] + [long[760:]])
+  np.testing.assert_allclose(saved.predict(model, [long]), every.mean(0, keepdims=True),
+                             atol=1e-6)
 
 
 def test_hf_export_is_a_transformers_sequence_classifier(trained):

@@ -29,6 +29,7 @@ import re
 import numpy as np
 
 from genemask_jax import errors
+from genemask_jax import tokenizer
 from genemask_jax.data import fasta
 
 SPLITS = ("train", "dev", "test")
@@ -218,27 +219,38 @@ def load_dataset(path: str | os.PathLike, task_type: str = "classification",
 
 
 def read_sequences(path: str | os.PathLike) -> tuple[list[str], list[str]]:
-  """(names, sequences) of a FASTA file (``.fa[.gz]``, ``.fasta``, ``.fna``) or a CSV.
+  """(names, sequences) of a FASTA or CSV file: the one reader of embed, predict, finetune.
 
-  A CSV needs a ``sequence`` column; the name is its ``name`` or ``id`` column when there
-  is one, else the 1-based row number. FASTA names are the header up to the first space.
+  * FASTA (``.fa``/``.fasta``/``.fna``, gzip or not; or any file whose first line starts
+    with ``>``): every record is one sequence, named by its header line (after ``>``).
+  * CSV (``.csv``/``.csv.gz``, or anything else): a header with a ``sequence`` column of
+    bases, or of spaced k-mers as in DNABERT's files (turned back into bases); an optional
+    ``name`` or ``id`` column names the rows, else ``line<N>`` (the CSV line) does.
+
+  Sequences come back upper case.
 
   Raises:
-    DatasetError: a missing or empty file, a CSV without a sequence column, no sequences.
+    DatasetError: a missing, empty or binary file, a CSV without a sequence column, an empty
+      or non-letter sequence cell, spaced k-mers that do not overlap, malformed FASTA, no
+      sequences.
   """
   path = pathlib.Path(path)
+  if path.is_dir():
+    raise DatasetError(f"{path}: is a directory; expected a FASTA or CSV file")
   if not path.is_file():
     raise DatasetError(f"{path}: file not found")
   if path.stat().st_size == 0:
     raise DatasetError(f"{path}: empty file; expected FASTA records or a CSV with a "
                        "sequence column")
   names, seqs = [], []
-  if path.name.lower().endswith(_FASTA_SUFFIXES) or _looks_like_fasta(path):
+  name = path.name.lower()
+  is_csv = name.endswith((".csv", ".csv.gz"))
+  if not is_csv and (name.endswith(_FASTA_SUFFIXES) or _looks_like_fasta(path)):
     try:
+      fasta.check_files([path])
       for record, seq in fasta.iter_records(path):
-        names.append(record.name.split()[0] if record.name.strip() else
-                     f"record_{record.index + 1}")
-        seqs.append(seq.decode("ascii").upper())
+        names.append(record.name.strip() or f"record_{record.index + 1}")
+        seqs.append(seq.decode("ascii", errors="replace").upper())
     except fasta.FastaError as e:
       raise DatasetError(str(e)) from e
   else:
@@ -248,38 +260,70 @@ def read_sequences(path: str | os.PathLike) -> tuple[list[str], list[str]]:
   return names, seqs
 
 
+def check_min_length(path: str | os.PathLike, names: list[str], seqs: list[str],
+                     k: int) -> None:
+  """Raises `DatasetError` naming the first sequence shorter than one k-mer."""
+  for i, (name, seq) in enumerate(zip(names, seqs)):
+    if len(seq) < k:
+      raise DatasetError(f"{path}: sequence {i + 1} ({name!r}) has {len(seq)} bases, fewer "
+                         f"than the k={k} a k-mer needs")
+
+
 def _looks_like_fasta(path: pathlib.Path) -> bool:
-  with fasta.open_maybe_gzip(path) as f:
-    head = f.read(4096).lstrip()
+  try:
+    with fasta.open_maybe_gzip(path) as f:
+      head = f.read(4096).lstrip()
+  except (OSError, EOFError) as e:
+    raise DatasetError(f"{path}: cannot read ({e})") from e
   return head.startswith(b">")
 
 
 def _read_csv_sequences(path: pathlib.Path) -> tuple[list[str], list[str]]:
-  """(names, sequences) of a CSV with a sequence column and optional name/id column."""
-  text = path.read_text(encoding="utf-8-sig", errors="replace")
+  """(names, sequences) of a CSV (plain or gzip) with a sequence column."""
+  try:
+    with fasta.open_maybe_gzip(path) as f:
+      raw = f.read()
+  except (OSError, EOFError) as e:
+    raise DatasetError(f"{path}: cannot read ({e})") from e
+  try:
+    text = raw.decode("utf-8-sig")
+  except UnicodeDecodeError as e:
+    line = raw.count(b"\n", 0, e.start) + 1
+    raise DatasetError(f"{path}:{line}: not UTF-8 text (binary data?); expected FASTA or a "
+                       "CSV with a sequence column") from e
   reader = csv.reader(io.StringIO(text, newline=""))
   header, seq_col, name_col = None, -1, -1
   names, seqs = [], []
   try:
     for row in reader:
       where = f"{path}:{reader.line_num}"
-      if not row or (len(row) == 1 and not row[0].strip()):
+      if not row or not any(c.strip() for c in row):
         continue
       if header is None:
         header = [c.strip().lower() for c in row]
         if "sequence" not in header:
-          raise DatasetError(f"{where}: header {row} has no sequence column; expected a CSV "
-                             "with a sequence column (and optionally name or id), or FASTA")
+          raise DatasetError(f"{where}: no 'sequence' column (columns: {', '.join(header)}); "
+                             "expected a CSV header like 'name,sequence' or 'sequence,label', "
+                             "or FASTA")
         seq_col = header.index("sequence")
         name_col = next((header.index(c) for c in ("name", "id") if c in header), -1)
         continue
       if len(row) != len(header):
         raise DatasetError(f"{where}: {len(row)} fields; the header has {len(header)}")
       seq = row[seq_col].strip()
+      if not seq:
+        raise DatasetError(f"{where}: empty 'sequence' cell")
+      if any(c.isspace() for c in seq):  # DNABERT's spaced k-mer text.
+        try:
+          seq = tokenizer.kmer_text_to_bases(seq, where=where)
+        except tokenizer.TokenizerError as e:
+          raise DatasetError(str(e)) from e
       if not _BASES_RE.fullmatch(seq):
-        raise DatasetError(f"{where}: sequence {seq[:20]!r} is not bases (letters)")
+        bad = re.search(r"[^A-Za-z]", seq)
+        raise DatasetError(f"{where}: sequence holds {bad.group()!r}; expected bases "
+                           "(letters)")
       seqs.append(seq.upper())
-      names.append(row[name_col].strip() if name_col >= 0 else str(len(seqs)))
+      names.append(row[name_col].strip() if name_col >= 0 else f"line{reader.line_num}")
   except csv.Error as e:
     raise DatasetError(f"{path}:{reader.line_num}: malformed CSV ({e})") from e
   return names, seqs

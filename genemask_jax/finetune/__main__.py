@@ -17,7 +17,10 @@ after every epoch. **dev is used for model selection**: the epoch with the best 
 (regression: lowest dev MSE) is kept and scored once on test; **early stopping** ends a
 seed after ``--patience`` epochs without a better dev score (0 = off). Inputs are
 ``[CLS] 6-mers [SEP]`` at the longest sequence's length, at most the model's 512
-positions: longer sequences are truncated with a warning.
+positions (or ``--max_len``). Longer sequences are split into overlapping windows: each
+window trains as a row with its sequence's label, and dev/test score a sequence as the
+mean of its windows' class probabilities (regression: values); ``--max_windows=N`` keeps
+at most N evenly spaced windows per sequence (see `genemask_jax.finetune.own_task`).
 
 Outputs in ``--output_dir``: ``results.csv`` (per seed: test and dev metrics; MCC, F1,
 accuracy, precision, recall, ROC-AUC (macro one-vs-one for >2 classes), or Pearson,
@@ -66,6 +69,8 @@ flags.DEFINE_float("dropout", None, "Hidden/classifier dropout (0.1).")
 flags.DEFINE_integer("max_len", None,
                      "Input length incl. [CLS]/[SEP] (default: the longest sequence's, at "
                      "most the model's).")
+flags.DEFINE_integer("max_windows", None, "At most this many (evenly spaced) windows per "
+                     "sequence longer than the input; default all.")
 flags.DEFINE_integer("patience", 3, "Stop a seed after this many epochs without a better "
                      "dev score (0 = train every epoch).")
 flags.DEFINE_integer("eval_batch_size", 64, "Dev/test rows per jitted forward pass.")
@@ -101,7 +106,7 @@ def config_from_flags(fl: flags.FlagValues) -> own_task.RunConfig:
       model_size=fl.model_size, task_type=fl.task_type,
       seeds=tuple(range(fl.seed_offset, fl.seed_offset + fl.seeds)),
       output_dir=fl.output_dir, overrides={k: getattr(fl, k) for k in _HPARAMS},
-      patience=fl.patience, save_model=fl.save_model, export_hf=fl.export_hf,
+      max_windows=fl.max_windows, patience=fl.patience, save_model=fl.save_model, export_hf=fl.export_hf,
       eval_batch_size=fl.eval_batch_size, progress=fl.progress)
 
 

@@ -9,6 +9,17 @@ better; ties keep the earlier epoch). **Early stopping**: a seed stops after ``p
 epochs without a better dev score (0 = train every epoch). The test set is scored once,
 with the selected parameters.
 
+**Long sequences** (more k-mers than the input length, ``max_len - 2``: the model's 510,
+or fewer with ``--max_len``) are not truncated but split into overlapping windows
+(`genemask_jax.windows`: half-window overlap, at most ``max_windows`` evenly spaced):
+
+* *Training*: every window is a training row carrying its sequence's label (so a
+  sequence of n windows weighs n rows in the loss; ``--max_windows`` caps that).
+* *dev/test scoring*: every window is scored and a sequence's output is the mean of its
+  windows' class probabilities (regression: values), as `saved.predict` and the predict
+  command do; the metrics are per sequence. Why probabilities and not logits: see
+  `genemask_jax.finetune.saved`.
+
     res = own_task.train_seeds(cfg, encoder_params, data, hp, seeds=[0, 1, 2])
 """
 
@@ -32,6 +43,7 @@ from genemask_jax import errors
 from genemask_jax import progress as progress_lib
 from genemask_jax import report
 from genemask_jax import tokenizer
+from genemask_jax import windows
 from genemask_jax.data import labelled
 from genemask_jax.finetune import arrays
 from genemask_jax.finetune import classifier
@@ -47,21 +59,41 @@ DEFAULT_HPARAMS = dict(batch_size=32, learning_rate=3e-5, epochs=10)
 
 
 @dataclasses.dataclass(frozen=True)
+class EncodedSplit:
+  """One split as model windows.
+
+  Attributes:
+    ids: int32 (W, max_len) windows, ``[CLS] k-mers [SEP] [PAD]...``.
+    owner: int32 (W,) the sequence (row of the split) of each window.
+    labels: (N,) per sequence: int32 classes or float32 targets.
+  """
+  ids: np.ndarray
+  owner: np.ndarray
+  labels: np.ndarray
+
+  @property
+  def window_labels(self) -> np.ndarray:
+    """(W,) each window's label: its sequence's."""
+    return self.labels[self.owner]
+
+
+@dataclasses.dataclass(frozen=True)
 class EncodedData:
   """A dataset tokenized for the model.
 
   Attributes:
-    train, dev, test: (ids int32 (N, max_len), labels (N,) int32 classes or float32).
-    max_len: input length ([CLS] k-mers [SEP]).
-    truncated: rows (over all splits) longer than max_len - 2 k-mers, cut to fit.
+    train, dev, test: the splits as windows.
+    max_len: input length ([CLS] k-mers [SEP]); windows hold max_len - 2 k-mers.
+    windowed: sequences (over all splits) longer than max_len - 2 k-mers, split into
+      several windows.
     num_labels: model outputs (classes; 1 for regression).
     task_type: "classification" or "regression".
   """
-  train: tuple[np.ndarray, np.ndarray]
-  dev: tuple[np.ndarray, np.ndarray]
-  test: tuple[np.ndarray, np.ndarray]
+  train: EncodedSplit
+  dev: EncodedSplit
+  test: EncodedSplit
   max_len: int
-  truncated: int
+  windowed: int
   num_labels: int
   task_type: str
 
@@ -75,17 +107,22 @@ def input_length(sequences: Sequence[str], model_max_len: int, k: int,
   return min(longest + 2, model_max_len)
 
 
-def encode_dataset(ds: Any, model_max_len: int, k: int = 6,
-                   max_len: int | None = None) -> EncodedData:
-  """Tokenizes a `genemask_jax.data.labelled.Dataset` at one input length for all splits."""
+def encode_dataset(ds: Any, model_max_len: int, k: int = 6, max_len: int | None = None,
+                   max_windows: int | None = None) -> EncodedData:
+  """Tokenizes a `genemask_jax.data.labelled.Dataset` into windows of one input length.
+
+  Raises:
+    windows.WindowError: ``max_windows`` < 1.
+  """
   splits = (ds.train, ds.dev, ds.test)
   length = input_length([s for sp in splits for s in sp.sequences], model_max_len, k, max_len)
-  out, truncated = [], 0
+  out, windowed = [], 0
   for sp in splits:
-    kmers = [tokenizer.encode(s, k) for s in sp.sequences]
-    truncated += sum(len(x) > length - 2 for x in kmers)
-    out.append((tokenizer.pack(kmers, length, policy="truncate"), sp.labels))
-  return EncodedData(out[0], out[1], out[2], length, truncated, ds.num_labels, ds.task_type)
+    ids, owner = windows.split([tokenizer.encode(s, k) for s in sp.sequences], length,
+                               max_windows=max_windows)
+    windowed += int(np.sum(np.bincount(owner, minlength=len(sp)) > 1))
+    out.append(EncodedSplit(ids, owner, sp.labels))
+  return EncodedData(out[0], out[1], out[2], length, windowed, ds.num_labels, ds.task_type)
 
 
 def score(task_type: str, y_true: np.ndarray, outputs: np.ndarray) -> dict[str, float]:
@@ -142,19 +179,22 @@ def train_seed(cfg: Any, encoder_params: Params | None, data: EncodedData,
   """
   if hp.max_len != data.max_len:
     raise ValueError(f"hp.max_len={hp.max_len} but the data are encoded at {data.max_len}")
-  n = len(data.train[0])
+  n = len(data.train.ids)  # Training rows are windows.
+  train_labels = data.train.window_labels
   regression = data.task_type == "regression"
   init_fn, opt_init_fn, step_fn, predict_fn = classifier.compiled_functions(
       cfg, data.num_labels, hp, n, data.task_type)
   steps_per_epoch = -(-n // hp.batch_size)
   labels_dtype = np.float32 if regression else np.int32
 
-  def outputs(params, ids):
-    out = arrays.batched(lambda x: predict_fn(params, x), ids, eval_batch_size, axis=1)[0]
+  def outputs(params, split):
+    """Per-sequence outputs: the mean over each sequence's windows."""
+    out = arrays.batched(lambda x: predict_fn(params, x), split.ids, eval_batch_size,
+                         axis=1)[0]
     if not np.all(np.isfinite(out)):
       raise classifier.NonFiniteError(f"{desc}: the model's outputs hold NaN or infinite "
                                       f"values (seed {seed}); no metrics are reported")
-    return out[:, 0] if regression else out
+    return windows.pool(out[:, 0] if regression else out, split.owner, len(split.labels))
 
   t0 = time.time()
   params = classifier.stack_trees([init_fn(jax.random.key(seed), encoder_params)])
@@ -172,8 +212,8 @@ def train_seed(cfg: Any, encoder_params: Params | None, data: EncodedData,
         valid = idx >= 0
         safe = np.where(valid, idx, 0)
         params, opt_state, loss = step_fn(
-            params, opt_state, data.train[0][safe][None],
-            data.train[1][safe].astype(labels_dtype)[None], valid.astype(np.float32)[None],
+            params, opt_state, data.train.ids[safe][None],
+            train_labels[safe].astype(labels_dtype)[None], valid.astype(np.float32)[None],
             key, np.int32(step))
         loss = float(np.asarray(loss)[0])
         if not math.isfinite(loss):
@@ -183,7 +223,7 @@ def train_seed(cfg: Any, encoder_params: Params | None, data: EncodedData,
               "diverge, so no metrics are reported")
         step += 1
         bar.update(1, loss=loss)
-      dev = score(data.task_type, data.dev[1], outputs(params, data.dev[0]))
+      dev = score(data.task_type, data.dev.labels, outputs(params, data.dev))
       value = selection_score(data.task_type, dev)
       curve.append(value)
       if value > best or best_params is None:
@@ -194,9 +234,9 @@ def train_seed(cfg: Any, encoder_params: Params | None, data: EncodedData,
   finally:
     bar.close()
   train_seconds = time.time() - t0
-  test_out = outputs(classifier.stack_trees([best_params]), data.test[0])
+  test_out = outputs(classifier.stack_trees([best_params]), data.test)
   return SeedResult(seed, best_epoch, len(curve), curve, best_dev,
-                    score(data.task_type, data.test[1], test_out), test_out, best_params,
+                    score(data.task_type, data.test.labels, test_out), test_out, best_params,
                     train_seconds)
 
 
@@ -235,6 +275,7 @@ class RunConfig:
     output_dir: where results.csv, results.md and run.json go.
     overrides: hyper-parameter overrides of `DEFAULT_HPARAMS` and `classifier.Hparams`
       (None = default); "max_len" None = the longest sequence.
+    max_windows: at most this many (evenly spaced) windows per long sequence; None = all.
     patience: early-stopping patience in epochs (0 = off).
     save_model: directory for the best-dev seed's model, or None.
     export_hf: directory for its HuggingFace export, or None.
@@ -249,6 +290,7 @@ class RunConfig:
   seeds: tuple[int, ...]
   output_dir: str
   overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+  max_windows: int | None = None
   patience: int = 3
   save_model: str | None = None
   export_hf: str | None = None
@@ -281,6 +323,8 @@ def run(rc: RunConfig) -> list[dict[str, Any]]:
   # Everything a user can get wrong, before the model or the data are touched.
   if not rc.seeds:
     raise OwnTaskError("--seeds must be >= 1")
+  if rc.max_windows is not None and rc.max_windows < 1:
+    raise OwnTaskError(f"--max_windows must be >= 1, got {rc.max_windows}")
   if rc.patience < 0:
     raise OwnTaskError(f"--patience must be >= 0, got {rc.patience}")
   if rc.overrides.get("max_len") is not None and rc.overrides["max_len"] < 3:
@@ -300,11 +344,12 @@ def run(rc: RunConfig) -> list[dict[str, Any]]:
     source = os.path.abspath(source)  # Orbax restores absolute paths only.
   cfg, enc, info = checkpoints.load_encoder(source, model_size=rc.model_size,
                                             vocab_size=tokenizer.vocab_size(K))
-  data = encode_dataset(ds, cfg.max_len, K, rc.overrides.get("max_len"))
-  if data.truncated:
-    print(f"warning: {data.truncated} sequence(s) have more than {data.max_len - 2} k-mers "
-          f"(the model's input is {data.max_len} tokens) and are truncated to their first "
-          f"{data.max_len - 2}", file=sys.stderr, flush=True)
+  data = encode_dataset(ds, cfg.max_len, K, rc.overrides.get("max_len"), rc.max_windows)
+  if data.windowed:
+    print(f"note: {data.windowed} sequence(s) have more than {data.max_len - 2} k-mers (the "
+          f"input is {data.max_len} tokens) and are split into windows: {len(data.train.ids)} "
+          f"train rows from {len(ds.train)} sequences; dev/test score the mean of each "
+          "sequence's windows", file=sys.stderr, flush=True)
   hp = resolve_hparams(rc.overrides, data.max_len)
   cfg = classifier.classifier_config(cfg, hp.dropout)
   try:
@@ -343,7 +388,9 @@ def run(rc: RunConfig) -> list[dict[str, Any]]:
   settings = {"model": model_name, "task": ds.name, "task_type": ds.task_type,
               "selection": selection, "hparams": dataclasses.asdict(hp),
               "n_train": len(ds.train), "n_dev": len(ds.dev), "n_test": len(ds.test),
-              "max_len": data.max_len, "truncated": data.truncated,
+              "max_len": data.max_len, "windowed": data.windowed,
+              "max_windows": rc.max_windows,
+              "train_windows": int(len(data.train.ids)),
               "saved_model": str(saved_dir) if saved_dir else None}
   report.write_csv(rows, out_dir / "results.csv", report.OWN_TASK_COLUMNS)
   (out_dir / "results.md").write_text(report.own_task_markdown(rows, settings))

@@ -13,8 +13,15 @@ written by ``python -m genemask_jax.finetune ... --save_model=DIR`` and read by
     probs = saved.predict(model, ["ACGT...", ...])          # (N, C), or (N,) for regression
     saved.export_hf(DIR, HF_DIR)       # HF BertForSequenceClassification (safetensors)
 
-Sequences with more k-mers than fit in ``max_len`` are truncated to their first
-``max_len - 2`` k-mers (`predict` counts them; the command warns).
+**Long sequences.** A sequence with more than ``max_len - 2`` k-mers (``max_len`` is the
+input length the model was fine-tuned at, in model.json) is split into windows of that
+many k-mers (`genemask_jax.windows`: half-window overlap, at most ``max_windows`` evenly
+spaced), every window is scored, and the sequence's output is the **mean of its windows'
+class probabilities** (regression: of their values). Probabilities rather than logits:
+the mean of distributions is a distribution, the same quantity ``pred.csv`` reports and
+the metrics score, and one window with an extreme logit cannot outvote the others (a
+mean of logits is a product of the windows' probabilities, dominated by the most
+confident window). Fine-tuning scores dev and test the same way (`own_task`).
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ import orbax.checkpoint as ocp
 from genemask_jax import errors
 from genemask_jax import model as model_lib
 from genemask_jax import tokenizer
+from genemask_jax import windows
 from genemask_jax.finetune import arrays
 
 KIND = "sequence_classification"
@@ -152,22 +160,38 @@ def load_saved_model(path: str | os.PathLike) -> SavedModel:
                     int(meta["max_len"]), int(meta["k"]), info)
 
 
-def encode(sequences: Sequence[str], max_len: int, k: int) -> tuple[np.ndarray, int]:
-  """(ids int32 (N, max_len), rows truncated): ``[CLS] k-mers [SEP] [PAD]...``."""
-  kmers = [tokenizer.encode(s, k) for s in sequences]
-  truncated = sum(len(x) > max_len - 2 for x in kmers)
-  return tokenizer.pack(kmers, max_len, policy="truncate"), truncated
+def encode(sequences: Sequence[str], max_len: int, k: int, *,
+           max_windows: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """Model-ready windows of the sequences (see the module doc).
+
+  Returns:
+    (ids int32 (W, max_len): ``[CLS] k-mers [SEP] [PAD]...`` per window, owner int32 (W,):
+    the sequence of each window). A sequence of at most ``max_len - 2`` k-mers is one
+    window, itself.
+  """
+  return windows.split([tokenizer.encode(s, k) for s in sequences], max_len,
+                       max_windows=max_windows)
 
 
-def predict(model: SavedModel, sequences: Sequence[str], *, batch_size: int = 64
-            ) -> np.ndarray:
-  """float32 (N, C) class probabilities, or (N,) values for regression (jitted, batched)."""
-  return predict_ids(model, encode(sequences, model.max_len, model.k)[0],
-                     batch_size=batch_size)
+def pool(outputs: np.ndarray, owner: np.ndarray, n: int) -> np.ndarray:
+  """Per-window outputs (W, C) or (W,) -> per-sequence means (n, C) or (n,), float32."""
+  return windows.pool(outputs, owner, n, reduce="mean")
+
+
+def predict(model: SavedModel, sequences: Sequence[str], *, batch_size: int = 64,
+            max_windows: int | None = None) -> np.ndarray:
+  """float32 (N, C) class probabilities, or (N,) values for regression (jitted, batched).
+
+  A long sequence's row is the mean over its windows (module doc); ``max_windows`` bounds
+  the windows per sequence.
+  """
+  ids, owner = encode(sequences, model.max_len, model.k, max_windows=max_windows)
+  return pool(predict_ids(model, ids, batch_size=batch_size), owner, len(sequences))
 
 
 def predict_ids(model: SavedModel, ids: np.ndarray, *, batch_size: int = 64) -> np.ndarray:
-  """`predict` of token ids int32 (N, L) from `encode`."""
+  """Outputs of each row of token ids int32 (W, L) (e.g. the windows of `encode`): (W, C)
+  probabilities or (W,) values, not pooled."""
   net = model_lib.BertForSequenceClassification(model.config, num_labels=model.num_labels)
   regression = model.task_type == "regression"
 

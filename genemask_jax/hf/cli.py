@@ -12,6 +12,13 @@ folder or one step's folder) and writes ``config.json`` (``BertConfig``),
 ``model.safetensors`` (the tied decoder left out, as ``save_pretrained`` does),
 DNABERT's ``vocab.txt`` and a ``README.md`` model card, a directory that
 ``transformers.BertForMaskedLM.from_pretrained`` loads with no missing or unexpected keys.
+
+**Export of a fine-tuned model**: when ``--checkpoint`` is a directory written by
+``python -m genemask_jax.finetune --save_model=DIR`` (it holds ``model.json``), the export
+is a ``BertForSequenceClassification`` directory instead (`finetune.saved.export_hf`:
+``num_labels``, ``problem_type``, ``id2label`` from the training labels)::
+
+    python -m genemask_jax.hf export --checkpoint=MODEL_DIR --output=HF_DIR
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from genemask_jax import optim
 from genemask_jax import resume
 from genemask_jax import train_step
 from genemask_jax import workdir as workdir_lib
+from genemask_jax.finetune import saved
 from genemask_jax.hf import files
 from genemask_jax.hf import mapping
 from genemask_jax.hf.errors import HFExportError
@@ -198,7 +206,8 @@ def define_flags() -> None:
   """The command's absl flags (defined by ``python -m genemask_jax.hf`` only)."""
   flags.DEFINE_string("hf_dir", None, "import: the HuggingFace model directory to read.")
   flags.DEFINE_string("checkpoint", None,
-                      "export: a pretraining workdir, its checkpoints/ dir or a step dir.")
+                      "export: a pretraining workdir, its checkpoints/ dir or a step dir; or "
+                      "a fine-tuned model dir (--save_model, holds model.json).")
   flags.DEFINE_string("output", None, "import: checkpoint dir to write; export: HF dir.")
   flags.DEFINE_integer("step", None, "export: checkpoint step (default: the latest).")
   flags.DEFINE_string("fewshot_results", None,
@@ -210,7 +219,30 @@ def define_flags() -> None:
 
 _USAGE = ("usage: python -m genemask_jax.hf import --hf_dir=DIR --output=CKPT_DIR\n"
           "       python -m genemask_jax.hf export --checkpoint=CKPT_DIR --output=DIR "
-          "[--step=N] [--fewshot_results=FILE]")
+          "[--step=N] [--fewshot_results=FILE]\n"
+          "       python -m genemask_jax.hf export --checkpoint=MODEL_DIR --output=DIR  "
+          "(a fine-tuned --save_model dir)")
+
+
+def export_saved_model(model_dir: PathLike, output: PathLike, *,
+                       overwrite: bool = False) -> pathlib.Path:
+  """Exports a fine-tuned model dir (`finetune.saved`) as ``BertForSequenceClassification``.
+
+  Raises:
+    HFExportError: ``output`` holds files and ``overwrite`` is False.
+    saved.SavedModelError: ``model_dir`` is not a readable saved model.
+  """
+  output = pathlib.Path(output)
+  if output.exists() and (not output.is_dir() or any(output.iterdir())) and not overwrite:
+    raise HFExportError(f"{output}: exists and is not an empty directory (pass "
+                        "--overwrite)")
+  return saved.export_hf(model_dir, output)
+
+
+def is_saved_model(path: PathLike) -> bool:
+  """Whether ``path`` is a fine-tuned model dir (holds ``model.json``) rather than a
+  pretraining checkpoint."""
+  return (pathlib.Path(path) / saved.MODEL_FILE).is_file()
 
 
 def main(argv: Sequence[str]) -> int:
@@ -230,10 +262,18 @@ def main(argv: Sequence[str]) -> int:
     else:
       if not f.checkpoint or not f.output:
         raise HFExportError("export needs --checkpoint and --output\n" + _USAGE)
-      out = export_checkpoint(f.checkpoint, f.output, step=f.step,
-                              fewshot_results=f.fewshot_results, overwrite=f.overwrite)
-      print(f"wrote HuggingFace BertForMaskedLM directory {out}")
+      if is_saved_model(f.checkpoint):
+        if f.step is not None or f.fewshot_results:
+          raise HFExportError(f"--checkpoint={f.checkpoint} is a fine-tuned model (it holds "
+                              f"{saved.MODEL_FILE}); --step and --fewshot_results apply to "
+                              "pretraining checkpoints only")
+        out = export_saved_model(f.checkpoint, f.output, overwrite=f.overwrite)
+        print(f"wrote HuggingFace BertForSequenceClassification directory {out}")
+      else:
+        out = export_checkpoint(f.checkpoint, f.output, step=f.step,
+                                fewshot_results=f.fewshot_results, overwrite=f.overwrite)
+        print(f"wrote HuggingFace BertForMaskedLM directory {out}")
   except errors.UserError as e:
-    print(f"error: {e}", file=sys.stderr)
+    print(f"error: {' '.join(str(e).split())}", file=sys.stderr)  # One line.
     return 2  # A user error, as in every other binary.
   return 0
