@@ -236,6 +236,13 @@ def _window_vectors(cfg: Any, n_layers: int, pooling: str, params: Any, ids: Any
   return jnp.sum(jnp.where(real, hidden, 0.0), axis=1) / jnp.maximum(real.sum(axis=1), 1)
 
 
+@functools.lru_cache(maxsize=16)
+def _compiled(cfg: Any, n_layers: int, pooling: str) -> Any:
+  """The jit'd `_window_vectors` of one model and setting: repeated calls reuse compiles."""
+  import jax  # pylint: disable=g-import-not-at-top
+  return jax.jit(functools.partial(_window_vectors, cfg, n_layers, pooling))
+
+
 def embed_windows(params: Any, cfg: Any, sequences: Iterable[Any], *, layer: int = -1,
                   pooling: str = "mean", batch_size: int = 32, max_windows: int | None = None,
                   overlap: int | None = None, dtype: str = "auto",
@@ -271,7 +278,7 @@ def embed_windows(params: Any, cfg: Any, sequences: Iterable[Any], *, layer: int
   except ValueError as e:
     raise EmbedError(f"--dtype: {e}") from e
   cfg = dataclasses.replace(cfg, dtype=act, dropout_rate=0.0, attention_dropout_rate=0.0)
-  fn = jax.jit(functools.partial(_window_vectors, cfg, n_layers, pooling))
+  fn = _compiled(cfg, n_layers, pooling)
   params = jax.device_put(params)
 
   lengths = (window_ids != tokenizer.PAD_ID).sum(axis=1)
@@ -279,6 +286,8 @@ def embed_windows(params: Any, cfg: Any, sequences: Iterable[Any], *, layer: int
   out = np.zeros((len(window_ids), cfg.hidden_size), np.float32)
   bar = progress_lib.Progress(len(window_ids), "embed (windows)", enabled=progress)
   filler = np.array([tokenizer.CLS_ID, tokenizer.SEP_ID], np.int32)
+  # Fewer windows than a batch: a smaller power of two, not rows of filler.
+  batch_size = min(batch_size, 1 << (len(order) - 1).bit_length())
   try:
     for start in range(0, len(order), batch_size):
       rows = order[start:start + batch_size]
