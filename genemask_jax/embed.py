@@ -38,29 +38,29 @@ window is embedded.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import functools
-import gzip
-import io
 import os
 import pathlib
-import sys
 from collections.abc import Sequence
 from typing import Any, Iterable
 
 from absl import app
 from absl import flags
 from absl import logging
+import jax
+import jax.numpy as jnp
 import numpy as np
 
+from genemask_jax import checkpoints
 from genemask_jax import errors
+from genemask_jax import model as model_lib
+from genemask_jax import progress as progress_lib
 from genemask_jax import tokenizer
 from genemask_jax import windows
+from genemask_jax.data import labelled
 
 POOLINGS = ("mean", "max", "cls")
-CSV_SEQUENCE = "sequence"
-CSV_NAMES = ("name", "id")
 _MIN_BUCKET = 32  # Windows are padded to a power of two >= this (or max_len): few shapes.
 
 FLAGS = flags.FLAGS
@@ -88,91 +88,6 @@ class EmbedError(errors.UserError):
 
 
 # ---------------------------------------------------------------------------- inputs
-def _is_csv(path: str | os.PathLike) -> bool:
-  name = os.fspath(path).lower()
-  return name.endswith(".csv") or name.endswith(".csv.gz")
-
-
-def read_csv(path: str | os.PathLike) -> tuple[list[str], list[str]]:
-  """(names, sequences in bases) of a CSV with a ``sequence`` column (plain or gzip).
-
-  Raises:
-    EmbedError: missing/empty file, no ``sequence`` column, an empty sequence cell, or
-      spaced k-mers that do not overlap.
-  """
-  path = os.fspath(path)
-  try:
-    with open(path, "rb") as f:
-      raw = f.read()
-    if raw[:2] == b"\x1f\x8b":
-      raw = gzip.decompress(raw)
-    text = raw.decode("utf-8-sig")
-  except FileNotFoundError as e:
-    raise EmbedError(f"{path}: no such file") from e
-  except IsADirectoryError as e:
-    raise EmbedError(f"{path}: is a directory, expected a CSV or FASTA file") from e
-  except (OSError, EOFError, UnicodeDecodeError) as e:
-    raise EmbedError(f"{path}: cannot read as CSV text ({e})") from e
-  reader = csv.reader(io.StringIO(text, newline=""))
-  header = next(reader, None)
-  if not header or not any(h.strip() for h in header):
-    raise EmbedError(f"{path}: empty file; expected a CSV with a header line naming a "
-                     f"'{CSV_SEQUENCE}' column")
-  header = [h.strip().lower() for h in header]
-  if CSV_SEQUENCE not in header:
-    raise EmbedError(f"{path}:1: no '{CSV_SEQUENCE}' column (columns: {', '.join(header)}); "
-                     f"expected a header like 'name,{CSV_SEQUENCE}' or '{CSV_SEQUENCE},label'")
-  col = header.index(CSV_SEQUENCE)
-  name_col = next((header.index(c) for c in CSV_NAMES if c in header), None)
-  names, seqs = [], []
-  try:
-    for row in reader:
-      line = reader.line_num
-      if not row or not any(cell.strip() for cell in row):
-        continue
-      cell = row[col].strip() if col < len(row) else ""
-      if not cell:
-        raise EmbedError(f"{path}:{line}: empty '{CSV_SEQUENCE}' cell")
-      if " " in cell:  # DNABERT's spaced k-mer text.
-        try:
-          cell = tokenizer.kmer_text_to_bases(cell, where=f"{path}:{line}")
-        except tokenizer.TokenizerError as e:
-          raise EmbedError(str(e)) from e
-      names.append(row[name_col].strip() if name_col is not None and name_col < len(row)
-                   else f"line{line}")
-      seqs.append(cell)
-  except csv.Error as e:
-    raise EmbedError(f"{path}:{reader.line_num}: not valid CSV ({e})") from e
-  return names, seqs
-
-
-def read_fasta(path: str | os.PathLike) -> tuple[list[str], list[bytes]]:
-  """(headers, sequences) of every record of a FASTA file (plain or gzip).
-
-  Raises:
-    EmbedError / fasta.FastaError: an empty or malformed file.
-  """
-  from genemask_jax.data import fasta  # pylint: disable=g-import-not-at-top
-  fasta.check_files([path])
-  names, seqs = [], []
-  for record, seq in fasta.iter_records(path):
-    names.append(record.name)
-    seqs.append(seq)
-  return names, seqs
-
-
-def read_sequences(path: str | os.PathLike) -> tuple[list[str], list[Any]]:
-  """(names, sequences) of a FASTA or CSV file (by extension: .csv[.gz] is CSV).
-
-  Raises:
-    EmbedError / fasta.FastaError: unreadable, malformed or empty input.
-  """
-  names, seqs = read_csv(path) if _is_csv(path) else read_fasta(path)
-  if not seqs:
-    raise EmbedError(f"{path}: no sequences found")
-  return names, seqs
-
-
 def check_lengths(path: str | os.PathLike, names: Sequence[str], seqs: Sequence[Any],
                   k: int) -> None:
   """Raises `EmbedError` naming the first sequence shorter than one k-mer."""
@@ -219,8 +134,6 @@ def _bucket(length: int, max_len: int) -> int:
 
 def _window_vectors(cfg: Any, n_layers: int, pooling: str, params: Any, ids: Any) -> Any:
   """(B, L) window ids -> (B, E) float32 pooled hidden states of layer ``n_layers``."""
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from genemask_jax import model as model_lib  # pylint: disable=g-import-not-at-top
   if n_layers == 0:
     hidden = model_lib.BertEmbeddings(cfg).apply({"params": params["embeddings"]}, ids, None,
                                                  True)
@@ -239,7 +152,6 @@ def _window_vectors(cfg: Any, n_layers: int, pooling: str, params: Any, ids: Any
 @functools.lru_cache(maxsize=16)
 def _compiled(cfg: Any, n_layers: int, pooling: str) -> Any:
   """The jit'd `_window_vectors` of one model and setting: repeated calls reuse compiles."""
-  import jax  # pylint: disable=g-import-not-at-top
   return jax.jit(functools.partial(_window_vectors, cfg, n_layers, pooling))
 
 
@@ -252,9 +164,6 @@ def embed_windows(params: Any, cfg: Any, sequences: Iterable[Any], *, layer: int
   Returns:
     (float32 [N, hidden_size], int32 [N] windows per sequence).
   """
-  import jax  # pylint: disable=g-import-not-at-top
-  from genemask_jax import model as model_lib  # pylint: disable=g-import-not-at-top
-  from genemask_jax import progress as progress_lib  # pylint: disable=g-import-not-at-top
 
   if pooling not in POOLINGS:
     raise EmbedError(f"--pooling={pooling!r}; expected one of {POOLINGS}")
@@ -382,7 +291,6 @@ def load_model(source: str) -> tuple[Any, Any, dict[str, Any]]:
   Raises:
     checkpoints.CheckpointError / EmbedError: not a checkpoint of a k-mer BERT.
   """
-  from genemask_jax import checkpoints  # pylint: disable=g-import-not-at-top
   if source == checkpoints.RANDOM:
     raise EmbedError("--checkpoint=random has no trained weights to embed with; pass a "
                      "pretraining WORKDIR or hf:DIR")
@@ -409,7 +317,6 @@ def run(checkpoint: str | None, input_path: str | None, output: str | None, *,
     raise EmbedError(f"--batch_size must be at least 1, got {batch_size}")
   if max_windows is not None and max_windows < 1:
     raise EmbedError(f"--max_windows must be at least 1, got {max_windows}")
-  from genemask_jax.data import labelled  # pylint: disable=g-import-not-at-top
   names, seqs = labelled.read_sequences(input_path)  # The package's one FASTA/CSV reader.
   cfg, params, info = load_model(checkpoint)
   resolve_layer(layer, cfg.num_layers)
@@ -427,14 +334,11 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # Orbax/JAX info lines drown the progress.
-  try:
+  with errors.exits_on_user_error("embed"):
     vectors, out = run(FLAGS.checkpoint, FLAGS.input, FLAGS.output, layer=FLAGS.layer,
                        pooling=FLAGS.pooling, batch_size=FLAGS.batch_size,
                        max_windows=FLAGS.max_windows, overlap=FLAGS.overlap,
                        dtype=FLAGS.dtype, progress=FLAGS.progress)
-  except errors.UserError as e:
-    sys.stderr.write(f"embed: error: {' '.join(str(e).split())}\n")  # One line.
-    sys.exit(2)
   print(f"wrote {out} ({vectors.shape[0]} x {vectors.shape[1]} float32) and "
         f"{index_path(out)}")
 

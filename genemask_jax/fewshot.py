@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import os
 import pathlib
-import sys
 from collections.abc import Sequence
 
 from absl import app
@@ -161,12 +160,9 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # Orbax/JAX info lines drown the progress.
-  try:
+  with errors.exits_on_user_error("fewshot"):
     rc = config_from_flags(flags.FLAGS)
     fewshot_lib.run(rc)
-  except errors.UserError as e:
-    sys.stderr.write(f"fewshot: error: {' '.join(str(e).split())}\n")  # One line.
-    sys.exit(2)
   print(f"wrote {os.path.join(rc.output_dir, 'results.csv')}, results.md, results.png, "
         "run.json")
 

@@ -113,14 +113,11 @@ def main(argv: Sequence[str]) -> None:
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
   fl = flags.FLAGS
-  try:
+  with errors.exits_on_user_error("predict"):
     missing = [f"--{k}" for k in ("model", "input", "output") if not getattr(fl, k)]
     if missing:
       raise PredictError(f"{', '.join(missing)} required")
     n = run(fl.model, fl.input, fl.output, fl.batch_size, fl.max_windows)
-  except errors.UserError as e:
-    sys.stderr.write(f"predict: error: {' '.join(str(e).split())}\n")  # One line.
-    sys.exit(2)
   print(f"wrote {n} predictions to {fl.output}")
 
 

@@ -33,7 +33,6 @@ HuggingFace ``BertForSequenceClassification``.
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Sequence
 
 from absl import app
@@ -115,12 +114,9 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # Orbax/JAX info lines drown the progress.
-  try:
+  with errors.exits_on_user_error("finetune"):
     rc = config_from_flags(flags.FLAGS)
     own_task.run(rc)
-  except errors.UserError as e:
-    sys.stderr.write(f"finetune: error: {' '.join(str(e).split())}\n")  # One line.
-    sys.exit(2)
   print(f"wrote {os.path.join(rc.output_dir, 'results.csv')}, results.md, run.json"
         + (f"; model in {rc.save_model}" if rc.save_model else ""))
 

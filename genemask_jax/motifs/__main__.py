@@ -17,13 +17,13 @@ $GENEMASK_DATA_DIR; ``--tasks=`` (empty) skips the sequence side. Writes the fil
 from __future__ import annotations
 
 import os
-import sys
 import time
 from typing import Sequence
 
 from absl import app
 from absl import flags
 
+from genemask_jax import errors
 from genemask_jax.motifs import database
 from genemask_jax.motifs import enrichment
 from genemask_jax.motifs import report
@@ -135,12 +135,8 @@ def run() -> None:
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  from genemask_jax import errors  # pylint: disable=g-import-not-at-top
-  try:
+  with errors.exits_on_user_error("motifs"):
     run()
-  except errors.UserError as e:
-    sys.stderr.write(f"motifs: error: {e}\n")
-    sys.exit(2)
 
 
 if __name__ == "__main__":
