@@ -52,6 +52,8 @@ def _config(preset: str, overrides: dict[str, str]):
     for p in path[:-1]:
       target = target[p]
     old = target[path[-1]]
+    if isinstance(old, bool):  # bool("False") is True.
+      value = {"true": True, "false": False}[value.lower()]
     target[path[-1]] = type(old)(value) if old is not None else value
   return config
 
