@@ -480,7 +480,7 @@ class BertEncoder(nn.Module):
     layer = _layer_fn(cfg, deterministic, prevent_cse=not cfg.scan_layers)
     # The last layer runs apart when only some rows of it are wanted.
     body = n if output_positions is None else n - 1
-    if cfg.scan_layers and body > 1:
+    if cfg.scan_layers and body:
       stacked = _stack_layers(cfg, layers[:body], x, mask)
 
       def step(h, layer_and_key):
