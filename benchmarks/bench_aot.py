@@ -8,8 +8,13 @@ resumes where it stopped; then prints the markdown table from that file.
     python benchmarks/bench_aot.py --table_only          # print the table from --out
     python benchmarks/bench_aot.py --presets=paper --topologies=v5e-16 \
         --override=model.remat=full                      # one more row
+    python benchmarks/bench_aot.py --presets=paper --topologies=v5e-8 \
+        --override=model.scan_layers=True                # scan beside the unrolled row
 
-Heavy: about 5 CPU-minutes per :paper compile on the 2-core development machine.
+After the table it prints each config compiled both with unrolled and with scanned layers
+(``model.scan_layers``) side by side: compile CPU and wall seconds and memory per chip.
+
+Heavy: about 6 CPU-minutes per :paper compile (3.3 with scanned layers) on the 2-core\ndevelopment machine.
 """
 
 import datetime
@@ -52,6 +57,8 @@ def _config(preset: str, overrides: dict[str, str]):
     for p in path[:-1]:
       target = target[p]
     old = target[path[-1]]
+    if isinstance(old, bool):  # bool("False") is True.
+      value = {"true": True, "false": False}[value.lower()]
     target[path[-1]] = type(old)(value) if old is not None else value
   return config
 
@@ -81,7 +88,7 @@ def compile_row(preset: str, topology: str, overrides: dict[str, str]) -> dict:
       "libtpu_topology": target.topology, "device_kind": r.device_kind,
       "chips": r.num_devices, "hbm_gib": target.hbm_bytes / gib, "mesh": r.mesh,
       "rules": [[k, v] for k, v in r.rules], "model": r.model_size, "dtype": r.dtype,
-      "remat": r.remat, "attention": r.attention_impl, "global_batch": r.global_batch,
+      "remat": r.remat, "attention": r.attention_impl, "scan_layers": r.scan_layers, "global_batch": r.global_batch,
       "batch_per_chip": r.batch_per_device, "seq_len": r.seq_len,
       "grad_accum_steps": r.grad_accum_steps,
       "argument_gib": r.argument_bytes / gib, "output_gib": r.output_bytes / gib,
@@ -118,6 +125,27 @@ def table(rows: list[dict]) -> str:
   return "\n".join(lines)
 
 
+def scan_table(rows: list[dict]) -> str:
+  """Each config compiled both unrolled and with ``model.scan_layers=True``, side by side."""
+  def base(r):
+    rest = {k: v for k, v in r["overrides"].items() if k != "model.scan_layers"}
+    return (r["preset"], r["topology"], json.dumps(rest, sort_keys=True))
+
+  unrolled = {base(r): r for r in rows
+              if r["overrides"].get("model.scan_layers", "False") == "False"}
+  lines = ["| preset | slice | remat | compile CPU s: unrolled / scan | wall s: unrolled / "
+           "scan | total GiB per chip: unrolled / scan |", "|---|---|---|---|---|---|"]
+  for r in rows:
+    u = unrolled.get(base(r))
+    if r["overrides"].get("model.scan_layers") != "True" or u is None:
+      continue
+    lines.append(
+        f"| {r['preset']} | {r['topology']} | {r['remat']} | {u['compile_cpu_s']:.0f} / "
+        f"{r['compile_cpu_s']:.0f} | {u['compile_wall_s']:.0f} / {r['compile_wall_s']:.0f} | "
+        f"{u['total_gib']:.2f} / {r['total_gib']:.2f} |")
+  return "\n".join(lines)
+
+
 def main(argv):
   del argv
   fl = flags.FLAGS
@@ -139,6 +167,8 @@ def main(argv):
         with open(fl.out, "a") as f:
           f.write(json.dumps(row) + "\n")
   print(table(rows))
+  print("\nScanned against unrolled layers (same config otherwise):\n")
+  print(scan_table(rows))
 
 
 if __name__ == "__main__":

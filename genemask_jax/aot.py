@@ -8,7 +8,12 @@ reports XLA's per-chip memory (arguments, outputs, temporaries) against the chip
 the model FLOPs per step and XLA's cost analysis.
 
     python -m genemask_jax.aot --topology=v5e:4x4 --config=configs/pretrain.py:paper \
-        --config.train.batch_size=256 [--config.model.remat=full] [--dump_hlo=/tmp/hlo]
+        --config.train.batch_size=256 [--config.model.remat=full] [--dump_hlo=/tmp/hlo] \
+        [--config.model.scan_layers=True]
+
+``--config.model.scan_layers=True`` compiles the encoder as one ``lax.scan`` (one layer
+body instead of ``num_layers`` copies): about half the CPU time of the unrolled compile for
+``:paper``; see docs/scaling.md for what it does to memory.
 
 ``--topology`` takes a libtpu topology (``v5e:4x4``, ``v4:2x2x4``, ``v5p:2x2x1``,
 ``v6e:2x4``), a Cloud TPU accelerator type (``v4-32``, ``v5litepod-16``, ``v5p-8``,
@@ -186,6 +191,7 @@ class Report:
   dtype: str
   remat: str
   attention_impl: str
+  scan_layers: bool
   global_batch: int
   seq_len: int
   grad_accum_steps: int
@@ -330,7 +336,7 @@ def compile_train_step(config: ml_collections.ConfigDict, target: Target, *,
   return Report(
       target=target, device_kind=devices[0].device_kind, num_devices=len(devices),
       mesh=dict(mesh.shape), rules=rules, model_size=config.model.size, dtype=cfg.dtype,
-      remat=cfg.remat, attention_impl=cfg.attention_impl,
+      remat=cfg.remat, attention_impl=cfg.attention_impl, scan_layers=cfg.scan_layers,
       global_batch=config.train.batch_size, seq_len=config.data.max_len,
       grad_accum_steps=config.train.grad_accum_steps,
       argument_bytes=sizes[0], output_bytes=sizes[1], alias_bytes=sizes[2],
@@ -370,7 +376,8 @@ def format_report(r: Report) -> str:
       f"target {r.target.name}: {r.num_devices} x {r.device_kind}"
       + (f" ({r.target.topology}), {hbm / GIB:.0f} GiB HBM each" if hbm else ""),
       f"model {r.model_size}: {r.dtype} activations, remat {r.remat}, attention "
-      f"{r.attention_impl}; batch {r.global_batch} x {r.seq_len} "
+      f"{r.attention_impl}, layers {'scanned' if r.scan_layers else 'unrolled'}; batch "
+      f"{r.global_batch} x {r.seq_len} "
       f"({r.batch_per_device:g} per device, grad_accum_steps {r.grad_accum_steps})",
       f"mesh {r.mesh}; rules {_rules_text(r.rules)}",
       f"compile: lowered in {r.lower_seconds:.1f} s, compiled in {r.compile_seconds:.1f} s"

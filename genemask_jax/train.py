@@ -170,7 +170,8 @@ def model_config_of(config: ml_collections.ConfigDict) -> model_lib.ModelConfig:
   overrides = {"dtype": dtype,
                "vocab_pad_multiple": config.model.vocab_pad_multiple,
                "attention_impl": config.model.get("attention_impl", "auto"),
-               "remat": config.model.get("remat", "none")}
+               "remat": config.model.get("remat", "none"),
+               "scan_layers": config.model.get("scan_layers", False)}
   if config.model.dropout_rate is not None:
     overrides["dropout_rate"] = config.model.dropout_rate
   cfg = model_lib.model_config(config.model.size, **overrides)

@@ -76,6 +76,18 @@ def test_test_config_compiles_for_v5e_with_the_pallas_kernel_and_fits(tmp_path):
   assert "fits (" in text and "16 GiB HBM each" in text
 
 
+def test_test_config_compiles_for_a_tpu_with_scanned_layers(tmp_path):
+  config = pretrain.get_config("test")
+  config.model.scan_layers = True
+  report = aot.compile_train_step(config, aot.parse_target("v5e:2x2"),
+                                  dump_hlo=str(tmp_path))
+  assert report.scan_layers and report.fits and aot.exit_code(report) == 0
+  compiled = (tmp_path / "train_step.compiled.hlo.txt").read_text()
+  # The encoder layers run in a loop, each iteration with the Mosaic attention kernel.
+  assert " while(" in compiled and "tpu_custom_call" in compiled
+  assert "layers scanned" in aot.format_report(report)
+
+
 def test_config_made_not_to_fit_says_by_how_much_and_exits_1():
   r = _cli("--topology=v5e:1x1", "--config=configs/pretrain.py:test",
            "--config.train.batch_size=2048", "--config.data.max_len=512")
