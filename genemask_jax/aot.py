@@ -32,11 +32,15 @@ import sys
 import time
 from typing import Any
 
+from absl import app
+from absl import flags
 import jax
 import jax.numpy as jnp
 import ml_collections
+from ml_collections import config_flags
 import numpy as np
 
+from genemask_jax import attention
 from genemask_jax import errors
 from genemask_jax import flops as flops_lib
 from genemask_jax import model as model_lib
@@ -161,6 +165,7 @@ def target_devices(target: Target) -> list[Any]:
   for k, v in _LIBTPU_ENV.items():
     os.environ.setdefault(k, v)
   try:
+    # In the try: a jax without TPU support fails here.
     from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
     kwargs = {}
     dims = [int(d) for d in target.topology.split(":")[1].split("x")]
@@ -247,7 +252,6 @@ def resolved_model_config(config: ml_collections.ConfigDict,
   "auto" choices (attention implementation, activation dtype) are made for the target,
   not for the machine that compiles.
   """
-  from genemask_jax import attention  # pylint: disable=g-import-not-at-top
   config = ml_collections.ConfigDict(config.to_dict())
   with config.unlocked():
     impl = config.model.get("attention_impl", "auto")
@@ -410,7 +414,6 @@ def exit_code(r: Report) -> int:
 
 # ----------------------------------------------------------------------------- binary
 def main(argv: list[str]) -> None:
-  from absl import flags  # pylint: disable=g-import-not-at-top
   if len(argv) > 1:
     _fail(f"unexpected arguments: {argv[1:]}")
   fl = flags.FLAGS
@@ -429,7 +432,6 @@ def _fail(msg: str) -> None:
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
-  from absl import flags  # pylint: disable=g-import-not-at-top
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
@@ -445,9 +447,6 @@ def run() -> None:
   # open a local TPU (and, on a TPU VM, hold it while a training job needs it).
   if not os.environ.get("JAX_PLATFORMS"):
     jax.config.update("jax_platforms", "cpu")
-  from absl import app  # pylint: disable=g-import-not-at-top
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   config_flags.DEFINE_config_file(
       "config", "configs/pretrain.py:paper",
       "Pretraining config, e.g. configs/pretrain.py:paper.", lock_config=True)

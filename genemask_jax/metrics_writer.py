@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import tempfile
 import time
 from typing import Any, Mapping
 
+from etils import epath
 import numpy as np
 
 
@@ -42,17 +44,16 @@ class MetricWriter:
     self._remote = None
     if not enabled:
       return
+    # Heavy: only when logging is on.
     from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
     local = workdir
     if is_remote(workdir):
-      import tempfile  # pylint: disable=g-import-not-at-top
       self._remote = workdir
       local = tempfile.mkdtemp(prefix="genemask-logs-")
     self._local = local
     os.makedirs(local, exist_ok=True)
     jsonl = os.path.join(local, "log.jsonl")
     if self._remote is not None:  # Continue the cloud copy, not a fresh file.
-      from etils import epath  # pylint: disable=g-import-not-at-top
       remote_jsonl = epath.Path(self._remote) / "log.jsonl"
       if remote_jsonl.exists():
         with open(jsonl, "wb") as f:
@@ -97,7 +98,6 @@ class MetricWriter:
     """Copies the staged files to a cloud workdir (no-op for a local one)."""
     if self._remote is None:
       return
-    from etils import epath  # pylint: disable=g-import-not-at-top
     for root, _, files in os.walk(self._local):
       for name in files:
         src = os.path.join(root, name)

@@ -20,6 +20,8 @@ from __future__ import annotations
 import os
 from typing import Sequence
 
+from absl import app
+from absl import flags
 import numpy as np
 
 from genemask_jax import npmi
@@ -49,7 +51,8 @@ def compare(ours: npmi.NpmiLookup, ref: npmi.NpmiLookup, top: int = 100) -> dict
 
 
 def _save(fig, path: str) -> None:
-  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  # Heavy: plots only.
+  from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
   FigureCanvasAgg(fig)
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   fig.savefig(path, dpi=120)
@@ -58,7 +61,7 @@ def _save(fig, path: str) -> None:
 def plot_scatter(ours: npmi.NpmiLookup, ref: npmi.NpmiLookup, path: str, *,
                  ours_label: str = "ours", ref_label: str = "reference") -> dict[str, float]:
   """Writes a PNG scatter of ours vs the reference scores on shared k-mers; returns `compare`."""
-  from matplotlib.figure import Figure
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top  (heavy: plots only)
   stats = compare(ours, ref)
   shared = np.isfinite(ours.score) & np.isfinite(ref.score)
   x, y = ref.score[shared], ours.score[shared]
@@ -81,7 +84,7 @@ def plot_scatter(ours: npmi.NpmiLookup, ref: npmi.NpmiLookup, path: str, *,
 
 def plot_distribution(tables: dict[str, npmi.NpmiLookup], path: str, bins: int = 60) -> None:
   """Writes a PNG histogram of each table's finite scores, overlaid."""
-  from matplotlib.figure import Figure
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top  (heavy: plots only)
   fig = Figure(figsize=(6, 4))
   ax = fig.add_subplot()
   finite = {name: lk.score[np.isfinite(lk.score)] for name, lk in tables.items()}
@@ -99,7 +102,6 @@ def plot_distribution(tables: dict[str, npmi.NpmiLookup], path: str, bins: int =
 
 
 def _main(argv: Sequence[str]) -> None:
-  from absl import app, flags  # Binaries only.
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   f = flags.FLAGS
@@ -121,7 +123,6 @@ def _main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-  from absl import app, flags
   flags.DEFINE_string("table", None, "Our NPMI table (.csv, .rank.npy or .npz).", required=True)
   flags.DEFINE_string("reference", None, "Reference table to compare with, e.g. the authors' "
                       "CSV; without it only the distribution is drawn.")

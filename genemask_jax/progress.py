@@ -26,7 +26,7 @@ class Progress:
     if not enabled:
       return
     try:
-      import tqdm  # pylint: disable=g-import-not-at-top
+      import tqdm  # pylint: disable=g-import-not-at-top  (optional: a plain line without it)
       self._bar = tqdm.tqdm(total=total, desc=desc, file=sys.stderr, leave=False,
                             dynamic_ncols=True,
                             mininterval=0.1 if sys.stderr.isatty() else 5.0)

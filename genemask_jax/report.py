@@ -151,9 +151,9 @@ def markdown_table(rows: Sequence[dict[str, Any]], jobs: Sequence[Any], rc: Any,
 
 def plot(rows: Sequence[dict[str, Any]], path: pathlib.Path, metrics: Sequence[str]) -> None:
   """PNG grid: one row per metric, one column per task; metric vs shots, a line per model."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
+  import matplotlib  # pylint: disable=g-import-not-at-top  (heavy: plots only)
   matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top  (heavy: plots only)
   stats = summarize(rows)
   task_names = list(dict.fromkeys(r["task"] for r in rows))
   model_names = list(dict.fromkeys(r["model"] for r in rows))

@@ -8,6 +8,7 @@ import pytest
 from genemask_jax import tokenizer
 from genemask_jax.data import fasta
 from genemask_jax.data import genome
+from genemask_jax.data import sample
 
 
 @pytest.fixture(scope="module")
@@ -178,10 +179,10 @@ def test_bad_input_raises_early(tmp_path):
 
 def test_make_sample_is_reproducible(tmp_path, data_dir):
   out = tmp_path / "s.fa.gz"
-  info = genome.make_sample(data_dir / "genome", out, chrx_bp=100_000, chr22_blocks=5)
+  info = sample.make_sample(data_dir / "genome", out, chrx_bp=100_000, chr22_blocks=5)
   assert info["chr22_records"] == 5
   first = out.read_bytes()
-  genome.make_sample(data_dir / "genome", out, chrx_bp=100_000, chr22_blocks=5)
+  sample.make_sample(data_dir / "genome", out, chrx_bp=100_000, chr22_blocks=5)
   assert out.read_bytes() == first
   (ref,) = genome.default_genome_paths()
   ref_seq = next(fasta.iter_records(ref))[1]

@@ -114,7 +114,7 @@ def test_streaming_counter_in_random_pieces_and_batches(batch):
 @pytest.mark.parametrize("compress,chunk", [(False, 1 << 18), (True, 1 << 18), (False, 5)])
 def test_count_fasta_with_tiny_blocks_carries_tails_across_blocks(tmp_path, compress, chunk,
                                                                   monkeypatch):
-  monkeypatch.setattr(npmi, "_CHUNK", chunk)  # Also split each block into tiny chunks.
+  monkeypatch.setattr(npmi.counting, "_CHUNK", chunk)  # Also split each block into tiny chunks.
   rng = np.random.default_rng(1)
   records = random_records(rng, 8, 200, alphabet="ACGTACGTacgtN") + ["ACGTTGCA" * 5]
   path = write_fasta(tmp_path / ("x.fa.gz" if compress else "x.fa"), records, compress=compress)

@@ -22,6 +22,7 @@ import numpy as np
 import optax
 
 from genemask_jax import model as model_lib
+from genemask_jax.data import tasks
 from genemask_jax.finetune import arrays
 from genemask_jax.finetune import metrics as metrics_lib
 
@@ -211,7 +212,6 @@ def probe_tasks_from_data(specs: Mapping[str, Sequence[int]], data_dir: Any, *,
   curve is comparable across steps.
   Reads the task files under ``data_dir`` (see `genemask_jax.data.tasks.load_task`).
   """
-  from genemask_jax.data import tasks  # pylint: disable=g-import-not-at-top
   out = []
   for task, shots in specs.items():
     for shot in shots:

@@ -39,6 +39,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from genemask_jax import errors
+from genemask_jax import hf
 from genemask_jax import model as model_lib
 from genemask_jax import tokenizer
 from genemask_jax import windows
@@ -210,7 +211,6 @@ def export_hf(model_dir: str | os.PathLike, output: str | os.PathLike) -> pathli
   config.json carries ``num_labels``, ``problem_type`` ("single_label_classification" or
   "regression") and ``id2label`` / ``label2id`` with the training data's label values.
   """
-  from genemask_jax import hf  # pylint: disable=g-import-not-at-top
   model = load_saved_model(model_dir)
   out = pathlib.Path(output)
   hf.export_params(model.params, model.config, out, k=model.k)

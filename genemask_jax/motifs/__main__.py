@@ -16,6 +16,7 @@ $GENEMASK_DATA_DIR; ``--tasks=`` (empty) skips the sequence side. Writes the fil
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import time
 from typing import Sequence
@@ -24,6 +25,7 @@ from absl import app
 from absl import flags
 
 from genemask_jax import errors
+from genemask_jax.data import tasks
 from genemask_jax.motifs import database
 from genemask_jax.motifs import enrichment
 from genemask_jax.motifs import report
@@ -72,7 +74,6 @@ def _check_flags() -> None:
 
 def _check_extra() -> None:
   """Raises MotifsError naming the missing packages of the ``motifs`` extra, if any."""
-  import importlib.util  # pylint: disable=g-import-not-at-top
   missing = [m for m in ("pyjaspar", "memelite", "logomaker", "scipy")
              if importlib.util.find_spec(m) is None]
   if missing:
@@ -82,7 +83,6 @@ def _check_extra() -> None:
 
 def run() -> None:
   """Checks every input, then runs both sides and writes the outputs."""
-  from genemask_jax.data import tasks  # pylint: disable=g-import-not-at-top
   t0 = time.perf_counter()
   _check_flags()
   _check_extra()

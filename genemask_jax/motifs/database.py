@@ -76,7 +76,7 @@ class JasparMotif:
 
 def releases() -> list[str]:
   """The JASPAR releases pyjaspar ships, newest first."""
-  import pyjaspar  # pylint: disable=g-import-not-at-top
+  import pyjaspar  # pylint: disable=g-import-not-at-top  (the motifs extra, checked by the command)
   return list(pyjaspar.jaspar_releases)
 
 
@@ -85,8 +85,8 @@ def _connect(release: str) -> sqlite3.Connection:
   if release not in known:
     raise MotifsError(f"--jaspar={release!r}: unknown JASPAR release; pyjaspar ships "
                       f"{', '.join(known)}")
-  import pyjaspar  # pylint: disable=g-import-not-at-top
-  from pyjaspar import utils  # pylint: disable=g-import-not-at-top
+  import pyjaspar  # pylint: disable=g-import-not-at-top  (the motifs extra, checked by the command)
+  from pyjaspar import utils  # pylint: disable=g-import-not-at-top  (the motifs extra)
   path = utils.get_jaspardb_path(pyjaspar.jaspar_releases[release])
   return sqlite3.connect(f"file:{path}?mode=ro", uri=True)
 
@@ -243,6 +243,7 @@ def match(queries: list[str], motifs: list[JasparMotif]) -> Matches:
   Returns:
     `Matches`, one entry per query, in order.
   """
+  # The motifs extra; heavy (numba).
   from memelite import tomtom  # pylint: disable=g-import-not-at-top
   if len(motifs) < MIN_TARGETS:
     raise MotifsError(f"{len(motifs)} target matrices; Tomtom needs at least {MIN_TARGETS}")
@@ -360,6 +361,7 @@ def background_test(matched: np.ndarray, scored: np.ndarray, top: np.ndarray,
     top: int64 (K,), the top-K.
     draws: int64 (n_draws, K), from `gc_matched_draws`.
   """
+  # The motifs extra, checked by the command.
   from scipy import stats  # pylint: disable=g-import-not-at-top
   in_top = np.zeros(matched.shape[0], bool)
   in_top[top] = True

@@ -79,6 +79,7 @@ def fisher_p(a: np.ndarray, n_a: int, b: np.ndarray, n_b: int) -> np.ndarray:
   from the smallest, then looked up for every observed a (one scipy call per distinct
   total instead of one `fisher_exact` per k-mer, which took ~30 s for Splice-40).
   """
+  # The motifs extra, checked by the command.
   from scipy import stats  # pylint: disable=g-import-not-at-top
   a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
   total = a + b
@@ -104,6 +105,7 @@ def fisher_p(a: np.ndarray, n_a: int, b: np.ndarray, n_b: int) -> np.ndarray:
 
 
 def _ranks(x: np.ndarray) -> np.ndarray:
+  # The motifs extra, checked by the command.
   from scipy import stats  # pylint: disable=g-import-not-at-top
   return stats.rankdata(x)
 
@@ -160,6 +162,7 @@ def spearman_permutation(x: np.ndarray, y: np.ndarray, *, gc: np.ndarray | None 
     permutations: shuffles per permutation p-value.
     seed: seed of the shuffles.
   """
+  # The motifs extra, checked by the command.
   from scipy import stats  # pylint: disable=g-import-not-at-top
   x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
   res = stats.spearmanr(x, y)

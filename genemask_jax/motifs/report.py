@@ -227,16 +227,17 @@ def markdown(table: table_lib.KmerTable, db: database.DatabaseResult,
 
 
 def _figure(width: float, height: float):
+  # Heavy: figures only.
   from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
-  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top  (heavy: figures only)
   fig = Figure(figsize=(width, height))
   FigureCanvasAgg(fig)
   return fig
 
 
 def _logo(ax, probs: np.ndarray, start: int) -> None:
-  import logomaker  # pylint: disable=g-import-not-at-top
-  import pandas as pd  # pylint: disable=g-import-not-at-top
+  import logomaker  # pylint: disable=g-import-not-at-top  (the motifs extra: logos only)
+  import pandas as pd  # pylint: disable=g-import-not-at-top  (heavy: logos only)
   df = pd.DataFrame(probs.T, columns=list(_LETTERS), index=np.arange(probs.shape[1]) + start)
   info = logomaker.transform_matrix(df, from_type="probability", to_type="information")
   logomaker.Logo(info, ax=ax, show_spines=False)
