@@ -64,23 +64,6 @@ POOLINGS = ("mean", "max", "cls")
 _MIN_BUCKET = 32  # Windows are padded to a power of two >= this (or max_len): few shapes.
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("checkpoint", None, "WORKDIR (or a step directory) of a pretraining run, "
-                    "or hf:DIR for a HuggingFace BERT directory.")
-flags.DEFINE_string("input", None, "FASTA (.fa/.fasta/.fna[.gz]) or CSV (.csv[.gz]) with a "
-                    "'sequence' column.")
-flags.DEFINE_string("output", None, "OUT.npy; OUT.index.tsv is written beside it.")
-flags.DEFINE_integer("layer", -1, "Hidden states of this layer: 0 = embeddings output, "
-                     "1..L encoder layers, -1 = last.")
-flags.DEFINE_enum("pooling", "mean", list(POOLINGS), "mean/max over k-mer positions, or the "
-                  "[CLS] position.")
-flags.DEFINE_integer("batch_size", 32, "Windows per jit'd forward pass.")
-flags.DEFINE_integer("max_windows", None, "At most this many (evenly spaced) windows per "
-                     "sequence longer than the model; default all.")
-flags.DEFINE_integer("overlap", None, "k-mers shared by consecutive windows (default half a "
-                     "window).")
-flags.DEFINE_enum("dtype", "auto", ["auto", "float32", "bfloat16"], "Activations dtype; auto "
-                  "= bfloat16 on GPU/TPU, float32 on CPU.")
-flags.DEFINE_bool("progress", True, "Progress bar on stderr.")
 
 
 class EmbedError(errors.UserError):
@@ -329,6 +312,28 @@ def run(checkpoint: str | None, input_path: str | None, output: str | None, *,
   return vectors, out
 
 
+def _define_flags() -> None:
+  """The command's flags, defined only when it runs as a command (`python -m`), so that
+  importing the library beside another binary's flags (fewshot's --checkpoint) is safe."""
+  flags.DEFINE_string("checkpoint", None, "WORKDIR (or a step directory) of a pretraining run, "
+                      "or hf:DIR for a HuggingFace BERT directory.")
+  flags.DEFINE_string("input", None, "FASTA (.fa/.fasta/.fna[.gz]) or CSV (.csv[.gz]) with a "
+                      "'sequence' column.")
+  flags.DEFINE_string("output", None, "OUT.npy; OUT.index.tsv is written beside it.")
+  flags.DEFINE_integer("layer", -1, "Hidden states of this layer: 0 = embeddings output, "
+                       "1..L encoder layers, -1 = last.")
+  flags.DEFINE_enum("pooling", "mean", list(POOLINGS), "mean/max over k-mer positions, or the "
+                    "[CLS] position.")
+  flags.DEFINE_integer("batch_size", 32, "Windows per jit'd forward pass.")
+  flags.DEFINE_integer("max_windows", None, "At most this many (evenly spaced) windows per "
+                       "sequence longer than the model; default all.")
+  flags.DEFINE_integer("overlap", None, "k-mers shared by consecutive windows (default half a "
+                       "window).")
+  flags.DEFINE_enum("dtype", "auto", ["auto", "float32", "bfloat16"], "Activations dtype; auto "
+                    "= bfloat16 on GPU/TPU, float32 on CPU.")
+  flags.DEFINE_bool("progress", True, "Progress bar on stderr.")
+
+
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -344,4 +349,5 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)
