@@ -14,21 +14,11 @@ from genemask_jax import optim
 from genemask_jax import sharding
 from genemask_jax import train_step as ts
 import test_sharding  # tests/ is on sys.path (rootdir-relative test modules).
+from test_remat import _batch  # The same masked batch: padding in one row, 6 targets.
 
 # Three layers: with masked positions two of them run in the scan and the last apart.
 CFG = model_lib.ModelConfig(num_layers=3, hidden_size=32, num_heads=2, mlp_dim=64,
                             max_len=32, attention_impl="blockwise")
-
-
-def _batch(rows=2, length=32):
-  rng = np.random.default_rng(0)
-  ids = rng.integers(5, 4101, (rows, length)).astype(np.int32)
-  ids[:, 0], ids[:, -1] = 2, 3
-  ids[1, 20:] = 0  # Padding in one row.
-  positions = np.stack([rng.choice(np.arange(1, 19), 6, replace=False) for _ in range(rows)])
-  labels = np.take_along_axis(ids, positions, 1)
-  np.put_along_axis(ids, positions, 4, 1)  # [MASK]
-  return jnp.asarray(ids), jnp.asarray(positions, jnp.int32), jnp.asarray(labels)
 
 
 def _run(scan_layers, remat="none", all_positions=False):
