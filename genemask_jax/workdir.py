@@ -436,7 +436,10 @@ def hide_orbax_read_noise() -> None:
 
   A failed restore of a damaged step leaves orbax's pending read coroutines to be
   finalised whenever the garbage collector gets to them; Python then prints each one's
-  traceback, which would bury the one line that reports the damaged step.
+  traceback, which would bury the one line that reports the damaged step. A callback of
+  such a read can also reach the read's event loop after it closed, which reports
+  "Exception ignored in: None ... RuntimeError: Event loop is closed" from asyncio (no
+  orbax frame in it; seen in CI, depending on GC timing): filtered the same way.
   """
   previous = sys.unraisablehook
   if getattr(previous, "_genemask_filter", False):
@@ -446,7 +449,9 @@ def hide_orbax_read_noise() -> None:
     where = f"{getattr(unraisable, 'object', '')!r} {unraisable.exc_value!r}"
     if "orbax" in where or "_read_array_index_and_device_put" in where or (
         unraisable.exc_traceback is not None and "orbax" in
-        str(getattr(unraisable.exc_traceback.tb_frame.f_code, "co_filename", ""))):
+        str(getattr(unraisable.exc_traceback.tb_frame.f_code, "co_filename", ""))) or (
+        isinstance(unraisable.exc_value, RuntimeError) and
+        "Event loop is closed" in str(unraisable.exc_value)):
       logging.debug("orbax: ignored while discarding a failed read: %r", unraisable.exc_value)
       return
     previous(unraisable)
