@@ -98,6 +98,16 @@ def gue_task_dir(gue_dir: str | os.PathLike, task: str) -> pathlib.Path:
   return path
 
 
+def _utf8(path: pathlib.Path, raw: bytes, expected: str) -> str:
+  """`raw` as text (a leading BOM dropped); not UTF-8 -> DatasetError naming the line."""
+  try:
+    return raw.decode("utf-8-sig")
+  except UnicodeDecodeError as e:
+    line = raw.count(b"\n", 0, e.start) + 1
+    raise DatasetError(f"{path}:{line}: not UTF-8 text (binary data?); expected "
+                       f"{expected}") from e
+
+
 def _read_table(path: pathlib.Path) -> list[tuple[int, str, str]]:
   """(line, sequence, label) rows of a ``sequence,label`` CSV, checked."""
   try:
@@ -110,12 +120,7 @@ def _read_table(path: pathlib.Path) -> list[tuple[int, str, str]]:
     raw = raw[3:]
   if not raw.strip():
     raise DatasetError(f"{path}: empty file; expected a header with sequence,label and rows")
-  try:
-    text = raw.decode("utf-8")
-  except UnicodeDecodeError as e:
-    line = raw.count(b"\n", 0, e.start) + 1
-    raise DatasetError(f"{path}:{line}: not UTF-8 text (binary data?); expected a CSV "
-                       "table") from e
+  text = _utf8(path, raw, "a CSV table")
   reader = csv.reader(io.StringIO(text, newline=""))
   rows, header, seq_col, label_col = [], None, -1, -1
   try:
@@ -285,12 +290,7 @@ def _read_csv_sequences(path: pathlib.Path) -> tuple[list[str], list[str]]:
       raw = f.read()
   except (OSError, EOFError) as e:
     raise DatasetError(f"{path}: cannot read ({e})") from e
-  try:
-    text = raw.decode("utf-8-sig")
-  except UnicodeDecodeError as e:
-    line = raw.count(b"\n", 0, e.start) + 1
-    raise DatasetError(f"{path}:{line}: not UTF-8 text (binary data?); expected FASTA or a "
-                       "CSV with a sequence column") from e
+  text = _utf8(path, raw, "FASTA or a CSV with a sequence column")
   reader = csv.reader(io.StringIO(text, newline=""))
   header, seq_col, name_col = None, -1, -1
   names, seqs = [], []
