@@ -55,7 +55,7 @@ if __name__ == "__main__":
 """
 _PLAN_SCRIPT = """
 import json, os, sys, tempfile, shutil
-from genemask_jax.data import fasta, genome, genome_tfds
+from genemask_jax.data import fasta, genome, plan
 def cpu():
   t = os.times()
   return t.user + t.system
@@ -72,16 +72,16 @@ try:
     c0 = cpu()
     r = fn(*args)
     scan[0] += cpu() - c0
-    return genome_tfds._Done(r)
+    return plan.Done(r)
   stats = genome.ChunkStats()
   os.makedirs(os.path.join(work, "w"))
   c = cpu()
-  n = sum(1 for _ in genome_tfds.plan_units(paths, genome.ChunkConfig(), 1 << 20, stats,
+  n = sum(1 for _ in plan.plan_units(paths, genome.ChunkConfig(), 1 << 20, stats,
                                             os.path.join(work, "w"), timed_submit))
-  plan = cpu() - c - scan[0] - structure  # plan_units reads the files for structure too.
+  planning = cpu() - c - scan[0] - structure  # plan_units reads the files for structure too.
 finally:
   shutil.rmtree(work, ignore_errors=True)
-print("RESULT " + json.dumps({"structure": structure, "plan": plan, "scan": scan[0],
+print("RESULT " + json.dumps({"structure": structure, "plan": planning, "scan": scan[0],
                               "acgt": stats.acgt}))
 """
 

@@ -1,4 +1,5 @@
 """The parallel corpus build: same dataset for any worker count, resumable, clear errors."""
+import collections
 import json
 import os
 import pathlib
@@ -14,6 +15,7 @@ from genemask_jax import tokenizer
 from genemask_jax.data import fasta as fasta_lib
 from genemask_jax.data import genome
 from genemask_jax.data import genome_tfds
+from genemask_jax.data import plan
 from genemask_jax.data import shards
 
 _REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -236,15 +238,23 @@ def _messy_fasta(path: pathlib.Path, chrx: bytes, crlf: bool) -> str:
   return str(path)
 
 
-@pytest.mark.parametrize("crlf,cfg", [
-    (False, {}), (True, {"seed": 5}), (False, {"join_across_n": True}),
-    (False, {"keep_tail": False, "min_chunk_bp": 20, "max_offset": 3000}),
+# batch_bytes 7,000: every record but the tiny ones goes to the first pass as byte ranges,
+# chunked by the main process; 1 MiB: every record goes whole, chunked in the first pass.
+@pytest.mark.parametrize("crlf,cfg,batch_bytes", [
+    (False, {}, 7_000), (True, {"seed": 5}, 7_000), (False, {"join_across_n": True}, 7_000),
+    (False, {"keep_tail": False, "min_chunk_bp": 20, "max_offset": 3000}, 7_000),
+    (False, {}, 1 << 20), (True, {"join_across_n": True, "seed": 3}, 1 << 20),
 ])
 def test_planned_units_hold_exactly_the_sequential_chunks(tmp_path, chrx_head, monkeypatch,
-                                                          crlf, cfg):
+                                                          crlf, cfg, batch_bytes):
   import gzip  # pylint: disable=g-import-not-at-top
-  monkeypatch.setattr(genome_tfds, "_RANGE_BYTES", 997)  # Many ranges: runs cross them.
-  monkeypatch.setattr(genome_tfds, "_BATCH_BYTES", 7_000)  # Many batches and tasks.
+  monkeypatch.setattr(plan, "_RANGE_BYTES", 997)  # Many ranges: runs cross them.
+  monkeypatch.setattr(plan, "_BATCH_BYTES", batch_bytes)
+  tasks = collections.Counter()
+
+  def submit(fn, *args):  # In this process, counting the two kinds of first-pass task.
+    tasks[fn.__name__] += 1
+    return plan.run_now(fn, *args)
   plain = _messy_fasta(tmp_path / "m.fa", chrx_head, crlf)
   gz = tmp_path / "m2.fa.gz"
   gz.write_bytes(gzip.compress(pathlib.Path(plain).read_bytes()))
@@ -253,8 +263,9 @@ def test_planned_units_hold_exactly_the_sequential_chunks(tmp_path, chrx_head, m
   want_stats, got_stats = genome.ChunkStats(), genome.ChunkStats()
   cuts = list(genome.iter_cuts(paths, cfg, 1 << 12, want_stats))
   (tmp_path / "w").mkdir()
-  units = [u.load() for u in genome_tfds.plan_units(paths, cfg, 5_000, got_stats,
-                                                     str(tmp_path / "w"))]
+  units = [u.load() for u in plan.plan_units(paths, cfg, 5_000, got_stats,
+                                              str(tmp_path / "w"), submit)]
+  assert tasks["scan_records"] and (tasks["scan_ranges"] > 0) == (batch_bytes < 20_000)
   assert len(units) > 10 and [u.index for u in units] == list(range(len(units)))
   assert got_stats == want_stats and want_stats.acgt > want_stats.kept  # Something was lost.
   np.testing.assert_array_equal(np.concatenate([u.bases for u in units]),
@@ -401,8 +412,8 @@ def test_a_dying_worker_is_one_clear_error_and_the_rerun_completes(tmp_path):
   import dataclasses  # pylint: disable=g-import-not-at-top
   work = str(tmp_path / "work")
   os.makedirs(work)
-  units = list(genome_tfds.plan_units(genome.default_genome_paths(), genome.ChunkConfig(),
-                                      1 << 20, genome.ChunkStats(), work))
+  units = list(plan.plan_units(genome.default_genome_paths(), genome.ChunkConfig(),
+                               1 << 20, genome.ChunkStats(), work))
   assert len(units) >= 4
   bad = _DiesInWorker(**{f.name: getattr(units[2], f.name)
                          for f in dataclasses.fields(shards.RangeUnit)})

@@ -10,17 +10,17 @@ builder config, whose name carries a hash of them (file names and sizes, every c
 field), so a different corpus or setting never reuses a stale build. The default config
 is the genome slice embedded in the package.
 
-The build runs on all cores, and the main process only plans (`plan_units`): it reads
-each file once for its structure (headers, comment lines; a gzip input is unpacked into
-the work dir on the way: a gzip stream cannot be read from the middle, so the copy costs
-the uncompressed size on disk until the build completes), worker processes check and
-scan 256 KiB ranges for their runs of A/C/G/T, the main process turns the runs into
-segments and each segment into its seeded chunks from the segment's place and length
-alone (no bases touched), and groups the chunks into work units of 1-16 Mbp (the size
-follows the input's size, never the worker count). Each worker then reads its unit's
-bases from the file itself and writes one array_record shard per split
-(`shards.write_unit`). Reading, scanning, planning and writing overlap: records are
-planned as they are read. Shards are numbered in unit order, so the dataset is
+The build runs on all cores, and the main process only plans (`plan.plan_units`): it
+reads each file once for its structure (headers, comment lines; a gzip input is unpacked
+into the work dir on the way: a gzip stream cannot be read from the middle, so the copy
+costs the uncompressed size on disk until the build completes); worker processes check
+and scan the records for their runs of A/C/G/T and cut short records into their seeded
+chunks from each segment's place and length alone (no bases touched; the main process does
+this for long records, which have few segments); the main process groups the chunks into
+work units of 1-16 Mbp (the size follows the input's size, never the worker count). Each
+worker then reads its unit's bases from the file itself and writes one array_record shard
+per split (`shards.write_unit`). Reading, scanning, planning and writing overlap: records
+are planned as they are read. Shards are numbered in unit order, so the dataset is
 byte-identical, example for example and in the same order, for any ``num_workers``, and
 the examples are exactly `genome.iter_chunks`'s. Memory is bounded by the units in flight
 (two per worker), not by the genome or its line length. Finished units are kept in
@@ -43,7 +43,6 @@ Read back only with ``builder.as_data_source()`` (random access, what grain want
 
 from __future__ import annotations
 
-import collections
 import concurrent.futures
 import contextlib
 import dataclasses
@@ -64,6 +63,7 @@ import tensorflow_datasets as tfds
 from genemask_jax import errors
 from genemask_jax.data import fasta
 from genemask_jax.data import genome
+from genemask_jax.data import plan as plan_lib
 from genemask_jax.data import shards
 
 # 2.0.0: parallel build; the chunk straddling a segment's start is kept (#20 item 7);
@@ -161,230 +161,6 @@ def make_config(fasta_paths: Sequence[str | os.PathLike] | None = None,
       fasta=tuple(os.path.abspath(p) for p in paths),
       chunking=dataclasses.asdict(chunk_cfg),
   )
-
-
-_RANGE_BYTES = 1 << 18  # Bytes of FASTA per range of the parallel first pass.
-
-
-def _segment_chunks(cfg: genome.ChunkConfig, name_hash: int, position: int, n: int
-                    ) -> tuple[np.ndarray, np.ndarray]:
-  """The kept chunks of an n-bp segment that starts at `position` of its record.
-
-  Exactly the chunks `genome` cuts from the same segment (its `_Segmenter`: the same
-  seeded generator, draws and rules), computed from the segment's place and length alone,
-  without its bases. Returns int64 (starts from the segment's start, lengths).
-  """
-  rng = np.random.default_rng([cfg.seed & 0xFFFFFFFF, name_hash, position])
-  offset = int(rng.integers(0, cfg.max_offset))
-  lengths = genome.draw_chunk_lengths(rng, genome._FIRST_DRAW, cfg)  # pylint: disable=protected-access
-  ends = np.cumsum(lengths) - offset
-  while ends[-1] <= 0:
-    lengths = np.concatenate([lengths, genome.draw_chunk_lengths(rng, lengths.shape[0], cfg)])
-    ends = np.cumsum(lengths) - offset
-  first = int(np.searchsorted(ends, 0, side="right"))
-  lengths = lengths[first:].copy()
-  lengths[0] = ends[first]
-  drop_first = lengths[0] < cfg.min_chunk_bp
-  parts, have = [lengths], int(lengths.sum())
-  while have <= n:  # How many are drawn at a time does not change the lengths.
-    more = genome.draw_chunk_lengths(rng, (n - have) // 256 + 64, cfg)
-    parts.append(more)
-    have += int(more.sum())
-  lengths = np.concatenate(parts)
-  ends = np.cumsum(lengths)
-  m = int(np.searchsorted(ends, n, side="right"))  # Chunks that end inside the segment.
-  lo = 1 if drop_first and m else 0
-  starts, lengths = (ends - lengths)[lo:m], lengths[lo:m]
-  tail = n - (int(ends[m - 1]) if m else 0)
-  if cfg.keep_tail and tail >= cfg.min_chunk_bp:
-    starts = np.append(starts, n - tail)
-    lengths = np.append(lengths, tail)
-  return starts.astype(np.int64), lengths.astype(np.int64)
-
-
-class _UnitPlan:
-  """Collects runs of chunks into `shards.RangeUnit`s of at least `bp` bases."""
-
-  def __init__(self, cfg: genome.ChunkConfig, bp: int):
-    self.cfg, self.bp, self.index = cfg, bp, 0
-    self._reset()
-
-  def _reset(self):
-    self.names, self.first, self.starts, self.spans, self.lengths = [], [], [], [], []
-    self.size = 0
-
-  def flush(self, path: str, display: str, source: str) -> shards.RangeUnit | None:
-    if not self.names:
-      return None
-    unit = shards.RangeUnit(
-        self.index, path, display, source, self.names, np.array(self.first, np.int64),
-        np.array([x.shape[0] for x in self.lengths], np.int64),
-        np.array(self.starts, np.int64), self.spans, np.concatenate(self.lengths), self.cfg)
-    self.index += 1
-    self._reset()
-    return unit
-
-  def add(self, name: str, first: int, start: int, lengths: np.ndarray,
-          coords: np.ndarray, ranges: list[tuple[int, int]], path: str, display: str,
-          source: str) -> Iterator[shards.RangeUnit]:
-    """Adds consecutive chunks of one segment (first at `start`); yields full units.
-
-    coords: int64 (q + 1,) the coordinate of each of the record's ranges' first letter,
-    then the record's end; ranges: their byte ranges.
-    """
-    cum = np.cumsum(lengths)
-    done = 0
-    while done < lengths.shape[0]:
-      base = int(cum[done - 1]) if done else 0
-      take = int(np.searchsorted(cum[done:] - base, self.bp - self.size, side="left")) + 1
-      take = min(take, lengths.shape[0] - done)
-      a = start + base
-      b = start + int(cum[done + take - 1])
-      i = int(np.searchsorted(coords, a, side="right")) - 1
-      j = int(np.searchsorted(coords, b, side="left"))
-      self.names.append(name)
-      self.first.append(first + done)
-      self.starts.append(a)
-      self.spans.append([(int(ranges[q][0]), int(ranges[q][1]), int(coords[q]))
-                         for q in range(max(i, 0), max(j, i + 1))])
-      self.lengths.append(lengths[done:done + take])
-      self.size += b - a
-      done += take
-      if self.size >= self.bp:
-        yield self.flush(path, display, source)
-
-
-class _Done:
-  """A finished future, for running the first pass in the main process (1 worker)."""
-
-  def __init__(self, value):
-    self._value = value
-
-  def result(self):
-    return self._value
-
-
-def _run_now(fn, *args) -> _Done:
-  return _Done(fn(*args))
-
-
-def plan_units(paths: Sequence[str], cfg: genome.ChunkConfig, bp: int,
-               stats: genome.ChunkStats, work_dir: str,
-               submit: Callable[..., Any] = _run_now) -> Iterator[shards.RangeUnit]:
-  """The corpus as `shards.RangeUnit`s, planned from a structure pass and a parallel scan.
-
-  The main process reads each file once for its structure (`fasta.iter_spans`: headers
-  and comment lines; a gzip file is unpacked into work_dir on the way, since a gzip
-  stream cannot be read from the middle: the copy costs the uncompressed size on disk
-  until the build completes, and a resumed build reuses a complete one). Batches of
-  records go to `submit` (the workers' `pool.submit`) for the first pass
-  (`shards.scan_ranges`: letters checked and counted, runs of A/C/G/T found), a few
-  batches ahead; the main process turns their runs into segments and their seeded chunks
-  (`_segment_chunks`, no bases touched) and the chunks into units, while the workers
-  write the units already planned. Workers then read each unit's bases themselves. The
-  chunks are exactly `genome.iter_cuts`'s; each unit holds one file's chunks.
-  """
-  plan = _UnitPlan(cfg, bp)
-  for file_index, path in enumerate(paths):
-    st = os.stat(path)
-    source = f"{st.st_size}-{st.st_mtime_ns}"
-    with open(path, "rb") as f:
-      gz = f.read(2) == b"\x1f\x8b"
-    read, copy_to = path, None
-    if gz:
-      read = os.path.join(work_dir, f"input-{file_index}-{source}.fa")
-      if not os.path.isfile(read + ".done"):  # Else a complete copy from a killed build.
-        copy_to = read
-    # A gzip file is read (and unpacked) unless a complete copy exists; a plain one, as is.
-    spans = fasta.iter_spans(read if gz and not copy_to else path, copy_to=copy_to)
-    yield from _plan_file(spans, read, path, source, cfg, stats, plan, submit)
-    if copy_to:
-      open(read + ".done", "w").close()
-    unit = plan.flush(read, path, source)  # Units never span files.
-    if unit is not None:
-      yield unit
-
-
-_BATCH_BYTES = 8 << 20  # FASTA bytes per first-pass batch.
-_AHEAD = 4  # First-pass batches in flight ahead of the planning.
-
-
-def _plan_file(spans, read, path, source, cfg, stats, plan, submit):
-  """Units of one file, from its spans (as they are read) and the workers' first pass."""
-  inflight: collections.deque = collections.deque()
-  batch: list[tuple[fasta.RecordSpan, list[tuple[int, int]]]] = []
-  size = 0
-
-  def send():
-    futures, task, task_size = [], [], 0
-    for r in (r for _, rs in batch for r in rs):
-      task.append(r)
-      task_size += r[1] - r[0]
-      if task_size >= _BATCH_BYTES // 4:  # A big record: several tasks, several workers.
-        futures.append(submit(shards.scan_ranges, read, path, task))
-        task, task_size = [], 0
-    if task:
-      futures.append(submit(shards.scan_ranges, read, path, task))
-    inflight.append((list(batch), futures))
-
-  names: set[str] = set()
-  for span in spans:
-    rs = [(a, min(a + _RANGE_BYTES, e)) for s, e in span.parts
-          for a in range(s, e, _RANGE_BYTES)]
-    batch.append((span, rs))
-    size += sum(e - s for s, e in span.parts)
-    if size >= _BATCH_BYTES:
-      send()
-      batch, size = [], 0
-    while len(inflight) > _AHEAD:
-      yield from _plan_batch(*inflight.popleft(), cfg, stats, plan, names, read, path, source)
-  if batch:
-    send()
-  while inflight:
-    yield from _plan_batch(*inflight.popleft(), cfg, stats, plan, names, read, path, source)
-
-
-def _plan_batch(batch, futures, cfg, stats, plan, names, read, path, source):
-  """Units from the first pass's results for a batch of records."""
-  scanned = iter([r for fut in futures for r in fut.result()])
-  join = cfg.join_across_n
-  for span, rs in batch:
-    got = [next(scanned) for _ in rs]
-    letters = sum(g[0] for g in got)
-    if not letters:
-      continue  # No sequence: the sequential reader never sees this record either.
-    acgt = [g[1] for g in got]
-    stats.letters += letters
-    stats.acgt += sum(acgt)
-    words = span.name.split()
-    name = words[0] if words else f"record{span.index}"
-    if name in names:
-      name = f"{name}#{span.index}"
-    names.add(name)
-    name_hash = genome._name_hash(name)  # pylint: disable=protected-access
-    coords = np.concatenate([[0], np.cumsum(acgt if join else [g[0] for g in got])]
-                            ).astype(np.int64)
-    if join:
-      segments = [(0, int(coords[-1]))]
-    else:
-      segments = []
-      for g, off in zip(got, coords[:-1].tolist()):
-        for a, b in g[2].tolist():
-          a, b = a + off, b + off
-          if segments and segments[-1][1] == a:  # A run that goes on in the next range.
-            segments[-1] = (segments[-1][0], b)
-          else:
-            segments.append((a, b))
-    chunk_index = 0
-    for a, b in segments:
-      starts, lengths = _segment_chunks(cfg, name_hash, a, b - a)
-      if not lengths.shape[0]:
-        continue
-      stats.kept += int(lengths.sum())
-      stats.chunks += int(lengths.shape[0])
-      yield from plan.add(name, chunk_index, a + int(starts[0]), lengths, coords, rs, read,
-                          path, source)
-      chunk_index += int(lengths.shape[0])
 
 
 def _broken(e: BaseException, work_dir: str) -> RuntimeError:
@@ -501,7 +277,8 @@ class GenemaskGenome(tfds.core.GeneratorBasedBuilder):
     t0 = time.monotonic()
     with contextlib.ExitStack() as stack:
       pool = stack.enter_context(_process_pool(workers)) if workers > 1 else None
-      units = plan_units(paths, cfg, bp, stats, work, pool.submit if pool else _run_now)
+      units = plan_lib.plan_units(paths, cfg, bp, stats, work,
+                                   pool.submit if pool else plan_lib.run_now)
       results, reused = write_units(units, work, workers, self._log, pool=pool)
     seconds = time.monotonic() - t0
     counts = {s: sum(r["examples"][s] for r in results) for s in shards.SPLITS}

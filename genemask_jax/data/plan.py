@@ -1,0 +1,350 @@
+"""Plans the genome corpus build: work units of chunks, from the files' structure and a
+first pass that runs in the workers.
+
+`plan_units` is what the main process of a build does (`genome_tfds`): it reads each file
+once for its structure (`fasta.iter_spans`: headers and comment lines; a gzip file is
+unpacked on the way) and sends the records, a batch at a time, to the workers for their
+first pass. Records of up to ``_BATCH_BYTES // 4`` bytes go whole, several to a task
+(`scan_records`): the worker checks and counts their letters, finds their runs of A/C/G/T,
+turns the runs into segments and each segment into its seeded chunks (`segment_chunks`),
+so the main process of a genome of many short records (GRCh37's chr22 file here has 9,627)
+only groups the chunks into units. Longer records are cut into tasks of byte ranges
+(`shards.scan_ranges`), and the main process joins their runs across the ranges and
+chunks their segments itself (few segments, whatever their length). The chunks are exactly
+`genome.iter_cuts`'s, and the units depend on the input and the unit size only, never on
+the number of workers.
+
+This module imports neither TensorFlow Datasets nor JAX: a spawned worker that runs
+`scan_records` starts fast.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+from genemask_jax.data import fasta
+from genemask_jax.data import genome
+from genemask_jax.data import shards
+
+_RANGE_BYTES = 1 << 18  # Bytes of FASTA per range of the first pass.
+_BATCH_BYTES = 8 << 20  # FASTA bytes per batch of records sent to the first pass.
+_AHEAD = 4  # First-pass batches in flight ahead of the planning.
+
+# What the first pass gives per record: letters, A/C/G/T letters, the coordinate of each
+# range's first letter then the record's end (int64 (q + 1,)), its segments [a, b), and
+# the chunks of each segment that keeps any, (start, starts, lengths), or None where the
+# main process cuts them.
+RecordScan = tuple[int, int, np.ndarray, list[tuple[int, int]],
+                   "list[tuple[int, np.ndarray, np.ndarray]] | None"]
+
+
+def segment_chunks(cfg: genome.ChunkConfig, name_hash: int, position: int, n: int
+                   ) -> tuple[np.ndarray, np.ndarray]:
+  """The kept chunks of an n-bp segment that starts at `position` of its record.
+
+  Exactly the chunks `genome` cuts from the same segment (its `_Segmenter`: the same
+  seeded generator, draws and rules), computed from the segment's place and length alone,
+  without its bases. Returns int64 (starts from the segment's start, lengths).
+  """
+  rng = np.random.default_rng([cfg.seed & 0xFFFFFFFF, name_hash, position])
+  offset = int(rng.integers(0, cfg.max_offset))
+  lengths = genome.draw_chunk_lengths(rng, genome._FIRST_DRAW, cfg)  # pylint: disable=protected-access
+  ends = np.cumsum(lengths) - offset
+  while ends[-1] <= 0:
+    lengths = np.concatenate([lengths, genome.draw_chunk_lengths(rng, lengths.shape[0], cfg)])
+    ends = np.cumsum(lengths) - offset
+  first = int(np.searchsorted(ends, 0, side="right"))
+  lengths = lengths[first:].copy()
+  lengths[0] = ends[first]
+  drop_first = lengths[0] < cfg.min_chunk_bp
+  parts, have = [lengths], int(lengths.sum())
+  while have <= n:  # How many are drawn at a time does not change the lengths.
+    more = genome.draw_chunk_lengths(rng, (n - have) // 256 + 64, cfg)
+    parts.append(more)
+    have += int(more.sum())
+  lengths = np.concatenate(parts)
+  ends = np.cumsum(lengths)
+  m = int(np.searchsorted(ends, n, side="right"))  # Chunks that end inside the segment.
+  lo = 1 if drop_first and m else 0
+  starts, lengths = (ends - lengths)[lo:m], lengths[lo:m]
+  tail = n - (int(ends[m - 1]) if m else 0)
+  if cfg.keep_tail and tail >= cfg.min_chunk_bp:
+    starts = np.append(starts, n - tail)
+    lengths = np.append(lengths, tail)
+  return starts.astype(np.int64), lengths.astype(np.int64)
+
+
+def record_segments(got: Sequence[tuple[int, int, np.ndarray]], join: bool
+                    ) -> tuple[np.ndarray, list[tuple[int, int]]]:
+  """A record's range coordinates and segments from its ranges' first-pass results.
+
+  got: per range (letters, A/C/G/T letters, runs) as `shards.scan_ranges` gives them.
+  Returns the coordinate of each range's first letter then the record's end (in A/C/G/T
+  letters with `join`), and the segments [a, b): the runs of A/C/G/T, joined where a run
+  goes on in the next range (with `join`: the whole record).
+  """
+  coords = np.concatenate([[0], np.cumsum([g[1] if join else g[0] for g in got])]
+                          ).astype(np.int64)
+  if join:
+    return coords, [(0, int(coords[-1]))]
+  segments: list[tuple[int, int]] = []
+  for g, off in zip(got, coords[:-1].tolist()):
+    for a, b in g[2].tolist():
+      a, b = a + off, b + off
+      if segments and segments[-1][1] == a:  # A run that goes on in the next range.
+        segments[-1] = (segments[-1][0], b)
+      else:
+        segments.append((a, b))
+  return coords, segments
+
+
+def record_chunks(cfg: genome.ChunkConfig, name: str, segments: Sequence[tuple[int, int]]
+                  ) -> list[tuple[int, np.ndarray, np.ndarray]]:
+  """(segment start, chunk starts, chunk lengths) of each segment that keeps a chunk."""
+  name_hash = genome._name_hash(name)  # pylint: disable=protected-access
+  out = []
+  for a, b in segments:
+    starts, lengths = segment_chunks(cfg, name_hash, a, b - a)
+    if lengths.shape[0]:
+      out.append((a, starts, lengths))
+  return out
+
+
+def scan_records(path: str, display: str, records: Sequence[tuple[str, list[tuple[int, int]]]],
+                 cfg: genome.ChunkConfig) -> list[RecordScan]:
+  """The first pass over whole records, chunks included (in a worker).
+
+  records: (name, byte ranges) of each record; the name seeds the chunks (the main process
+  cuts them again in the rare case that it renames a duplicate). Bad bytes raise
+  `fasta.FastaError` naming the file and line.
+  """
+  got = shards.scan_ranges(path, display, [r for _, rs in records for r in rs])
+  out: list[RecordScan] = []
+  i = 0
+  for name, rs in records:
+    mine, i = got[i:i + len(rs)], i + len(rs)
+    out.append(_record_scan(mine, name, cfg))
+  return out
+
+
+def _record_scan(got, name: str | None, cfg: genome.ChunkConfig) -> RecordScan:
+  letters = sum(g[0] for g in got)
+  acgt = sum(g[1] for g in got)
+  if not letters:
+    return 0, 0, np.zeros(1, np.int64), [], None
+  coords, segments = record_segments(got, cfg.join_across_n)
+  chunks = record_chunks(cfg, name, segments) if name is not None else None
+  return letters, acgt, coords, segments, chunks
+
+
+class _UnitPlan:
+  """Collects runs of chunks into `shards.RangeUnit`s of at least `bp` bases."""
+
+  def __init__(self, cfg: genome.ChunkConfig, bp: int):
+    self.cfg, self.bp, self.index = cfg, bp, 0
+    self._reset()
+
+  def _reset(self):
+    self.names, self.first, self.starts, self.spans, self.lengths = [], [], [], [], []
+    self.size = 0
+
+  def flush(self, path: str, display: str, source: str) -> shards.RangeUnit | None:
+    if not self.names:
+      return None
+    unit = shards.RangeUnit(
+        self.index, path, display, source, self.names, np.array(self.first, np.int64),
+        np.array([x.shape[0] for x in self.lengths], np.int64),
+        np.array(self.starts, np.int64), self.spans, np.concatenate(self.lengths), self.cfg)
+    self.index += 1
+    self._reset()
+    return unit
+
+  def add(self, name: str, first: int, start: int, lengths: np.ndarray,
+          coords: np.ndarray, ranges: list[tuple[int, int]], path: str, display: str,
+          source: str) -> Iterator[shards.RangeUnit]:
+    """Adds consecutive chunks of one segment (first at `start`); yields full units.
+
+    coords: int64 (q + 1,) the coordinate of each of the record's ranges' first letter,
+    then the record's end; ranges: their byte ranges.
+    """
+    total = int(lengths.sum())
+    if len(ranges) == 1 and self.size + total < self.bp:  # A short record's segment.
+      self.names.append(name)
+      self.first.append(first)
+      self.starts.append(start)
+      self.spans.append([(int(ranges[0][0]), int(ranges[0][1]), 0)])
+      self.lengths.append(lengths)
+      self.size += total
+      return
+    cum = np.cumsum(lengths)
+    done = 0
+    while done < lengths.shape[0]:
+      base = int(cum[done - 1]) if done else 0
+      take = int(np.searchsorted(cum[done:] - base, self.bp - self.size, side="left")) + 1
+      take = min(take, lengths.shape[0] - done)
+      a = start + base
+      b = start + int(cum[done + take - 1])
+      i = int(np.searchsorted(coords, a, side="right")) - 1
+      j = int(np.searchsorted(coords, b, side="left"))
+      self.names.append(name)
+      self.first.append(first + done)
+      self.starts.append(a)
+      self.spans.append([(int(ranges[q][0]), int(ranges[q][1]), int(coords[q]))
+                         for q in range(max(i, 0), max(j, i + 1))])
+      self.lengths.append(lengths[done:done + take])
+      self.size += b - a
+      done += take
+      if self.size >= self.bp:
+        yield self.flush(path, display, source)
+
+
+class Done:
+  """A finished future, for running the first pass in the main process (1 worker)."""
+
+  def __init__(self, value):
+    self._value = value
+
+  def result(self):
+    return self._value
+
+
+def run_now(fn, *args) -> Done:
+  return Done(fn(*args))
+
+
+def plan_units(paths: Sequence[str], cfg: genome.ChunkConfig, bp: int,
+               stats: genome.ChunkStats, work_dir: str,
+               submit: Callable[..., Any] = run_now) -> Iterator[shards.RangeUnit]:
+  """The corpus as `shards.RangeUnit`s, planned from a structure pass and a parallel scan.
+
+  The main process reads each file once for its structure (`fasta.iter_spans`: headers
+  and comment lines; a gzip file is unpacked into work_dir on the way, since a gzip
+  stream cannot be read from the middle: the copy costs the uncompressed size on disk
+  until the build completes, and a resumed build reuses a complete one). Batches of
+  records go to `submit` (the workers' `pool.submit`) for the first pass, a few batches
+  ahead: short records whole (`scan_records`: letters checked and counted, runs of
+  A/C/G/T, segments and their seeded chunks), long ones as byte ranges
+  (`shards.scan_ranges`), whose segments the main process chunks itself
+  (`segment_chunks`, no bases touched). The main process groups the chunks into units
+  while the workers write the units already planned; workers then read each unit's bases
+  themselves. The chunks are exactly `genome.iter_cuts`'s; each unit holds one file's
+  chunks.
+  """
+  plan = _UnitPlan(cfg, bp)
+  for file_index, path in enumerate(paths):
+    st = os.stat(path)
+    source = f"{st.st_size}-{st.st_mtime_ns}"
+    with open(path, "rb") as f:
+      gz = f.read(2) == b"\x1f\x8b"
+    read, copy_to = path, None
+    if gz:
+      read = os.path.join(work_dir, f"input-{file_index}-{source}.fa")
+      if not os.path.isfile(read + ".done"):  # Else a complete copy from a killed build.
+        copy_to = read
+    # A gzip file is read (and unpacked) unless a complete copy exists; a plain one, as is.
+    spans = fasta.iter_spans(read if gz and not copy_to else path, copy_to=copy_to)
+    yield from _plan_file(spans, read, path, source, cfg, stats, plan, submit)
+    if copy_to:
+      open(read + ".done", "w").close()
+    unit = plan.flush(read, path, source)  # Units never span files.
+    if unit is not None:
+      yield unit
+
+
+def _base_name(span: fasta.RecordSpan) -> str:
+  words = span.name.split()
+  return words[0] if words else f"record{span.index}"
+
+
+def _plan_file(spans, read, path, source, cfg, stats, plan, submit):
+  """Units of one file, from its spans (as they are read) and the workers' first pass."""
+  inflight: collections.deque = collections.deque()
+  batch: list[tuple[fasta.RecordSpan, list[tuple[int, int]]]] = []
+  size = 0
+  task_bytes = _BATCH_BYTES // 4  # A big record: several tasks, several workers.
+
+  def send():
+    # jobs[i]: how record i of the batch comes back: ("whole", future, place in its
+    # result) or ("ranges", [futures]).
+    jobs: list[tuple[str, Any, int]] = []
+    whole: list[tuple[str, list[tuple[int, int]]]] = []
+    whole_size = 0
+
+    def send_whole():
+      nonlocal whole, whole_size
+      fut = submit(scan_records, read, path, whole, cfg)
+      jobs.extend(("whole", fut, i) for i in range(len(whole)))
+      whole, whole_size = [], 0
+
+    for span, rs in batch:
+      n = sum(e - s for s, e in rs)
+      if n <= task_bytes:
+        whole.append((_base_name(span), rs))
+        whole_size += n
+        if whole_size >= task_bytes:
+          send_whole()
+        continue
+      if whole:
+        send_whole()
+      futures, task, size = [], [], 0
+      for r in rs:
+        task.append(r)
+        size += r[1] - r[0]
+        if size >= task_bytes:
+          futures.append(submit(shards.scan_ranges, read, path, task))
+          task, size = [], 0
+      if task:
+        futures.append(submit(shards.scan_ranges, read, path, task))
+      jobs.append(("ranges", futures, 0))
+    if whole:
+      send_whole()
+    inflight.append((list(batch), jobs))
+
+  names: set[str] = set()
+  for span in spans:
+    rs = [(a, min(a + _RANGE_BYTES, e)) for s, e in span.parts
+          for a in range(s, e, _RANGE_BYTES)]
+    batch.append((span, rs))
+    size += sum(e - s for s, e in span.parts)
+    if size >= _BATCH_BYTES:
+      send()
+      batch, size = [], 0
+    while len(inflight) > _AHEAD:
+      yield from _plan_batch(*inflight.popleft(), cfg, stats, plan, names, read, path, source)
+  if batch:
+    send()
+  while inflight:
+    yield from _plan_batch(*inflight.popleft(), cfg, stats, plan, names, read, path, source)
+
+
+def _plan_batch(batch, jobs, cfg, stats, plan, names, read, path, source):
+  """Units from the first pass's results for a batch of records."""
+  for (span, rs), (kind, fut, place) in zip(batch, jobs):
+    if kind == "whole":
+      letters, acgt, coords, segments, chunks = fut.result()[place]
+    else:
+      letters, acgt, coords, segments, chunks = _record_scan(
+          [r for f in fut for r in f.result()], None, cfg)
+    if not letters:
+      continue  # No sequence: the sequential reader never sees this record either.
+    stats.letters += letters
+    stats.acgt += acgt
+    name = _base_name(span)
+    if name in names:
+      name = f"{name}#{span.index}"
+      chunks = None  # Seeded by the new name: cut again.
+    names.add(name)
+    if chunks is None:
+      chunks = record_chunks(cfg, name, segments)
+    chunk_index = 0
+    for a, starts, lengths in chunks:
+      n = int(lengths.shape[0])
+      stats.chunks += n
+      yield from plan.add(name, chunk_index, a + int(starts[0]), lengths, coords, rs, read,
+                          path, source)
+      chunk_index += n
+    stats.kept += sum(int(lengths.sum()) for _, _, lengths in chunks)
