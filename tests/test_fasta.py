@@ -1,5 +1,7 @@
 """The FASTA reader streams real genome files and names the file and line of bad input."""
+import collections
 import gzip
+import os
 
 import pytest
 
@@ -133,6 +135,29 @@ def test_spans_hold_each_records_bytes_as_the_stream_reader_reads_them(tmp_path)
     with open(read, "rb") as f:
       assert b"".join(fasta.read_letters(f, a, b, "x", read, acgt_only=True)
                       for a, b in spans[0].parts) == b"ACGTac"
+
+
+def test_progress_spans_report_each_record_as_it_is_read(tmp_path):
+  data = (b">r1\n" + b"ACGTACGTAC\n" * 30 + b";c\n" + b"GGCCA\n" * 20 + b">r2\nAC\n>r3\n"
+          + b"TTTTTTTTTT\n" * 25)
+  for gz in (False, True):
+    p = _write(tmp_path / ("p.fa.gz" if gz else "p.fa"), data, gz)
+    copy = str(tmp_path / "copy.fa")
+    want = list(fasta.iter_spans(p, copy_to=copy, read_size=7))
+    got = []
+    for s in fasta.iter_spans(p, copy_to=copy, read_size=7, progress_bytes=40):
+      if not s.complete:  # Its bytes so far are in the copy already.
+        assert os.path.getsize(copy if gz else p) >= s.parts[-1][1]
+      got.append(s)
+    assert [s for s in got if s.complete] == want
+    for s in got:  # Each installment: the complete span's parts, the last one cut short.
+      if not s.complete:
+        whole = next(w for w in want if w.index == s.index)
+        assert s.parts[:-1] == whole.parts[:len(s.parts) - 1]
+        last = whole.parts[len(s.parts) - 1]
+        assert s.parts[-1][0] == last[0] and s.parts[-1][1] <= last[1]
+    progress = collections.Counter(s.index for s in got if not s.complete)
+    assert progress[0] >= 5 and progress[2] >= 3 and not progress[1]  # r2 is 3 bytes long.
 
 
 def test_spans_name_the_line_of_bad_structure(tmp_path):

@@ -250,6 +250,7 @@ def test_planned_units_hold_exactly_the_sequential_chunks(tmp_path, chrx_head, m
   import gzip  # pylint: disable=g-import-not-at-top
   monkeypatch.setattr(plan, "_RANGE_BYTES", 997)  # Many ranges: runs cross them.
   monkeypatch.setattr(plan, "_BATCH_BYTES", batch_bytes)
+  monkeypatch.setattr(plan, "_READ_BYTES", 4096)  # Long records come in many installments.
   tasks = collections.Counter()
 
   def submit(fn, *args):  # In this process, counting the two kinds of first-pass task.
@@ -415,10 +416,12 @@ def test_a_dying_worker_is_one_clear_error_and_the_rerun_completes(tmp_path):
   units = list(plan.plan_units(genome.default_genome_paths(), genome.ChunkConfig(),
                                1 << 20, genome.ChunkStats(), work))
   assert len(units) >= 4
-  bad = _DiesInWorker(**{f.name: getattr(units[2], f.name)
+  # The first unit always goes to a worker (the main process writes one only while every
+  # worker has two).
+  bad = _DiesInWorker(**{f.name: getattr(units[0], f.name)
                          for f in dataclasses.fields(shards.RangeUnit)})
   with pytest.raises(RuntimeError, match="worker died.*run the same command again"):
-    genome_tfds.write_units(iter(units[:2] + [bad] + units[3:]), work, 2)
+    genome_tfds.write_units(iter([bad] + units[1:]), work, 2)
   results, reused = genome_tfds.write_units(iter(units), work, 1)
   os.makedirs(tmp_path / "clean")
   clean, _ = genome_tfds.write_units(iter(units), str(tmp_path / "clean"), 1)
@@ -431,4 +434,4 @@ def test_a_dying_worker_is_one_clear_error_and_the_rerun_completes(tmp_path):
         b = pathlib.Path(shards.shard_path(str(tmp_path / "clean"), r["index"],
                                            split)).read_bytes()
         assert a == b
-  assert 0 <= reused <= 2
+  assert 0 <= reused < len(units)  # The unit the worker died on was never finished.

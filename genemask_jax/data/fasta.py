@@ -279,10 +279,13 @@ class RecordSpan:
     name: the header without '>' (stripped), as `Record.name`.
     parts: (start, end) byte ranges of the record's sequence lines, in order (several
       when ';' comment lines interrupt them).
+    complete: False for a progress report on a record still being read (`iter_spans`'s
+      ``progress_bytes``): its parts so far, the last of which may still grow.
   """
   index: int
   name: str
   parts: tuple[tuple[int, int], ...]
+  complete: bool = True
 
 
 def line_of(path: str | os.PathLike, offset: int) -> int:
@@ -312,7 +315,8 @@ def _line_start(buf: bytes, char: bytes, start: int, end: int) -> int:
 
 
 def iter_spans(path: str | os.PathLike, copy_to: str | None = None,
-               read_size: int = _READ_SIZE) -> Iterator[RecordSpan]:
+               read_size: int = _READ_SIZE,
+               progress_bytes: int | None = None) -> Iterator[RecordSpan]:
   """The records of a FASTA file by byte range, each as soon as it has been read.
 
   The structure pass of a parallel build: headers and ';' comment lines are found as
@@ -322,9 +326,15 @@ def iter_spans(path: str | os.PathLike, copy_to: str | None = None,
   record is yielded only once its bytes are all written there. Headers, empty files,
   files without a header and sequence before the first header raise FastaError naming
   the file and line, as `iter_pieces` does.
+
+  With ``progress_bytes``, a record also comes in installments while it is read: a span
+  with ``complete=False`` each time its sequence bytes have grown by that much (after a
+  read), its bytes so far written to ``copy_to``; the complete span follows as always.
+  A long record's first bytes can then be worked on while the rest is read.
   """
   path = os.fspath(path)
   dst = None
+  reported = 0  # The current record's sequence bytes at its last progress span.
   n_records, lineno, offset, total = 0, 1, 0, 0
   at_line_start, mode = True, _SEQ
   header: list[bytes] = []
@@ -364,7 +374,7 @@ def iter_spans(path: str | os.PathLike, copy_to: str | None = None,
             span = finish()
             if span is not None:
               yield span
-            current, parts = None, []
+            current, parts, reported = None, [], 0
             mode, header, header_size, header_line = _HEADER, [], 0, lineno
             i += 1
           elif c == _SEMI:
@@ -412,6 +422,13 @@ def iter_spans(path: str | os.PathLike, copy_to: str | None = None,
         at_line_start = buf[stop - 1] == 10
         i = stop
       offset += n
+      if progress_bytes and current is not None and parts:
+        have = sum(b - a for a, b in parts)
+        if have - reported >= progress_bytes:
+          reported = have
+          if dst is not None:
+            dst.flush()
+          yield RecordSpan(current[0], current[1], tuple(parts), complete=False)
     if mode == _HEADER and not at_line_start:  # A last header without a newline.
       current = (n_records, _header_name(path, header_line, b"".join(header)))
       n_records += 1

@@ -55,6 +55,7 @@ import multiprocessing
 import os
 import shutil
 import time
+import threading
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -73,6 +74,7 @@ _MIN_UNIT_BP, _MAX_UNIT_BP = 1 << 20, 1 << 24
 _TARGET_UNITS = 256  # Units (so shards per split) a corpus is cut into, at most ~.
 _GZIP_RATIO = 3.3  # Letters per byte of gzip FASTA, for the size estimate only.
 _MIN_PARALLEL_BP = 16 << 20  # Below this (estimated), the automatic worker count is 1.
+_IN_FLIGHT = 2  # Units handed to each worker process at a time.
 
 
 class CorpusError(errors.UserError):
@@ -175,9 +177,11 @@ def write_units(units: Iterator[shards.Unit | shards.RangeUnit], work_dir: str,
                 ) -> tuple[list[dict[str, Any]], int]:
   """Writes every unit not already finished in work_dir; returns (results, reused).
 
-  With num_workers > 1 the units go to worker processes (`pool`, or spawned here), at
-  most two per worker in flight (which bounds memory); results come back in unit order
-  either way.
+  With num_workers > 1 the main process is one of them: num_workers - 1 worker processes
+  (`pool`, or started here) get the units, at most two each in flight (which bounds
+  memory), and the main process writes a unit itself whenever they all have theirs, in
+  the time it would otherwise wait (three processes on two cores cost more than the
+  start-up and hand-off of a third worker). Results come back in unit order either way.
   """
   results: dict[int, dict[str, Any]] = {}
   reused = 0
@@ -208,20 +212,22 @@ def write_units(units: Iterator[shards.Unit | shards.RangeUnit], work_dir: str,
   try:
     with contextlib.ExitStack() as stack:
       if pool is None:
-        pool = stack.enter_context(_process_pool(num_workers))
+        pool = stack.enter_context(_process_pool(num_workers - 1))
       pending: set[concurrent.futures.Future] = set()
 
-      def collect(return_when):
+      def collect(return_when, timeout=None):
         nonlocal pending
-        done, pending = concurrent.futures.wait(pending, return_when=return_when)
+        done, pending = concurrent.futures.wait(pending, timeout, return_when)
         for fut in done:
           r = fut.result()
           results[r["index"]] = r
 
       for unit in todo():
-        pending.add(pool.submit(shards.write_unit, unit, work_dir))
-        if len(pending) >= 2 * num_workers:
-          collect(concurrent.futures.FIRST_COMPLETED)
+        collect(concurrent.futures.FIRST_COMPLETED, 0)  # Without waiting.
+        if len(pending) < _IN_FLIGHT * (num_workers - 1):
+          pending.add(pool.submit(shards.write_unit, unit, work_dir))
+        else:  # Every worker has two: this one is the main process's.
+          results[unit.index] = shards.write_unit(unit, work_dir)
       if pending:
         collect(concurrent.futures.ALL_COMPLETED)
   except concurrent.futures.process.BrokenProcessPool as e:
@@ -230,8 +236,26 @@ def write_units(units: Iterator[shards.Unit | shards.RangeUnit], work_dir: str,
 
 
 def _process_pool(num_workers: int) -> concurrent.futures.ProcessPoolExecutor:
-  ctx = multiprocessing.get_context("spawn")  # Never fork a process that runs JAX.
-  return concurrent.futures.ProcessPoolExecutor(num_workers, mp_context=ctx)
+  """Worker processes forked from a fresh server process (multiprocessing's forkserver).
+
+  Never a fork of this process, which may run JAX (main.py builds the corpus in-process).
+  The server imports the planner's and shard writer's modules once and each worker forks
+  from it, instead of starting Python and importing them itself. The workers start in a
+  thread, while the main process reads the first records.
+  """
+  ctx = multiprocessing.get_context("forkserver")
+  ctx.set_forkserver_preload(["genemask_jax.data.plan"])
+  pool = concurrent.futures.ProcessPoolExecutor(num_workers, mp_context=ctx)
+
+  def start():
+    try:
+      for _ in range(num_workers):
+        pool.submit(int)
+    except RuntimeError:  # The build ended (failed) first: the pool is shut down.
+      pass
+
+  threading.Thread(target=start, daemon=True).start()
+  return pool
 
 
 class GenemaskGenome(tfds.core.GeneratorBasedBuilder):
@@ -276,7 +300,7 @@ class GenemaskGenome(tfds.core.GeneratorBasedBuilder):
     stats = genome.ChunkStats()
     t0 = time.monotonic()
     with contextlib.ExitStack() as stack:
-      pool = stack.enter_context(_process_pool(workers)) if workers > 1 else None
+      pool = stack.enter_context(_process_pool(workers - 1)) if workers > 1 else None
       units = plan_lib.plan_units(paths, cfg, bp, stats, work,
                                    pool.submit if pool else plan_lib.run_now)
       results, reused = write_units(units, work, workers, self._log, pool=pool)

@@ -10,7 +10,9 @@ turns the runs into segments and each segment into its seeded chunks (`segment_c
 so the main process of a genome of many short records (GRCh37's chr22 file here has 9,627)
 only groups the chunks into units. Longer records are cut into tasks of byte ranges
 (`shards.scan_ranges`), and the main process joins their runs across the ranges and
-chunks their segments itself (few segments, whatever their length). The chunks are exactly
+chunks their segments itself (few segments, whatever their length); their first ranges go
+to the workers while the rest of the record is still being read (`fasta.iter_spans`'s
+progress spans), so a chromosome is scanned as it is unpacked. The chunks are exactly
 `genome.iter_cuts`'s, and the units depend on the input and the unit size only, never on
 the number of workers.
 
@@ -33,6 +35,7 @@ from genemask_jax.data import shards
 _RANGE_BYTES = 1 << 18  # Bytes of FASTA per range of the first pass.
 _BATCH_BYTES = 8 << 20  # FASTA bytes per batch of records sent to the first pass.
 _AHEAD = 4  # First-pass batches in flight ahead of the planning.
+_READ_BYTES = 1 << 20  # Bytes the structure pass reads at a time.
 
 # What the first pass gives per record: letters, A/C/G/T letters, the coordinate of each
 # range's first letter then the record's end (int64 (q + 1,)), its segments [a, b), and
@@ -246,7 +249,8 @@ def plan_units(paths: Sequence[str], cfg: genome.ChunkConfig, bp: int,
       if not os.path.isfile(read + ".done"):  # Else a complete copy from a killed build.
         copy_to = read
     # A gzip file is read (and unpacked) unless a complete copy exists; a plain one, as is.
-    spans = fasta.iter_spans(read if gz and not copy_to else path, copy_to=copy_to)
+    spans = fasta.iter_spans(read if gz and not copy_to else path, copy_to=copy_to,
+                             read_size=_READ_BYTES, progress_bytes=_BATCH_BYTES // 2)
     yield from _plan_file(spans, read, path, source, cfg, stats, plan, submit)
     if copy_to:
       open(read + ".done", "w").close()
@@ -260,16 +264,35 @@ def _base_name(span: fasta.RecordSpan) -> str:
   return words[0] if words else f"record{span.index}"
 
 
+def _ranges(parts: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+  """A record's byte ranges for the first pass: each part cut every `_RANGE_BYTES`."""
+  return [(a, min(a + _RANGE_BYTES, e)) for s, e in parts for a in range(s, e, _RANGE_BYTES)]
+
+
 def _plan_file(spans, read, path, source, cfg, stats, plan, submit):
   """Units of one file, from its spans (as they are read) and the workers' first pass."""
   inflight: collections.deque = collections.deque()
-  batch: list[tuple[fasta.RecordSpan, list[tuple[int, int]]]] = []
+  # (span, its ranges, (the futures and number of ranges sent while it was read)).
+  batch: list[tuple[fasta.RecordSpan, list[tuple[int, int]], tuple[list[Any], int]]] = []
   size = 0
   task_bytes = _BATCH_BYTES // 4  # A big record: several tasks, several workers.
+  # The record being read: its first pass tasks sent so far, and how many ranges they hold.
+  early: list[Any] = []
+  early_ranges = 0
+
+  def send_ranges(rs):
+    futures, task, n = [], [], 0
+    for r in rs:
+      task.append(r)
+      n += r[1] - r[0]
+      if n >= task_bytes:
+        futures.append(submit(shards.scan_ranges, read, path, task))
+        task, n = [], 0
+    return futures, task
 
   def send():
     # jobs[i]: how record i of the batch comes back: ("whole", future, place in its
-    # result) or ("ranges", [futures]).
+    # result) or ("ranges", [futures], 0).
     jobs: list[tuple[str, Any, int]] = []
     whole: list[tuple[str, list[tuple[int, int]]]] = []
     whole_size = 0
@@ -280,9 +303,9 @@ def _plan_file(spans, read, path, source, cfg, stats, plan, submit):
       jobs.extend(("whole", fut, i) for i in range(len(whole)))
       whole, whole_size = [], 0
 
-    for span, rs in batch:
+    for span, rs, sent in batch:
       n = sum(e - s for s, e in rs)
-      if n <= task_bytes:
+      if n <= task_bytes and not sent[0]:
         whole.append((_base_name(span), rs))
         whole_size += n
         if whole_size >= task_bytes:
@@ -290,25 +313,24 @@ def _plan_file(spans, read, path, source, cfg, stats, plan, submit):
         continue
       if whole:
         send_whole()
-      futures, task, size = [], [], 0
-      for r in rs:
-        task.append(r)
-        size += r[1] - r[0]
-        if size >= task_bytes:
-          futures.append(submit(shards.scan_ranges, read, path, task))
-          task, size = [], 0
-      if task:
-        futures.append(submit(shards.scan_ranges, read, path, task))
-      jobs.append(("ranges", futures, 0))
+      futures, rest = send_ranges(rs[sent[1]:])
+      if rest:
+        futures.append(submit(shards.scan_ranges, read, path, rest))
+      jobs.append(("ranges", sent[0] + futures, 0))
     if whole:
       send_whole()
-    inflight.append((list(batch), jobs))
+    inflight.append(([(span, rs) for span, rs, _ in batch], jobs))
 
   names: set[str] = set()
   for span in spans:
-    rs = [(a, min(a + _RANGE_BYTES, e)) for s, e in span.parts
-          for a in range(s, e, _RANGE_BYTES)]
-    batch.append((span, rs))
+    rs = _ranges(span.parts)
+    if not span.complete:  # A long record, still being read: start on its first ranges.
+      futures, rest = send_ranges(rs[early_ranges:-1])  # The last range may still grow.
+      early.extend(futures)
+      early_ranges = len(rs) - 1 - len(rest)
+      continue
+    batch.append((span, rs, (early, early_ranges)))
+    early, early_ranges = [], 0
     size += sum(e - s for s, e in span.parts)
     if size >= _BATCH_BYTES:
       send()
