@@ -18,7 +18,8 @@ import pytest
 from genemask_jax import masking
 from genemask_jax import npmi
 from genemask_jax import tokenizer
-import masking_oracle as oracle  # tests/ is on sys.path (rootdir-relative test modules).
+import fixture_scope  # tests/ is on sys.path (rootdir-relative test modules).
+import masking_oracle as oracle
 
 VOCAB = tokenizer.vocab_size(6)
 
@@ -102,7 +103,7 @@ def test_single_sequence_same_as_batch():
                                   batch[row])
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope=fixture_scope.module_unless_mutmut)
 def stats_batches():
   """Masked 506-k-mer sequences, 512 per strategy, one compiled shape (256, 512)."""
   rng = np.random.default_rng(2)
@@ -251,6 +252,44 @@ def test_bad_lookup_length(rank_len):
     jax.jit(lambda r: masking.mask_batch(jax.random.key(0), ids, r))(jnp.ones(rank_len, jnp.int32))
 
 
+@pytest.mark.parametrize("strategy,max_predictions", [("genemask", 80), ("bert", 512)])
+def test_outputs_have_the_documented_shapes_and_dtypes(strategy, max_predictions):
+  rng = np.random.default_rng(4)
+  ids = _kmer_batch(rng, 3)
+  mb = masking.mask_batch(jax.random.key(1), ids, _random_rank(rng), strategy,
+                          max_predictions=max_predictions)
+  want = {"masked_ids": ((3, 512), jnp.int32), "labels": ((3, 512), jnp.int32),
+          "masked_lm_positions": ((3, max_predictions), jnp.int32),
+          "masked_lm_ids": ((3, max_predictions), jnp.int32),
+          "masked_lm_weights": ((3, max_predictions), jnp.float32),
+          "num_masked": ((3,), jnp.int32)}
+  assert {k: (v.shape, v.dtype) for k, v in mb._asdict().items()} == want
+
+
+@pytest.mark.parametrize("bits", [4, 30])
+def test_kth_smallest_is_the_sorted_keys_kth(bits):
+  rng = np.random.default_rng(bits)
+  top = (1 << bits) - 1
+  kth = jax.jit(jax.vmap(masking._kth_smallest, (None, 0, None)),  # pylint: disable=protected-access
+                static_argnums=2)
+  for n in (1, 7, 40):  # Both ends of the key range, ties, and random keys.
+    keys = np.concatenate([[0, top, top, 0], rng.integers(0, top + 1, n)]).astype(np.int32)
+    got = kth(jnp.asarray(keys), jnp.arange(1, keys.shape[0] + 1), bits)
+    assert np.asarray(got).tolist() == sorted(keys.tolist())
+
+
+def test_rank_lookup_errors_name_what_is_wrong():
+  with pytest.raises(ValueError, match=r"1-D \(vocab,\) lookup, got shape \(2, 4101\)"):
+    masking.check_rank(np.ones((2, VOCAB), np.int32))
+  with pytest.raises(ValueError, match="integer ranks, got dtype float32"):
+    masking.check_rank(np.ones(VOCAB, np.float32))
+  rank = np.arange(1, VOCAB + 1, dtype=np.int32)
+  rank[7], rank[9] = 0, VOCAB + 3  # The message names the first bad entry and its value.
+  with pytest.raises(ValueError, match=r"npmi_rank\[7\] = 0 is outside \[1, 4101\]"):
+    masking.check_rank(rank)
+  masking.check_rank(np.arange(1, VOCAB + 1))  # Any integer dtype, every rank in range.
+
+
 @pytest.mark.parametrize("p", [0.0, 1.0, -0.1, 1.5, "0.1"])
 def test_bad_p(p):
   with pytest.raises(ValueError, match="p must be"):
@@ -288,9 +327,13 @@ def test_bad_ids_and_shapes():
     masking.mask_batch(key, ids.astype(np.float32), rank)
   with pytest.raises(ValueError, match="max_predictions"):
     masking.mask_batch(key, ids, rank, max_predictions=513)
-  with pytest.raises(ValueError, match="outside"):
+  with pytest.raises(ValueError, match=r"npmi_rank\[0\] = 0 is outside"):
     masking.make_mask_fn(np.zeros(VOCAB, np.int32))
-  with pytest.raises(ValueError, match="the shape of|both be"):
+  with pytest.raises(ValueError, match=r"npmi_rank\[0\] = 0 is outside"):
+    masking.mask_batch(key, ids, np.zeros(VOCAB, np.int32))  # Concrete: checked on the host.
+  with pytest.raises(ValueError, match=r"ids\[1, 7\] = 4101 is outside"):
+    masking.make_mask_fn(rank)(key, bad)  # The returned function checks concrete ids too.
+  with pytest.raises(ValueError, match=r"both be \(L,\) or \(B, L\), got \(2, 512\) and \(3,\)"):
     masking.spans_from_centres(ids, rank, np.zeros(3, bool))
   # Inside jit the values are not inspectable: out-of-vocabulary ids are never masked.
   bad[:, 1:507] = VOCAB + 5

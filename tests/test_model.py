@@ -15,6 +15,7 @@ import pytest
 from genemask_jax import model as model_lib
 from genemask_jax import optim
 from genemask_jax import train_step as ts
+import fixture_scope  # tests/ is on sys.path (rootdir-relative test modules).
 
 @pytest.fixture(autouse=True, scope="module")
 def _full_precision_matmuls():
@@ -32,7 +33,7 @@ def _ids(rows=2, length=16, seed=0):
   return jnp.asarray(ids)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope=fixture_scope.module_unless_mutmut)
 def mlm():
   model = model_lib.BertForMaskedLM(CFG)
   params = nn.unbox(jax.jit(model.init)(jax.random.key(0), _ids())["params"])

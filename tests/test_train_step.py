@@ -23,6 +23,7 @@ import pytest
 from genemask_jax import model as model_lib
 from genemask_jax import tokenizer
 from genemask_jax import train_step
+import fixture_scope  # tests/ is on sys.path (rootdir-relative test modules).
 
 # Dropout off, so the step and the reference see the same function.
 CFG = model_lib.ModelConfig(vocab_size=4101, hidden_size=32, num_layers=1, num_heads=2,
@@ -45,7 +46,7 @@ def _grad_recorder() -> optax.GradientTransformation:
       update=lambda g, state, params=None: (jax.tree.map(jnp.zeros_like, g), g))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope=fixture_scope.module_unless_mutmut)
 def setup():
   params = nn.unbox(MODEL.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"])
   params = jax.tree.map(np.asarray, params)
