@@ -336,9 +336,41 @@ def test_bad_ids_and_shapes():
   with pytest.raises(ValueError, match=r"both be \(L,\) or \(B, L\), got \(2, 512\) and \(3,\)"):
     masking.spans_from_centres(ids, rank, np.zeros(3, bool))
   # Inside jit the values are not inspectable: out-of-vocabulary ids are never masked.
-  bad[:, 1:507] = VOCAB + 5
-  mb = jax.jit(masking.make_mask_fn(rank, "bert", p=0.5))(key, jnp.asarray(bad))
-  assert int(mb.num_masked.sum()) == 0
+  bad[:, 1:254], bad[:, 254:507] = VOCAB, VOCAB + 5
+  for strategy in ("bert", "genemask"):
+    mb = jax.jit(masking.make_mask_fn(rank, strategy, p=0.5))(key, jnp.asarray(bad))
+    assert int(mb.num_masked.sum()) == 0
+
+
+def test_traced_ranks_outside_the_range_count_as_the_nearest_rank():
+  """Inside jit a rank lookup cannot be checked: ranks below 1 act as 1, above vocab as
+  vocab (the masks of the clipped lookup), never as a wrapped-around int32 key."""
+  rng = np.random.default_rng(6)
+  ids = _kmer_batch(rng, 4)
+  rank = _random_rank(rng, ties=True)
+  wild = rank.copy()
+  wild[rank == 1] = rng.choice([0, -7], int(np.sum(rank == 1)))
+  wild[rank == 5] = rng.choice([VOCAB + 1, 1 << 28], int(np.sum(rank == 5)))
+  centres = rng.random(ids.shape) < 0.05
+  spans = jax.jit(lambda r: masking.spans_from_centres(ids, r, centres))
+  want = np.asarray(spans(jnp.asarray(np.clip(wild, 1, VOCAB))))
+  np.testing.assert_array_equal(np.asarray(spans(jnp.asarray(wild))), want)
+  assert want.sum() > 0
+
+
+def test_longest_sequence_the_int32_keys_allow():
+  """Rank keys pack (rank, position) into 30 bits: 131,072 tokens fit, one more does not."""
+  rank = np.arange(1, VOCAB + 1, dtype=np.int32)
+  for length in (1 << 17, (1 << 17) + 1):
+    ids = jax.ShapeDtypeStruct((1, length), jnp.int32)
+    centres = jax.ShapeDtypeStruct((1, length), jnp.bool_)
+    trace = lambda: jax.eval_shape(lambda i, c: masking.spans_from_centres(i, rank, c),
+                                   ids, centres)
+    if length == 1 << 17:
+      assert trace().shape == (1, length)
+    else:
+      with pytest.raises(ValueError, match="sequence length 131073 too long for int32 rank keys"):
+        trace()
 
 
 def test_position_specials_rank_zero_is_the_authors_defaultdict():
