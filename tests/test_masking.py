@@ -288,6 +288,27 @@ def test_rank_lookup_errors_name_what_is_wrong():
   with pytest.raises(ValueError, match=r"npmi_rank\[7\] = 0 is outside \[1, 4101\]"):
     masking.check_rank(rank)
   masking.check_rank(np.arange(1, VOCAB + 1))  # Any integer dtype, every rank in range.
+  ids = _kmer_batch(np.random.default_rng(0), 2)
+  with pytest.raises(ValueError, match=r"1-D \(vocab,\) lookup, got shape \(2, 4101\)"):
+    jax.jit(lambda r: masking.mask_batch(jax.random.key(0), ids, r))(  # Traced: its shape.
+        jnp.ones((2, VOCAB), jnp.int32))
+
+
+def test_rows_with_exactly_as_many_centres_as_slots_and_one_more():
+  """The fast path packs a row's centres into K slots; K centres (the most it takes) and
+  K + 1 (the exact fallback) give the oracle's masks."""
+  rng = np.random.default_rng(8)
+  slots = masking._centre_slots(512, masking.DEFAULTS["genemask"]["p"])  # pylint: disable=protected-access
+  ids = _kmer_batch(rng, 4)
+  rank = _random_rank(rng, ties=True)
+  centres = np.zeros(ids.shape, bool)
+  for row, n in enumerate((slots, slots, slots + 1, slots - 1)):
+    centres[row, 1 + rng.choice(506, n, replace=False)] = True
+  got = np.asarray(masking.spans_from_centres(ids, rank, centres))
+  for row in range(4):
+    want = oracle.spans_from_centres(ids[row].tolist(), rank.tolist(), centres[row].tolist(),
+                                     "genemask")
+    np.testing.assert_array_equal(got[row], want, err_msg=f"row {row}")
 
 
 @pytest.mark.parametrize("p", [0.0, 1.0, -0.1, 1.5, "0.1"])
