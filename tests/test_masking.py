@@ -332,6 +332,65 @@ def test_bad_options(strategy, options, match):
                        np.ones(VOCAB, np.int32), strategy, **options)
 
 
+_OPTION_ERRORS = [
+    ({"p": 1e-6}, r"option p=1e-06 is below the 16-bit resolution 2\*\*-17 of the sampler"),
+    ({"mask_prob": 1.5}, r"option mask_prob must be a number in \[0, 1\], got 1.5"),
+    ({"random_prob": "0.1"}, r"option random_prob must be a number in \[0, 1\], got '0.1'"),
+    ({"mask_prob": 0.95, "random_prob": 0.1}, "at most 1"),
+] + [({name: v}, rf"option {name} must be a non-negative integer, got {v!r}")
+     for name in ("span_before", "span_after", "high_radius", "few_threshold")
+     for v in (-1, True, 1.5)] + [
+    ({name: "yes"}, rf"option {name} must be a bool, got 'yes'")
+    for name in ("all_high_if_few", "specials_rank_zero")]
+
+
+@pytest.mark.parametrize("options,match", _OPTION_ERRORS)
+def test_every_option_is_checked_with_a_message_naming_it(options, match):
+  with pytest.raises(ValueError, match=match):
+    masking.make_mask_fn(np.ones(VOCAB, np.int32), "genemask", **options)
+
+
+@pytest.mark.parametrize("options", [
+    {"p": 2.0 ** -16}, {"mask_prob": 0.0, "random_prob": 1.0},
+    {"span_before": 0, "span_after": 0, "high_radius": 0, "few_threshold": 0},
+    {"span_before": np.int64(2), "all_high_if_few": np.bool_(False)},
+    {"max_predictions": 1}, {"max_predictions": 512},
+])
+def test_option_edges_are_accepted(options):
+  ids = _kmer_batch(np.random.default_rng(0), 2)
+  mb = jax.eval_shape(lambda i: masking.mask_batch(jax.random.key(0), i,
+                                                    np.ones(VOCAB, np.int32), **options),
+                      jax.ShapeDtypeStruct(ids.shape, jnp.int32))
+  assert mb.masked_ids.shape == ids.shape
+
+
+def test_shape_limits_of_ids_and_max_predictions():
+  rank = np.ones(VOCAB, np.int32)
+  trace = lambda shape, **kw: jax.eval_shape(
+      lambda i: masking.mask_batch(jax.random.key(0), i, rank, **kw),
+      jax.ShapeDtypeStruct(shape, jnp.int32))
+  with pytest.raises(ValueError, match="(?m)^ids must have at least one position$"):
+    trace((2, 0))
+  assert trace((2, 1)).masked_ids.shape == (2, 1)  # One position: nothing to mask, no error.
+  with pytest.raises(ValueError, match=r"ids must be \(batch, length\), got shape \(512,\)"):
+    trace((512,))
+  with pytest.raises(ValueError, match=r"max_predictions must be an integer in \[1, 16\], got True"):
+    trace((2, 16), max_predictions=True)
+  # rank_source="position" looks ranks up by position: at most vocab positions.
+  assert trace((1, VOCAB), rank_source="position").masked_ids.shape == (1, VOCAB)
+  with pytest.raises(ValueError, match=r"rank_source='position' looks the rank up by position, "
+                     r"so the length 4102 must be at most the vocabulary size 4101"):
+    trace((1, VOCAB + 1), rank_source="position")
+  assert trace((1, VOCAB + 1)).masked_ids.shape == (1, VOCAB + 1)  # By content: any length.
+  with pytest.raises(ValueError, match="npmi_rank must hold integer ranks, got dtype float16"):
+    jax.eval_shape(lambda r: masking.mask_batch(jax.random.key(0), np.zeros((2, 8), np.int32), r),
+                   jax.ShapeDtypeStruct((VOCAB,), jnp.float16))
+  with pytest.raises(ValueError, match="ids must be integer token ids, got dtype float16"):
+    jax.eval_shape(lambda i: masking.mask_batch(jax.random.key(0), i, rank),
+                   jax.ShapeDtypeStruct((2, 8), jnp.float16))
+  masking.check_rank(np.arange(1, 10))  # k = 1: 4 k-mers and the 5 specials.
+
+
 def test_bad_ids_and_shapes():
   rng = np.random.default_rng(0)
   rank, ids = _random_rank(rng), _kmer_batch(rng, 2)
