@@ -289,6 +289,46 @@ def test_fasta_without_acgt_is_an_error(tmp_path):
     npmi.count_fasta([short], k=6)
 
 
+def test_fasta_errors_name_the_files_and_what_is_missing(tmp_path):
+  a = write_fasta(tmp_path / "a.fa", ["NNNN"])
+  b = write_fasta(tmp_path / "b.fa", ["RYKM"])
+  with pytest.raises(npmi.NpmiError, match=(
+      rf"^no A/C/G/T letters in {a}, {b} \(8 letters read\); NPMI needs DNA sequence$")):
+    npmi.count_fasta([a, b])
+  # Single letters between Ns: 1-grams but no 2-gram, let alone a 6-mer.
+  c = write_fasta(tmp_path / "c.fa", ["ANCNGNT"])
+  d = write_fasta(tmp_path / "d.fa", ["ACGNT"])
+  with pytest.raises(npmi.NpmiError, match=(
+      rf"^no 6-mer of A/C/G/T letters in {c}, {d}: every ACGT run is shorter than k=6$")):
+    npmi.count_fasta([c, d])
+
+
+def test_count_fasta_reports_progress_against_the_uncompressed_size(tmp_path):
+  seq = "ACGTTGCAAC" * 400
+  plain = write_fasta(tmp_path / "a.fa", [seq])
+  gz = tmp_path / "b.fa.gz"
+  gz.write_bytes(gzip.compress(f">b\n{seq[:3000]}\n>c\n{seq[:1000]}\n".encode()))
+  calls = []
+  counts = npmi.count_fasta([plain, gz], block_size=1000,
+                            progress=lambda *args: calls.append(args))
+  assert counts.k == 6  # The default.
+  total = os.path.getsize(plain) + len(gzip.decompress(gz.read_bytes()))
+  assert {c[1:4:2] for c in calls} == {(2, total)}  # (number of files, estimated bytes).
+  assert [c[0] for c in calls] == [0] * 4 + [1] * 4  # A call per block of 1,000 letters.
+  letters = [c[2] for c in calls]
+  assert letters == sorted(letters) and letters[-1] == counts.letters == 8000
+
+
+def test_scoring_warns_about_nothing(tmp_path):
+  """log(0) and -inf - -inf for unseen n-grams are expected: no RuntimeWarning escapes."""
+  import warnings  # pylint: disable=g-import-not-at-top
+  counts = npmi.count_sequences(["ACGTTGCAACGGT" * 50], k=6)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    table = npmi.score_counts(counts, min_count=1, min_scored_fraction=0.0)
+  assert np.isnan(table.npmi).any() and np.isfinite(table.npmi).any()
+
+
 @pytest.mark.parametrize("k", [0, 11, -1, 2.5, True])
 def test_k_outside_1_to_10_is_an_error(k, tmp_path):
   path = write_fasta(tmp_path / "x.fa", ["ACGTACGTACGT"])
