@@ -297,7 +297,7 @@ def test_fasta_errors_name_the_files_and_what_is_missing(tmp_path):
     npmi.count_fasta([a, b])
   # Single letters between Ns: 1-grams but no 2-gram, let alone a 6-mer.
   c = write_fasta(tmp_path / "c.fa", ["ANCNGNT"])
-  d = write_fasta(tmp_path / "d.fa", ["ACGNT"])
+  d = write_fasta(tmp_path / "d.fa", ["TNANG"])
   with pytest.raises(npmi.NpmiError, match=(
       rf"^no 6-mer of A/C/G/T letters in {c}, {d}: every ACGT run is shorter than k=6$")):
     npmi.count_fasta([c, d])
