@@ -111,6 +111,22 @@ def test_streaming_counter_in_random_pieces_and_batches(batch):
   assert counter.result().letters == sum(map(len, records))  # result() may be called again.
 
 
+def test_counts_are_int64_and_long_k_mers_keep_their_codes():
+  """k = 8 codes and the invalid-window sentinel 4**8 do not fit uint16: counted exactly."""
+  rng = np.random.default_rng(8)
+  records = random_records(rng, 6, 120, alphabet="ACGTACGTN") + ["ACGTTGCAGG" * 6]
+  counts = npmi.count_sequences(records, k=8)
+  assert [c.dtype for c in counts.counts] == [np.dtype(np.int64)] * 8
+  assert as_dict(counts) == dict(brute_counts(records, 8))
+
+
+def test_a_block_that_is_not_1d_uint8_is_refused_with_its_dtype_and_shape():
+  counter = npmi.NgramCounter(3)
+  with pytest.raises(npmi.NpmiError, match=r"^a block is bytes or a 1-D uint8 array of ASCII "
+                     r"letters, got uint8 of shape \(2, 3\)$"):
+    counter.add(np.zeros((2, 3), np.uint8))
+
+
 @pytest.mark.parametrize("compress,chunk", [(False, 1 << 18), (True, 1 << 18), (False, 5)])
 def test_count_fasta_with_tiny_blocks_carries_tails_across_blocks(tmp_path, compress, chunk,
                                                                   monkeypatch):
@@ -317,6 +333,38 @@ def test_count_fasta_reports_progress_against_the_uncompressed_size(tmp_path):
   assert [c[0] for c in calls] == [0] * 4 + [1] * 4  # A call per block of 1,000 letters.
   letters = [c[2] for c in calls]
   assert letters == sorted(letters) and letters[-1] == counts.letters == 8000
+
+
+def test_scoring_parameters_are_checked_with_messages():
+  counts = npmi.count_sequences(["ACGTTGCAACGGT" * 20], k=4)
+  with pytest.raises(npmi.NpmiError, match=r"^true_splits must be one of \('authors', 'all'\), "
+                     r"got 'some'$"):
+    npmi.score_counts(counts, true_splits="some")
+  with pytest.raises(npmi.NpmiError, match=r"^segmentation must be one of \('genemask', "
+                     r"'levine'\), got 'dp'$"):
+    npmi.score_counts(counts, segmentation="dp")
+  with pytest.raises(npmi.NpmiError, match=r"^log_z must be finite, got inf$"):
+    npmi.score_counts(counts, log_z=math.inf)
+  table = npmi.score_counts(counts, min_count=2)
+  assert table.min_count == 2 and table.k == 4
+  np.testing.assert_array_equal(table.count, counts.counts[-1])
+  # The floor's message names the input (default: "the counted sequence") and the remedy.
+  with pytest.raises(npmi.NpmiError) as e:
+    npmi.score_counts(counts, min_count=2, min_scored_fraction=0.9)
+  scored = int(np.count_nonzero(~np.isnan(table.npmi)))
+  assert str(e.value) == (
+      f"the counted sequence ({counts.total(4):,} 4-mer windows, min_count=2): {scored} of "
+      f"256 4-mers scored ({scored / 256:.1%}), fewer than min_scored_fraction=0.9: GeneMask "
+      f"would mask near-random spans; {npmi.checks.FLOOR_FIX}")
+
+
+def test_rank_desc_breaks_ties_by_index_and_puts_nan_last():
+  score = np.tile([1.0, 2.0, 2.0, np.nan, 2.0, 1.0, 0.5], 40)  # Long enough for quicksort.
+  rank = npmi.scoring.rank_desc(score, worst=999)
+  order = [i for i in np.argsort(rank, kind="stable") if not np.isnan(score[i])]
+  want = sorted((i for i in range(score.shape[0]) if not np.isnan(score[i])),
+                key=lambda i: (-score[i], i))
+  assert order == want and list(rank[np.isnan(score)]) == [999] * 40
 
 
 def test_scoring_warns_about_nothing(tmp_path):
