@@ -335,6 +335,22 @@ def test_count_fasta_reports_progress_against_the_uncompressed_size(tmp_path):
   assert letters == sorted(letters) and letters[-1] == counts.letters == 8000
 
 
+@pytest.mark.parametrize("k", [3, 4])
+def test_true_pmi_splits_only_inside_the_k_mer_even_when_poly_a_is_likely(k):
+  """Splits run over i = 1..k-2 ("authors") or 1..k-1 ("all"), never i = 0: on a mostly
+  poly-A sequence an extra term -ln p(A...A) would be near 0 and win the minimum."""
+  seq = "A" * 3000 + "CGTCAGGT" * 12
+  c = brute_counts([seq], k)
+  log_z = math.log(2 * sum(v for w, v in c.items() if len(w) == k))
+  lp = lambda w: math.log(c[w]) - log_z
+  counts = npmi.count_sequences([seq], k=k)
+  for ts, splits in (("authors", range(1, k - 1)), ("all", range(1, k))):
+    t = npmi.score_counts(counts, min_count=1, true_splits=ts)
+    for w in (w for w in c if len(w) == k):
+      assert t.true[code(w)] == pytest.approx(min(lp(w) - lp(w[:i]) - lp(w[i:])
+                                                   for i in splits)), (ts, w)
+
+
 def test_scoring_parameters_are_checked_with_messages():
   counts = npmi.count_sequences(["ACGTTGCAACGGT" * 20], k=4)
   with pytest.raises(npmi.NpmiError, match=r"^true_splits must be one of \('authors', 'all'\), "
