@@ -10,8 +10,8 @@ builder config, whose name carries a hash of them (file names and sizes, every c
 field), so a different corpus or setting never reuses a stale build. The default config
 is the genome slice embedded in the package.
 
-The build runs on all cores, and the main process only plans (`plan.plan_units`): it
-reads each file once for its structure (headers, comment lines; a gzip input is unpacked
+The build runs on all cores. The main process plans (`plan.plan_units`): it reads each
+file once for its structure (headers, comment lines; a gzip input is unpacked
 into the work dir on the way: a gzip stream cannot be read from the middle, so the copy
 costs the uncompressed size on disk until the build completes); worker processes check
 and scan the records for their runs of A/C/G/T and cut short records into their seeded
@@ -19,11 +19,13 @@ chunks from each segment's place and length alone (no bases touched; the main pr
 this for long records, which have few segments); the main process groups the chunks into
 work units of 1-16 Mbp (the size follows the input's size, never the worker count). Each
 worker then reads its unit's bases from the file itself and writes one array_record shard
-per split (`shards.write_unit`). Reading, scanning, planning and writing overlap: records
-are planned as they are read. Shards are numbered in unit order, so the dataset is
+per split (`shards.write_unit`); with ``num_workers`` = N the main process is one of the
+N and writes a unit itself whenever the N - 1 worker processes all have theirs (see
+`write_units`). Reading, scanning, planning and writing overlap: records are planned as
+they are read. Shards are numbered in unit order, so the dataset is
 byte-identical, example for example and in the same order, for any ``num_workers``, and
 the examples are exactly `genome.iter_chunks`'s. Memory is bounded by the units in flight
-(two per worker), not by the genome or its line length. Finished units are kept in
+(two per worker process), not by the genome or its line length. Finished units are kept in
 ``TFDS_DIR/downloads/genemask_genome/CONFIG/VERSION/`` until the build completes, so a
 build that was killed resumes from them; TFDS only marks the dataset as built
 (``dataset_info.json``) after the last shard is in place, so a half-written build is never
@@ -54,8 +56,8 @@ import math
 import multiprocessing
 import os
 import shutil
-import time
 import threading
+import time
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np

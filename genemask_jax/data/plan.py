@@ -280,7 +280,9 @@ def _plan_file(spans, read, path, source, cfg, stats, plan, submit):
   early: list[Any] = []
   early_ranges = 0
 
-  def send_ranges(rs):
+  def send_ranges(rs, last: bool):
+    """Tasks of >= task_bytes for ranges rs; returns (futures, ranges not sent), and with
+    `last` the remainder goes as one more task."""
     futures, task, n = [], [], 0
     for r in rs:
       task.append(r)
@@ -288,6 +290,9 @@ def _plan_file(spans, read, path, source, cfg, stats, plan, submit):
       if n >= task_bytes:
         futures.append(submit(shards.scan_ranges, read, path, task))
         task, n = [], 0
+    if last and task:
+      futures.append(submit(shards.scan_ranges, read, path, task))
+      task = []
     return futures, task
 
   def send():
@@ -313,9 +318,7 @@ def _plan_file(spans, read, path, source, cfg, stats, plan, submit):
         continue
       if whole:
         send_whole()
-      futures, rest = send_ranges(rs[sent[1]:])
-      if rest:
-        futures.append(submit(shards.scan_ranges, read, path, rest))
+      futures, _ = send_ranges(rs[sent[1]:], last=True)
       jobs.append(("ranges", sent[0] + futures, 0))
     if whole:
       send_whole()
@@ -325,7 +328,7 @@ def _plan_file(spans, read, path, source, cfg, stats, plan, submit):
   for span in spans:
     rs = _ranges(span.parts)
     if not span.complete:  # A long record, still being read: start on its first ranges.
-      futures, rest = send_ranges(rs[early_ranges:-1])  # The last range may still grow.
+      futures, rest = send_ranges(rs[early_ranges:-1], last=False)  # The last may grow.
       early.extend(futures)
       early_ranges = len(rs) - 1 - len(rest)
       continue
