@@ -430,6 +430,21 @@ class WorkdirLock:
             "delete that file if that run is gone")
 
 
+class _OrbaxReadTaskFilter(std_logging.Filter):
+  """Drops asyncio's reports of abandoned orbax read tasks (see hide_orbax_read_noise)."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    try:
+      message = record.getMessage()
+    except Exception:  # pylint: disable=broad-except  (a malformed record is not ours)
+      return True
+    if "orbax" in message or "_read_array_index_and_device_put" in message:
+      logging.debug("orbax: ignored while discarding a failed read: %s",
+                    message.splitlines()[0] if message else "")
+      return False
+    return True
+
+
 def hide_orbax_read_noise() -> None:
   """Sends the 'Exception ignored in <coroutine ...>' reports of abandoned orbax reads to the
   debug log instead of stderr (every other unraisable exception still goes to stderr).
@@ -439,8 +454,14 @@ def hide_orbax_read_noise() -> None:
   traceback, which would bury the one line that reports the damaged step. A callback of
   such a read can also reach the read's event loop after it closed, which reports
   "Exception ignored in: None ... RuntimeError: Event loop is closed" from asyncio (no
-  orbax frame in it; seen in CI, depending on GC timing): filtered the same way.
+  orbax frame in it; seen in CI, depending on GC timing): filtered the same way. And when
+  such a read's task ends with its exception unread, asyncio logs "Task exception was never
+  retrieved" with the task's traceback on its own logger (seen in CI): records of that
+  logger that name an orbax read go to the debug log too.
   """
+  asyncio_logger = std_logging.getLogger("asyncio")
+  if not any(isinstance(f, _OrbaxReadTaskFilter) for f in asyncio_logger.filters):
+    asyncio_logger.addFilter(_OrbaxReadTaskFilter())
   previous = sys.unraisablehook
   if getattr(previous, "_genemask_filter", False):
     return
