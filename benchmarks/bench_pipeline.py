@@ -132,6 +132,20 @@ def _run_measured(script: str, args: list[str]) -> tuple[dict, int]:
   return json.loads(line[len("RESULT "):]), peak
 
 
+def _run_together(script: str, argsets: list[list[str]]) -> list[dict]:
+  """Runs one script per argument list, all at once; returns their RESULT jsons."""
+  procs = [subprocess.Popen([sys.executable, "-c", script, *a], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True) for a in argsets]
+  out = []
+  for proc in procs:
+    o, err = proc.communicate()
+    if proc.returncode != 0:
+      raise RuntimeError(f"build failed: {err[-2000:]}")
+    line = next(l for l in o.splitlines() if l.startswith("RESULT "))
+    out.append(json.loads(line[len("RESULT "):]))
+  return out
+
+
 def scaling(genome_dir: pathlib.Path, workers: list[int], unit_mbp: int = 0,
             repeats: int = 3, copies: int = 1) -> None:
   """The #22 build-scaling section (copies > 1: the files given that many times over)."""
@@ -155,7 +169,7 @@ def scaling(genome_dir: pathlib.Path, workers: list[int], unit_mbp: int = 0,
   print(f"  on {GENOME_FILES[0]} alone (one 70 Mbp record, like GRCh38's chromosomes): "
         f"{whole_rate:6.1f} Mbp per CPU-s (structure {one['structure']:.2f}, plan "
         f"{one['plan']:.2f}); the other file has 9,627 short records")
-  rates, results, runs = {}, {}, {}
+  rates, results, runs, ceiling = {}, {}, {}, []
   for rep in range(repeats):
     for n in workers:
       tmp = tempfile.mkdtemp(prefix=f"bench_build_{n}_")
@@ -167,6 +181,22 @@ def scaling(genome_dir: pathlib.Path, workers: list[int], unit_mbp: int = 0,
       res["rate"], res["peak"], res["load"] = acgt_mbp / res["seconds"], peak, load0
       runs.setdefault(n, []).append(res)
       cpu = res["main_cpu"] + res["workers_cpu"]
+      if n == 2 and 1 in workers:
+        # The machine's own ceiling, in the same run: two independent one-worker builds at
+        # once share nothing but the machine (caches, memory bandwidth, the host's other
+        # tenants), so their combined Mbp/s over one build's alone is the most any
+        # two-process build can reach here.
+        tmps = [tempfile.mkdtemp(prefix=f"bench_ceiling_{i}_") for i in range(2)]
+        try:
+          both = _run_together(_BUILD_SCRIPT, [[t, "1", ",".join(files), str(unit_mbp)]
+                                               for t in tmps])
+        finally:
+          for t in tmps:
+            shutil.rmtree(t, ignore_errors=True)
+        ceiling.append(2 * acgt_mbp / max(b["seconds"] for b in both))
+        each = ", ".join(f"{b['seconds']:.1f}" for b in both)
+        print(f"[{rep + 1}/{repeats}] ceiling: two 1-worker builds at once, "
+              f"{ceiling[-1]:6.2f} Mbp/s together ({each} s each)")
       print(f"[{rep + 1}/{repeats}] {n:2d} worker(s): {res['rate']:6.2f} Mbp/s wall "
             f"({res['rate'] / n:5.2f} per worker); {res['seconds']:6.1f} s build "
             f"({res['wall']:.1f} s with start-up); CPU-s: main {res['main_cpu']:.2f}, workers "
@@ -187,6 +217,11 @@ def scaling(genome_dir: pathlib.Path, workers: list[int], unit_mbp: int = 0,
           f"{results[n]['main_cpu'] + results[n]['workers_cpu']:.2f}; peak RSS "
           f"{max(r['peak'] for r in rs) / 2**20:.0f} MiB; load averages "
           f"{min(loads):.1f}-{max(loads):.1f}")
+  if ceiling and 1 in rates and 2 in rates:
+    c = sorted(ceiling)[len(ceiling) // 2]
+    print(f"ceiling, median of {len(ceiling)}: {c:6.2f} Mbp/s (range {min(ceiling):.2f}-"
+          f"{max(ceiling):.2f}), x{c / rates[1]:.2f} vs 1 worker: what two independent "
+          f"processes reach on this machine; 2 workers reach {rates[2] / c:.0%} of it")
   par = [n for n in workers if n > 1]
   if par:
     # On c idle cores the build's CPU spreads over the c processes (the main process writes
