@@ -206,3 +206,94 @@ def test_rules_from_config_accepts_mapping_and_lists():
   assert rules == (("batch", ("data", "fsdp")), ("mlp", "model"), ("kv", None))
   with pytest.raises(sharding.ShardingConfigError, match=r"logical_axis_rules\[0\]"):
     sharding.rules_from_config([("batch", 3)])
+
+
+def _small_setup(mesh_shape=(4, 2)):
+  cfg = model_lib.ModelConfig(**{**CFG.__dict__, "num_layers": 1})
+  mesh = sharding.make_mesh(mesh_shape, devices=jax.devices()[: int(np.prod(mesh_shape))])
+  model = model_lib.BertForMaskedLM(cfg)
+  tx = optim.make_optimizer(optim.make_lr_schedule(total_steps=10, warmup_steps=2,
+                                                   peak_learning_rate=1e-3))
+  return mesh, sharding.DEFAULT_RULES, model, tx
+
+
+def test_compiled_step_layouts_donation_and_compiler_options():
+  """What jit_train_step promises beyond the numbers: a host batch is taken with its rows
+  on the batch axis, key and metrics replicated, state in and out as state_shardings, the
+  input state donated (unless donate=False), and compiler_options reaching XLA (an unknown
+  option is XLA's error); create_train_state passes its options on as well."""
+  mesh, rules, model, tx = _small_setup()
+  state, shardings = ts.create_train_state(model, tx, jax.random.key(0), mesh, rules,
+                                          compiler_options=FAST_COMPILE)
+  step_fn = ts.make_mlm_train_step(model, tx, stand_in_mask_fn)
+  step = ts.jit_train_step(step_fn, mesh, rules, shardings, compiler_options=FAST_COMPILE)
+  host_batch = {"input_ids": _batch()}  # numpy: jit places it.
+  compiled = step.jitted.lower(state, host_batch, jax.random.key(1)).compile()
+  (state_in, batch_in, key_in), _ = compiled.input_shardings
+  assert batch_in["input_ids"].is_equivalent_to(sharding.batch_sharding(mesh, rules), 2)
+  assert not batch_in["input_ids"].is_fully_replicated
+  assert key_in.is_fully_replicated
+  for got, want, x in zip(jax.tree.leaves(state_in), jax.tree.leaves(shardings),
+                          jax.tree.leaves(state), strict=True):
+    assert got.is_equivalent_to(want, x.ndim)
+  state_out, metrics_out = compiled.output_shardings
+  assert all(s.is_fully_replicated for s in jax.tree.leaves(metrics_out))
+  kernel = ("bert", "encoder", "layer_0", "intermediate_dense", "kernel")
+
+  def leaf(tree):
+    for k in kernel:
+      tree = tree[k]
+    return tree
+
+  assert leaf(state_out.params).is_equivalent_to(leaf(shardings.params), 2)
+  assert not leaf(state_out.params).is_fully_replicated
+
+  batch = sharding.global_batch_from_local(host_batch, mesh, rules)
+  new_state, _ = step(state, batch, jax.random.key(1))
+  assert all(x.is_deleted() for x in jax.tree.leaves(state))  # Donated: memory reused.
+  assert not any(x.is_deleted() for x in jax.tree.leaves(batch))
+  kept = ts.jit_train_step(step_fn, mesh, rules, shardings, donate=False,
+                           compiler_options=FAST_COMPILE)
+  kept(new_state, batch, jax.random.key(2))
+  assert not any(x.is_deleted() for x in jax.tree.leaves(new_state))
+
+  bad = {"xla_no_such_option_for_this_test": True}
+  with pytest.raises(Exception, match="xla_no_such_option_for_this_test"):
+    ts.jit_train_step(step_fn, mesh, rules, shardings, donate=False,
+                      compiler_options=bad)(new_state, batch, jax.random.key(2))
+  with pytest.raises(Exception, match="xla_no_such_option_for_this_test"):
+    ts.create_train_state(model, tx, jax.random.key(0), mesh, rules, compiler_options=bad)
+
+
+def test_sharded_eval_step_and_abstract_state_match_the_plain_ones():
+  """jit_eval_step on a (4, 2) mesh gives the unsharded eval step's sums, replicated; and
+  abstract_train_state describes exactly the state create_train_state makes (shapes,
+  dtypes, shardings), which ahead-of-time compilation relies on."""
+  mesh, rules, model, tx = _small_setup()
+  state, shardings = ts.create_train_state(model, tx, jax.random.key(0), mesh, rules,
+                                          compiler_options=FAST_COMPILE)
+  abstract, abstract_shardings = ts.abstract_train_state(model, tx, jax.random.key(0), mesh,
+                                                         rules)
+  for a, s, sh in zip(jax.tree.leaves(abstract), jax.tree.leaves(state),
+                      jax.tree.leaves(abstract_shardings), strict=True):
+    assert (a.shape, a.dtype) == (s.shape, s.dtype)
+    assert a.sharding.is_equivalent_to(s.sharding, s.ndim)
+    assert sh.is_equivalent_to(s.sharding, s.ndim)
+  masks = stand_in_mask_fn(jax.random.key(3), jnp.asarray(_batch()))
+  host = {"input_ids": np.asarray(masks.masked_ids),
+          "masked_lm_positions": np.asarray(masks.masked_lm_positions),
+          "masked_lm_ids": np.asarray(masks.masked_lm_ids),
+          "masked_lm_weights": np.asarray(masks.masked_lm_weights)}
+  eval_step = ts.make_mlm_eval_step(model)
+  params = jax.device_get(state.params)
+  want = jax.device_get(eval_step(params, host))
+  run = ts.jit_eval_step(eval_step, mesh, rules, shardings.params)
+  got = run(state.params, sharding.global_batch_from_local(host, mesh, rules))
+  assert set(got) == set(want) == {"loss_sum", "weight_sum", "correct"}
+  for k in want:
+    assert got[k].sharding.is_fully_replicated
+    np.testing.assert_allclose(np.asarray(got[k]), want[k], rtol=1e-5, err_msg=k)
+  assert float(want["weight_sum"]) == float(np.sum(host["masked_lm_weights"])) > 0
+  compiled = run.jitted.lower(state.params, host).compile()
+  (_, batch_in), _ = compiled.input_shardings
+  assert batch_in["input_ids"].is_equivalent_to(sharding.batch_sharding(mesh, rules), 2)

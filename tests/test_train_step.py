@@ -276,3 +276,16 @@ def test_step_arguments_are_checked_before_tracing(setup):
     step(state, {"input_ids": jnp.asarray(ids)}, jax.random.key(0))
   with pytest.raises(ValueError, match=r"must be \(batch, length\), got \(16,\)"):
     step(state, {"input_ids": jnp.asarray(ids[0])}, jax.random.key(0))
+
+
+def test_initial_state_counts_steps_in_int32_and_holds_the_optimizers_state(setup):
+  """Step 0 as an int32 scalar (checkpoints, `fold_in` and the schedule read it), and the
+  optimizer's own state for these params: adamw's moments have the params' shapes."""
+  params = setup[0]
+  tx = optax.adamw(1e-3)
+  state = train_step.init_train_state(params, tx)
+  assert state.step.shape == () and state.step.dtype == jnp.int32 and int(state.step) == 0
+  assert jax.tree.structure(state.opt_state) == jax.tree.structure(tx.init(params))
+  mu = state.opt_state[0].mu
+  assert jax.tree.map(jnp.shape, mu) == jax.tree.map(jnp.shape, params)
+  assert all(not np.any(np.asarray(x)) for x in jax.tree.leaves(mu))
