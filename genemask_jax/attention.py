@@ -293,8 +293,15 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: ja
                           dropout_rate: float = 0.0, seed: jax.Array | None = None,
                           implementation: str = "auto",
                           block_q: int = DEFAULT_BLOCK_Q) -> jax.Array:
-  """BERT self-attention: (B, L, N, D) q, k, v and (B, L) key mask -> (B, L, N, D)."""
-  rate = dropout_rate if seed is not None else 0.0
+  """BERT self-attention: (B, L, N, D) q, k, v and (B, L) key mask -> (B, L, N, D).
+
+  Dropout (``dropout_rate`` > 0) needs ``seed`` (``dropout_seed(key)``) whichever the
+  implementation: a rate without a seed is an error, never silently no dropout.
+  """
+  if dropout_rate > 0.0 and seed is None:
+    raise ValueError(f"dot_product_attention: dropout_rate {dropout_rate} > 0 needs a seed "
+                     "(attention.dropout_seed(key)); pass dropout_rate=0.0 for none")
+  rate = dropout_rate
   impl = resolve_implementation(implementation, dtype=q.dtype, head_dim=q.shape[-1],
                                 q_len=q.shape[1], kv_len=k.shape[1], dropout_rate=rate)
   if impl == "pallas_gpu":

@@ -264,3 +264,109 @@ def test_defaults_are_exact_attention_without_dropout():
   np.testing.assert_allclose(attention.dot_product_attention(q, k, v, mask),
                              attention.reference_attention(q, k, v, mask),
                              rtol=1e-5, atol=1e-6)
+
+
+class _Recorder:
+  """Stands in for an implementation: records its call, returns a marker array."""
+
+  def __init__(self, value):
+    self.calls, self.value = [], value
+
+  def __call__(self, *args, **kwargs):
+    self.calls.append((args, kwargs))
+    return self.value
+
+
+def test_dispatcher_calls_each_implementation_with_the_calls_arguments(monkeypatch):
+  """Each implementation name reaches its own function with q, k, v, the mask, the rate
+  and the seed (the GPU and TPU kernels are replaced by recorders: their numbers are
+  tested in test_attention_gpu.py and test_pallas_attention.py); "auto" asks
+  gpu_implementation about this call's dtype, head size, lengths and rate."""
+  from genemask_jax import attention_gpu  # pylint: disable=g-import-not-at-top
+  q, k, v = _qkv(2, 16, 16, 2, 8)
+  mask = _key_mask(2, 16)
+  seed = attention.dropout_seed(jax.random.key(7))
+  marker = jnp.full(q.shape, 7.0)
+  for name, fn in (("pallas_tpu", "pallas_tpu_attention"), ("cudnn", "cudnn_attention")):
+    rec = _Recorder(marker)
+    monkeypatch.setattr(attention, fn, rec)
+    rate, s = (0.25, seed) if name == "pallas_tpu" else (0.0, None)
+    out = attention.dot_product_attention(q, k, v, mask, dropout_rate=rate, seed=s,
+                                          implementation=name)
+    assert out is marker and len(rec.calls) == 1, name
+    (args, kwargs), = rec.calls
+    assert all(a is b for a, b in zip(args, (q, k, v, mask), strict=True)), name
+    if name == "pallas_tpu":
+      assert kwargs == {"dropout_rate": 0.25, "seed": seed}
+  # Pallas on a GPU: the kernel where it takes the shapes (interpreted off a GPU)...
+  flash = _Recorder(marker)
+  monkeypatch.setattr(attention_gpu, "flash_attention", flash)
+  seen = []
+  monkeypatch.setattr(attention_gpu, "supported",
+                      lambda *a: seen.append(a) or a[0] == 16)
+  out = attention.dot_product_attention(q, k, v, mask, dropout_rate=0.25, seed=seed,
+                                        implementation="pallas_gpu")
+  assert out is marker and seen == [(16, 16, 8)]
+  (args, kwargs), = flash.calls
+  assert all(a is b for a, b in zip(args, (q, k, v, mask), strict=True))
+  assert kwargs == {"dropout_rate": 0.25, "seed": seed,
+                    "interpret": jax.default_backend() != "gpu"}
+  # ...and blockwise attention, with the same dropout, where it does not.
+  q8 = q[:, :8]
+  got = attention.dot_product_attention(q8, k, v, mask, dropout_rate=0.25, seed=seed,
+                                        implementation="pallas_gpu")
+  assert seen[-1] == (8, 16, 8) and len(flash.calls) == 1
+  np.testing.assert_array_equal(got, attention.blockwise_attention(
+      q8, k, v, mask, dropout_rate=0.25, seed=seed))
+  # "auto" on a GPU: the call's own shapes and rate decide.
+  asked = _Recorder("blockwise")
+  monkeypatch.setattr(attention.jax, "default_backend", lambda: "gpu")
+  monkeypatch.setattr(attention, "gpu_implementation", asked)
+  qb = q[:, :8].astype(jnp.bfloat16)
+  attention.dot_product_attention(qb, k.astype(jnp.bfloat16), v.astype(jnp.bfloat16), mask,
+                                  dropout_rate=0.25, seed=seed)
+  attention.dot_product_attention(qb, k.astype(jnp.bfloat16), v.astype(jnp.bfloat16), mask)
+  assert [c[0] for c in asked.calls] == [(jnp.bfloat16, 8, 8, 16, 0.25),
+                                         (jnp.bfloat16, 8, 8, 16, 0.0)]
+
+
+@pytest.mark.parametrize("impl", ["blockwise", "xla"])
+def test_dispatcher_passes_rate_and_seed_and_a_rate_needs_a_seed(impl):
+  """blockwise and xla get the call's rate and seed (the same mask either way); a rate
+  without a seed is an error for every implementation (xla used to drop it silently)."""
+  q, k, v = _qkv(2, 40, 40, 2, 8)
+  mask = _key_mask(2, 40)
+  seed = attention.dropout_seed(jax.random.key(5))
+  got = attention.dot_product_attention(q, k, v, mask, dropout_rate=0.3, seed=seed,
+                                        implementation=impl, block_q=16)
+  direct = attention.blockwise_attention(q, k, v, mask, dropout_rate=0.3, seed=seed,
+                                         block_q=16)
+  np.testing.assert_allclose(got, direct, rtol=1e-5, atol=1e-6)
+  plain = attention.reference_attention(q, k, v, mask)
+  assert np.abs(np.asarray(got) - np.asarray(plain)).max() > 0.1  # Dropout happened.
+  np.testing.assert_allclose(attention.dot_product_attention(
+      q, k, v, mask, dropout_rate=0.0, seed=seed, implementation=impl, block_q=16), plain,
+                             rtol=1e-5, atol=1e-6)
+  for name in attention.IMPLEMENTATIONS:
+    with pytest.raises(ValueError, match="dropout_rate 0.3 > 0 needs a seed"):
+      attention.dot_product_attention(q, k, v, mask, dropout_rate=0.3, implementation=name)
+
+
+def test_blockwise_never_holds_the_whole_score_matrix():
+  """What "blockwise" is for: no (L x L) array anywhere in its program, forward or
+  backward, while "xla" has one (so the check can fail)."""
+  import re  # pylint: disable=g-import-not-at-top
+  length, block = 256, 32
+  q, k, v = _qkv(2, length, length, 2, 8)
+  mask = _key_mask(2, length)
+
+  def biggest(impl):
+    fn = lambda q, k, v: attention.dot_product_attention(
+        q, k, v, mask, implementation=impl, block_q=block).sum()
+    text = str(jax.make_jaxpr(jax.grad(fn, argnums=(0, 1, 2)))(q, k, v))
+    shapes = [tuple(int(d) for d in s.split(",") if d)
+              for s in re.findall(r"f32\[([0-9,]*)\]", text)]
+    return max(int(np.prod(s)) for s in shapes)
+
+  assert biggest("xla") >= 4 * length * length  # (B, N, L, L) scores.
+  assert biggest("blockwise") <= 4 * block * length
