@@ -185,6 +185,8 @@ def test_auto_picks_cudnn_on_gpu_only_where_its_constraints_hold():
   assert pick(dropout_rate=0.1) == "blockwise"  # cuDNN's dropout is not keep_mask.
   assert pick(dtype=jnp.float32) == "blockwise"
   assert pick(head_dim=12) == "blockwise"
+  assert pick(head_dim=128) == "cudnn"  # The largest cuDNN takes everywhere.
+  assert pick(head_dim=136) == "blockwise"
   assert pick(head_dim=256) == "blockwise"
   assert pick(q_len=101) == "blockwise"
   assert pick(platform="cpu") == "blockwise"
@@ -370,3 +372,34 @@ def test_blockwise_never_holds_the_whole_score_matrix():
 
   assert biggest("xla") >= 4 * length * length  # (B, N, L, L) scores.
   assert biggest("blockwise") <= 4 * block * length
+
+
+def _lowbias32(x: np.ndarray) -> np.ndarray:
+  """Chris Wellons' lowbias32 integer hash, from its published definition, in numpy."""
+  x = x.astype(np.uint64) & 0xFFFFFFFF
+  x ^= x >> 16
+  x = (x * 0x7FEB352D) & 0xFFFFFFFF
+  x ^= x >> 15
+  x = (x * 0x846CA68B) & 0xFFFFFFFF
+  x ^= x >> 16
+  return x
+
+
+def test_keep_mask_is_the_documented_hash_of_each_elements_index():
+  """keep_mask's documented rule, recomputed in numpy: element i of full_shape is kept
+  iff lowbias32(lowbias32(flat(i) ^ seed[0]) ^ seed[1]) >= rate * 2**32. The masks of
+  a run (and of the Pallas kernels, which must match it) depend on exactly this."""
+  seed = attention.dropout_seed(jax.random.key(11))
+  assert seed.shape == (2,) and seed.dtype == jnp.uint32
+  s0, s1 = (int(w) for w in np.asarray(seed))
+  full = (3, 5, 40, 40)
+  offsets = (1, 2, 8, 0)
+  block = (2, 3, 16, 40)
+  rate = 0.3
+  got = np.asarray(attention.keep_mask(seed, block, rate, offsets=offsets, full_shape=full))
+  idx = np.indices(block).reshape(len(block), -1).T + np.array(offsets)
+  flat = np.ravel_multi_index(idx.T, full).astype(np.uint64)
+  bits = _lowbias32(_lowbias32(flat ^ s0) ^ s1)
+  want = (bits >= round(rate * 2**32)).reshape(block)
+  np.testing.assert_array_equal(got, want)
+  assert 0.6 < want.mean() < 0.8
