@@ -327,12 +327,15 @@ def test_dispatcher_calls_each_implementation_with_the_calls_arguments(monkeypat
   asked = _Recorder("blockwise")
   monkeypatch.setattr(attention.jax, "default_backend", lambda: "gpu")
   monkeypatch.setattr(attention, "gpu_implementation", asked)
-  qb = q[:, :8].astype(jnp.bfloat16)
+  qb = q[:, :12].astype(jnp.bfloat16)  # 12 queries, 16 keys, head size 8: all different.
   attention.dot_product_attention(qb, k.astype(jnp.bfloat16), v.astype(jnp.bfloat16), mask,
                                   dropout_rate=0.25, seed=seed)
   attention.dot_product_attention(qb, k.astype(jnp.bfloat16), v.astype(jnp.bfloat16), mask)
-  assert [c[0] for c in asked.calls] == [(jnp.bfloat16, 8, 8, 16, 0.25),
-                                         (jnp.bfloat16, 8, 8, 16, 0.0)]
+  assert [c[0] for c in asked.calls] == [(jnp.bfloat16, 8, 12, 16, 0.25),
+                                         (jnp.bfloat16, 8, 12, 16, 0.0)]
+  # On a GPU the Pallas kernel runs compiled, not interpreted.
+  attention.dot_product_attention(q, k, v, mask, implementation="pallas_gpu")
+  assert flash.calls[-1][1]["interpret"] is False and len(flash.calls) == 2
 
 
 @pytest.mark.parametrize("impl", ["blockwise", "xla"])
