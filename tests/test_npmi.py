@@ -9,6 +9,7 @@ import itertools
 import math
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -16,6 +17,7 @@ import numpy as np
 import pytest
 
 from genemask_jax import npmi
+from genemask_jax.npmi import checks as npmi_checks
 from genemask_jax import tokenizer
 from genemask_jax.data import fasta
 
@@ -533,3 +535,142 @@ def test_lookup_shape_and_dtype_checks_and_count_inputs(tmp_path):
     with pytest.raises(npmi.NpmiError, match=match) as e:
       npmi.load_lookup(path)
     assert str(path) in str(e.value)
+
+
+def _with_rank(line, rank):
+  return line.rsplit(",", 1)[0] + f",{rank}"
+
+
+@pytest.mark.parametrize("case", ["empty", "fields", "k", "numbers", "ascii", "csv",
+                                  "no_rows", "rank_0", "rank_4097", "same_rank"])
+def test_every_lookup_csv_error_names_the_file_and_line(data_dir, tmp_path, case):
+  """Each malformed-table error of the CSV reader, in process (the command tests run it in
+  a subprocess, where mutation testing cannot see it): the file, the line where one
+  exists, and what is wrong."""
+  lines = authors_lines(data_dir)
+  body = lines[:]
+  path = tmp_path / f"{case}.csv"
+  name = re.escape(str(path))
+  if case == "empty":
+    body = []
+    want = rf"^{name}: empty file; expected a CSV with columns ngram, naive\.pmi, "
+  elif case == "fields":
+    body[4] = body[4].rsplit(",", 1)[0]
+    want = rf"^{name}:5: 11 fields, expected 12$"
+  elif case == "k":
+    body[1] = "ACGTACGTACG" + body[1][6:]
+    want = (rf"^{name}:2: ngram 'ACGTACGTACG' is not a k-mer with k in "
+            rf"{npmi_checks.MIN_K}\.\.{npmi_checks.MAX_K}$")
+  elif case == "numbers":
+    body[6] = _with_rank(body[6], "x")
+    want = (rf"^{name}:7: expected a number in norm_dp_true_pmi and an integer in "
+            r"norm_pmi_rank_rel, got '[-0-9.e]+', 'x'$")
+  elif case == "ascii":
+    body[6] = body[6].replace(body[6][:6], "ACGT\u00e9A")
+    want = rf"^{name}: not an ASCII CSV file \("
+  elif case == "csv":
+    body[6] = body[6] + "," + "A" * 200_000
+    want = rf"^{name}:7: malformed CSV: field larger than field limit"
+  elif case == "no_rows":
+    body = body[:1]
+    want = rf"^{name}: no rows after the header$"
+  elif case in ("rank_0", "rank_4097"):
+    rank = case.split("_")[1]
+    body[8] = _with_rank(body[8], rank)
+    want = rf"^{name}:9: rank {rank} outside 1\.\.4096$"
+  else:  # same_rank: line 11 takes line 10's rank (the file is in rank order: 9).
+    body[10] = _with_rank(body[10], 9)
+    want = rf"^{name}:(10|11): rank 9 also on line (10|11)$"
+  path.write_text("\n".join(body) + ("\n" if body else ""), encoding="utf-8")
+  with pytest.raises(npmi.NpmiError, match=want) as e:
+    npmi.load_lookup(path)
+  if case == "same_rank":
+    assert {int(x) for x in re.findall(r":(\d+): rank 9 also on line (\d+)", str(e.value))[0]
+            } == {10, 11}
+
+
+def test_a_table_of_the_shortest_k_loads(tmp_path):
+  """k = MIN_K (1): the four 1-mers, ranked by score."""
+  path = tmp_path / "k1.csv"
+  path.write_text("ngram,norm_dp_true_pmi,norm_pmi_rank_rel\n"
+                  "G,0.9,1\nA,0.5,2\nT,0.1,3\nC,-0.2,4\n")
+  lookup = npmi.load_lookup(path, min_scored_fraction=0)
+  assert lookup.k == npmi_checks.MIN_K == 1
+  ranks = lookup.rank[tokenizer.NUM_SPECIAL:]
+  assert sorted(ranks.tolist()) == [1, 2, 3, 4] and ranks.dtype == np.int32
+  assert lookup.score.dtype == np.float32
+
+
+def test_k_bounds_and_count_options_are_checked():
+  for k in (npmi_checks.MIN_K, npmi_checks.MAX_K):
+    npmi_checks.check_k(k)
+  for k in (npmi_checks.MIN_K - 1, npmi_checks.MAX_K + 1, 6.0, True):
+    with pytest.raises(npmi.NpmiError):
+      npmi_checks.check_k(k)
+  npmi_checks.check_min_count(1)
+  for bad in (0, 1.5, True, "2"):
+    with pytest.raises(npmi.NpmiError, match=r"min_count must be an integer >= 1, got"):
+      npmi_checks.check_min_count(bad)
+
+
+def test_output_path_errors_suggest_a_file_path(tmp_path):
+  """check_output_path in process (the command tests run it in a subprocess): an empty
+  path, a directory (the suggestion is a file inside it), a directory where the .npy
+  files would go (the suggestion adds .csv), a parent that is a file; a new nested
+  directory under a writable one is fine."""
+  with pytest.raises(npmi.NpmiError, match=r"^--output is empty; expected the table's CSV "
+                     r"path, e.g\. /tmp/npmi/table\.csv$"):
+    npmi.check_output_path("")
+  d = tmp_path / "out"
+  d.mkdir()
+  with pytest.raises(npmi.NpmiError, match=rf"^--output={re.escape(str(d))}: "
+                     rf"{re.escape(str(d))} is a directory; expected a file path such as "
+                     rf"{re.escape(os.path.join(str(d), 'table.csv'))}$"):
+    npmi.check_output_path(str(d))
+  clash = tmp_path / "t.csv"
+  (tmp_path / "t.rank.npy").mkdir()
+  with pytest.raises(npmi.NpmiError, match=rf"{re.escape(str(tmp_path / 't.rank.npy'))} is a "
+                     rf"directory; expected a file path such as {re.escape(str(clash))}\.csv$"):
+    npmi.check_output_path(str(clash))
+  f = tmp_path / "afile"
+  f.write_text("x")
+  with pytest.raises(npmi.NpmiError, match=rf"^--output={re.escape(str(f))}/a/b\.csv: "
+                     rf"{re.escape(str(f))} is a file, not a directory$"):
+    npmi.check_output_path(f"{f}/a/b.csv")
+  new = str(tmp_path / "new" / "deeper" / "table.csv")
+  assert npmi.check_output_path(new) == new
+
+
+def test_npz_and_npy_lookup_errors_name_the_file(tmp_path):
+  """The binary lookup formats' errors, each naming the file and what is wrong."""
+  rank = np.arange(4096 + tokenizer.NUM_SPECIAL, dtype=np.int32)[::-1] + 1
+  score = np.linspace(1.0, -1.0, rank.shape[0]).astype(np.float32)
+  only_rank = tmp_path / "r.npz"
+  np.savez(only_rank, rank=rank)
+  with pytest.raises(npmi.NpmiError, match=rf"^{re.escape(str(only_rank))}: expected arrays "
+                     r"'rank' and 'score', found \['rank'\]$"):
+    npmi.load_lookup(only_rank)
+  only_score = tmp_path / "s.npz"
+  np.savez(only_score, score=score)
+  with pytest.raises(npmi.NpmiError, match=r"found \['score'\]$"):
+    npmi.load_lookup(only_score)
+  broken = tmp_path / "b.npz"
+  broken.write_bytes(b"PK\x03\x04 not a zip archive")
+  with pytest.raises(npmi.NpmiError, match=rf"^{re.escape(str(broken))}: not a readable \.npz "
+                     "file: "):
+    npmi.load_lookup(broken)
+  plain = tmp_path / "table.npy"
+  np.save(plain, rank)
+  with pytest.raises(npmi.NpmiError, match=rf"^{re.escape(str(plain))}: a \.npy lookup is named "
+                     r"<stem>\.rank\.npy or <stem>\.score\.npy$"):
+    npmi.load_lookup(plain)
+  np.save(tmp_path / "p.rank.npy", rank)
+  np.save(tmp_path / "p.score.npy", np.array([{"a": 1}] * 3, dtype=object), allow_pickle=True)
+  with pytest.raises(npmi.NpmiError, match=rf"^{re.escape(str(tmp_path / 'p.score.npy'))}: "
+                     "cannot read the lookup array: "):
+    npmi.load_lookup(tmp_path / "p.rank.npy")  # Object arrays need pickle: refused.
+  np.save(tmp_path / "q.rank.npy", rank[:100])
+  np.save(tmp_path / "q.score.npy", score[:100])
+  with pytest.raises(npmi.NpmiError, match=re.escape(str(tmp_path / "q")) +
+                     r"\.\{rank,score\}\.npy: "):
+    npmi.load_lookup(tmp_path / "q.score.npy")

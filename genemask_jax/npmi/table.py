@@ -22,6 +22,7 @@ import dataclasses
 import math
 import os
 import tempfile
+import zipfile
 
 import numpy as np
 
@@ -239,7 +240,7 @@ def load_lookup(path: str | os.PathLike, k: int | None = None, *,
         if "rank" not in z or "score" not in z:
           raise NpmiError(f"{path}: expected arrays 'rank' and 'score', found {sorted(z.files)}")
         lookup = _check_lookup(z["rank"], z["score"], path)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, zipfile.BadZipFile) as e:  # A damaged .npz: BadZipFile.
       if isinstance(e, NpmiError):
         raise
       raise NpmiError(f"{path}: not a readable .npz file: {e}") from e
