@@ -542,7 +542,7 @@ def _with_rank(line, rank):
 
 
 @pytest.mark.parametrize("case", ["empty", "fields", "k", "numbers", "ascii", "csv",
-                                  "no_rows", "rank_0", "rank_4097", "same_rank"])
+                                  "no_rows", "rank_0", "rank_4097", "same_rank", "letters"])
 def test_every_lookup_csv_error_names_the_file_and_line(data_dir, tmp_path, case):
   """Each malformed-table error of the CSV reader, in process (the command tests run it in
   a subprocess, where mutation testing cannot see it): the file, the line where one
@@ -578,6 +578,9 @@ def test_every_lookup_csv_error_names_the_file_and_line(data_dir, tmp_path, case
     rank = case.split("_")[1]
     body[8] = _with_rank(body[8], rank)
     want = rf"^{name}:9: rank {rank} outside 1\.\.4096$"
+  elif case == "letters":
+    body[6] = body[6].replace(body[6][:6], "ACGTXA")
+    want = rf"^{name}:7: ngram 'ACGTXA' is not a 6-mer of A/C/G/T$"
   else:  # same_rank: line 11 takes line 10's rank (the file is in rank order: 9).
     body[10] = _with_rank(body[10], 9)
     want = rf"^{name}:(10|11): rank 9 also on line (10|11)$"
@@ -593,12 +596,18 @@ def test_a_table_of_the_shortest_k_loads(tmp_path):
   """k = MIN_K (1): the four 1-mers, ranked by score."""
   path = tmp_path / "k1.csv"
   path.write_text("ngram,norm_dp_true_pmi,norm_pmi_rank_rel\n"
-                  "G,0.9,1\nA,0.5,2\nT,0.1,3\nC,-0.2,4\n")
+                  "G,0.9,1\nA,0.5,2\n\nT,0.1,3\nC,-0.2,4\n")  # A blank line is skipped.
   lookup = npmi.load_lookup(path, min_scored_fraction=0)
   assert lookup.k == npmi_checks.MIN_K == 1
   ranks = lookup.rank[tokenizer.NUM_SPECIAL:]
   assert sorted(ranks.tolist()) == [1, 2, 3, 4] and ranks.dtype == np.int32
   assert lookup.score.dtype == np.float32
+  # An empty score: the k-mer is unscored (rank worst, score -inf), not an error.
+  path.write_text("ngram,norm_dp_true_pmi,norm_pmi_rank_rel\n"
+                  "G,0.9,1\nA,0.5,2\nT,0.1,3\nC,,4\n")
+  lookup = npmi.load_lookup(path, min_scored_fraction=0)
+  c = tokenizer.NUM_SPECIAL + npmi.scoring.kmer_strings(1).astype(str).tolist().index("C")
+  assert lookup.score[c] == -np.inf and lookup.rank[c] == lookup.rank.shape[0]
 
 
 def test_k_bounds_and_count_options_are_checked():
@@ -669,8 +678,49 @@ def test_npz_and_npy_lookup_errors_name_the_file(tmp_path):
   with pytest.raises(npmi.NpmiError, match=rf"^{re.escape(str(tmp_path / 'p.score.npy'))}: "
                      "cannot read the lookup array: "):
     npmi.load_lookup(tmp_path / "p.rank.npy")  # Object arrays need pickle: refused.
+  np.savez(tmp_path / "wide.npz", rank=rank.astype(np.int64), score=score.astype(np.float64))
+  wide = npmi.load_lookup(tmp_path / "wide.npz")
+  assert wide.rank.dtype == np.int32 and wide.score.dtype == np.float32
+  np.testing.assert_array_equal(wide.rank, rank)
+  zero = rank.copy()
+  zero[7] = 0
+  np.savez(tmp_path / "zero.npz", rank=zero, score=score)
+  with pytest.raises(npmi.NpmiError, match=rf"^{re.escape(str(tmp_path / 'zero.npz'))}: ranks "
+                     rf"must lie in 1\.\.{rank.shape[0]}$"):
+    npmi.load_lookup(tmp_path / "zero.npz")
   np.save(tmp_path / "q.rank.npy", rank[:100])
   np.save(tmp_path / "q.score.npy", score[:100])
   with pytest.raises(npmi.NpmiError, match=re.escape(str(tmp_path / "q")) +
                      r"\.\{rank,score\}\.npy: "):
     npmi.load_lookup(tmp_path / "q.score.npy")
+
+
+def test_written_csv_holds_every_column_of_the_table(tmp_path):
+  """Every column of the written CSV against the table it came from, row by row (the
+  round trip reads back only ngram, score and rank): the four scores as exact reprs, k,
+  the three ranks and both rank drops."""
+  import csv  # pylint: disable=g-import-not-at-top
+  t = small_table()
+  path = tmp_path / "table.csv"
+  npmi.write_table(t, path)
+  with open(path, newline="") as f:
+    rows = list(csv.DictReader(f))
+  assert len(rows) == 4**3
+  worst = npmi_checks.lookup_size(3)
+  ranks = {name: npmi.scoring.rank_desc(v, worst) for name, v in
+           (("naive", t.naive), ("dp", t.dp), ("norm", t.npmi))}
+  kmers = npmi.scoring.kmer_strings(3).astype(str).tolist()
+  for row in rows:
+    i = kmers.index(row["ngram"])
+    for col, values in (("naive.pmi", t.naive), ("true.pmi", t.true),
+                        ("dp.true.pmi", t.dp), ("norm_dp_true_pmi", t.npmi)):
+      v = float(values[i])
+      assert row[col] == ("nan" if math.isnan(v) else repr(v)), (col, row["ngram"])
+    assert row["ngram_size"] == "3"
+    naive, dp, norm = (int(ranks[n][i]) for n in ("naive", "dp", "norm"))
+    assert (int(row["naive.pmi.rank"]), int(row["dp.true.pmi.rank"]),
+            int(row["norm_dp_true_pmi_rank"]), int(row["norm_pmi_rank_rel"])) == (
+                naive, dp, norm, norm)
+    assert int(row["adv_pmi_rank_drop"]) == dp - naive
+    assert int(row["norm_adv_pmi_rank_drop"]) == norm - dp
+  assert path.read_bytes().count(b"\r") == 0  # "\n" line ends on every platform.
