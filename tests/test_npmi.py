@@ -724,3 +724,16 @@ def test_written_csv_holds_every_column_of_the_table(tmp_path):
     assert int(row["adv_pmi_rank_drop"]) == dp - naive
     assert int(row["norm_adv_pmi_rank_drop"]) == norm - dp
   assert path.read_bytes().count(b"\r") == 0  # "\n" line ends on every platform.
+
+
+def test_scored_fraction_floor_edges():
+  """0 disables the floor, even for a table that scores nothing; any floor above 0 refuses
+  such a table; a table scoring one k-mer passes a floor that one k-mer meets; a bool is
+  not a fraction."""
+  npmi_checks.check_scored_fraction(0, 3, 0.0, "t")
+  with pytest.raises(npmi.NpmiError, match=r"^t: "):
+    npmi_checks.check_scored_fraction(0, 3, 1e-9, "t")
+  npmi_checks.check_scored_fraction(1, 3, 1 / 64, "t")
+  for bad in (True, False, -0.1, 1.5, "0.5"):
+    with pytest.raises(npmi.NpmiError, match="min_scored_fraction must be a number in"):
+      npmi_checks.check_min_scored_fraction(bad)
