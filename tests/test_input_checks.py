@@ -78,8 +78,9 @@ def test_load_lookup_refuses_a_sparse_table_in_every_format(counts_300kbp, tmp_p
   np.savez(tmp_path / "sparse.npz", rank=written.rank, score=written.score)
   for path in (csv_path, tmp_path / "sparse.rank.npy", tmp_path / "sparse.npz"):
     with pytest.raises(npmi.NpmiError, match=r"of 4096 6-mers scored \(\d\.\d%\), fewer than "
-                       r"min_scored_fraction=0\.5.*lower min_count.*authors_npmi"):
+                       r"min_scored_fraction=0\.5.*lower min_count.*authors_npmi") as e:
       npmi.load_lookup(path)
+    assert str(e.value).startswith(f"{path}: ")  # The file the user passed, first.
     lk = npmi.load_lookup(path, min_scored_fraction=0.0)
     assert npmi.scored_count(lk) == np.count_nonzero(~np.isnan(sparse.npmi))
   # The floor is a share: the same table passes a floor below its share.
