@@ -431,14 +431,16 @@ class WorkdirLock:
 
 
 class _OrbaxReadTaskFilter(std_logging.Filter):
-  """Drops asyncio's reports of abandoned orbax read tasks (see hide_orbax_read_noise)."""
+  """Drops asyncio's reports of abandoned orbax *read* tasks (see hide_orbax_read_noise)."""
 
   def filter(self, record: std_logging.LogRecord) -> bool:
     try:
       message = record.getMessage()
     except Exception:  # pylint: disable=broad-except  (a malformed record is not ours)
       return True
-    if "orbax" in message or "_read_array_index_and_device_put" in message:
+    # Reads only: an unretrieved failure of an orbax *save* task must still be seen.
+    if "_read_array_index_and_device_put" in message or (
+        "orbax" in message and "Encountered error while reading" in message):
       logging.debug("orbax: ignored while discarding a failed read: %s",
                     message.splitlines()[0] if message else "")
       return False

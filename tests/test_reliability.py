@@ -411,9 +411,13 @@ async def _read_array_index_and_device_put():  # orbax's coroutine, by name
 async def someone_elses_task():
   raise ValueError("a failure of another library: still reported")
 
+async def _save_something():  # An orbax *save* that failed: still reported.
+  raise OSError("orbax save failed: disk full")
+
 async def main():
   tasks = [asyncio.ensure_future(_read_array_index_and_device_put()),
-           asyncio.ensure_future(someone_elses_task())]
+           asyncio.ensure_future(someone_elses_task()),
+           asyncio.ensure_future(_save_something())]
   await asyncio.sleep(0.01)
   assert all(t.done() for t in tasks)
   del tasks
@@ -429,3 +433,4 @@ print("done")
   assert "a failure of another library: still reported" in r.stderr
   assert "Encountered error while reading" not in r.stderr  # ...but not the orbax read's.
   assert "_read_array_index_and_device_put" not in r.stderr
+  assert "orbax save failed: disk full" in r.stderr
