@@ -277,7 +277,7 @@ class ExampleEncoder:
 @functools.lru_cache(maxsize=8)
 def _encoder(max_len: int, max_id: int) -> ExampleEncoder:
   """One encoder per shape for the whole process: its tables of entry heads fill once, not
-  once per unit (that cost ~5 ms of a unit's ~28 ms, measured on chrX)."""
+  once per unit (that cost ~5 ms of a unit's ~28 ms: benchmarks/bench_unit_write.py)."""
   return ExampleEncoder(max_len, max_id)
 
 
