@@ -6,6 +6,8 @@ GPU too; ``test_default_precision_matches_float64`` checks the backend's default
 against float64 with a tolerance set by that precision.
 """
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -363,7 +365,6 @@ def test_dispatcher_passes_rate_and_seed_and_a_rate_needs_a_seed(impl):
 def test_blockwise_never_holds_the_whole_score_matrix():
   """What "blockwise" is for: no (L x L) array anywhere in its program, forward or
   backward, while "xla" has one (so the check can fail)."""
-  import re  # pylint: disable=g-import-not-at-top
   length, block = 256, 32
   q, k, v = _qkv(2, length, length, 2, 8)
   mask = _key_mask(2, length)

@@ -4,6 +4,7 @@ Expected values come from explicit per-substring Python (dictionary counts, enum
 segmentations), never from the module's own vectorised code.
 """
 import collections
+import csv
 import gzip
 import itertools
 import math
@@ -699,7 +700,6 @@ def test_written_csv_holds_every_column_of_the_table(tmp_path):
   """Every column of the written CSV against the table it came from, row by row (the
   round trip reads back only ngram, score and rank): the four scores as exact reprs, k,
   the three ranks and both rank drops."""
-  import csv  # pylint: disable=g-import-not-at-top
   t = small_table()
   path = tmp_path / "table.csv"
   npmi.write_table(t, path)
