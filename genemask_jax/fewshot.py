@@ -42,6 +42,7 @@ from absl import logging
 
 from genemask_jax import errors
 from genemask_jax import fewshot_lib
+from genemask_jax.finetune import hparam_flags
 
 FewShotError = fewshot_lib.FewShotError  # Bad flags are the library's user errors.
 
@@ -73,15 +74,10 @@ flags.DEFINE_enum("mode", "finetune", list(fewshot_lib.MODES),
                   "finetune: train everything (Script-B); linear_probe: frozen encoder, "
                   "logistic regression on mean-pooled hidden states.")
 flags.DEFINE_string("output_dir", None, "Where results.{csv,md,png} and run.json go.")
-flags.DEFINE_integer("batch_size", None, "Override: train batch size (default per shot).")
-flags.DEFINE_float("learning_rate", None, "Override: peak learning rate (default per shot).")
-flags.DEFINE_integer("epochs", None, "Override: epochs (default per shot).")
-flags.DEFINE_float("warmup_frac", None, "Override: warm-up fraction of the steps (0.1).")
-flags.DEFINE_float("weight_decay", None, "Override: AdamW weight decay (0.01).")
-flags.DEFINE_float("dropout", None, "Override: hidden/classifier dropout (0.1).")
-flags.DEFINE_integer("max_len", None,
-                     "Override: model input length incl. [CLS]/[SEP] (default k-mers + 2 of "
-                     "each task; shorter truncates).")
+hparam_flags.define({
+    "batch_size": "per shot", "learning_rate": "per shot", "epochs": "per shot",
+    "warmup_frac": "0.1", "weight_decay": "0.01", "dropout": "0.1",
+    "max_len": "k-mers + 2 of each task; shorter truncates"})
 flags.DEFINE_integer("max_test_examples", None,
                      "Score a fixed random subset of this many test rows (default: all).")
 flags.DEFINE_integer("seeds_in_parallel", 0,
@@ -139,9 +135,6 @@ def config_from_flags(fl: flags.FlagValues) -> fewshot_lib.RunConfig:
     raise FewShotError("--output_dir is required")
   if fl.seeds < 1:
     raise FewShotError(f"--seeds must be >= 1, got {fl.seeds}")
-  overrides = {k: getattr(fl, k) for k in (
-      "batch_size", "learning_rate", "epochs", "warmup_frac", "weight_decay", "dropout",
-      "max_len")}
   return fewshot_lib.RunConfig(
       models=parse_models(
           list(fl.checkpoint) + ([f"hf=hf:{fl.init_from_hf}"]
@@ -149,7 +142,7 @@ def config_from_flags(fl: flags.FlagValues) -> fewshot_lib.RunConfig:
       model_size=fl.model_size,
       tasks=tuple(fl.tasks), shots=parse_shots(fl.shots),
       seeds=tuple(range(fl.seed_offset, fl.seed_offset + fl.seeds)), resample=fl.resample,
-      data_dir=fl.data_dir, mode=fl.mode, output_dir=fl.output_dir, overrides=overrides,
+      data_dir=fl.data_dir, mode=fl.mode, output_dir=fl.output_dir, overrides=hparam_flags.overrides(fl),
       max_test_examples=fl.max_test_examples, seeds_in_parallel=fl.seeds_in_parallel,
       eval_batch_size=fl.eval_batch_size, plot_metrics=tuple(fl.plot_metrics),
       progress=fl.progress)

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from absl import flags
 import test_support  # tests/ is on sys.path (rootdir-relative test modules).
 
 from genemask_jax import checkpoints
@@ -29,6 +30,7 @@ from genemask_jax import model as model_lib
 from genemask_jax import report
 from genemask_jax import tokenizer
 from genemask_jax.data import tasks
+from genemask_jax.finetune import hparam_flags
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # A small model for the learning tests (tiny's shape, narrower), so they stay fast on CPU.
@@ -92,6 +94,23 @@ def test_script_b_defaults_and_overrides():
   assert (hp.batch_size, hp.learning_rate, hp.epochs, hp.max_len) == (15, 5e-5, 2, 37)
   assert (hp.warmup_frac, hp.weight_decay, hp.dropout, hp.clip_norm) == (0.1, 0.01, 0.1, 1.0)
   assert finetune.num_train_steps(1000, hp) == (2 * 67, 13)
+
+
+def test_override_flags_are_unset_by_default_and_read_back_by_name():
+  fv = flags.FlagValues()
+  defaults = {n: f"d-{n}" for n in hparam_flags.NAMES}
+  hparam_flags.define(defaults, flag_values=fv)
+  fv(["prog", "--epochs=3", "--learning_rate=0.5", "--max_len=40"])
+  assert hparam_flags.overrides(fv) == {
+      "batch_size": None, "learning_rate": 0.5, "epochs": 3, "warmup_frac": None,
+      "weight_decay": None, "dropout": None, "max_len": 40}
+  # Every name is a hyper-parameter that resolve_hparams takes.
+  hp = finetune.resolve_hparams(10, 37, **hparam_flags.overrides(fv))
+  assert (hp.epochs, hp.learning_rate, hp.max_len) == (3, 0.5, 40)
+  assert "(default d-warmup_frac)" in fv["warmup_frac"].help
+  with pytest.raises(ValueError, match=r"missing \['max_len'\], unknown \['max_length'\]"):
+    hparam_flags.define({**{n: "x" for n in hparam_flags.NAMES[:-1]}, "max_length": "x"},
+                        flag_values=flags.FlagValues())
 
 
 def test_load_pretrained_restores_the_saved_params(workdir):

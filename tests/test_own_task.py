@@ -282,6 +282,10 @@ def test_finetune_command_reports_every_seed_and_the_mean(trained):
   dev = {r["seed"]: float(r["value"]) for r in rows
          if r["split"] == "dev" and r["metric"] == "mcc"}
   assert dev[str(meta["seed"])] == max(dev.values())
+  # The override flags reached the fine-tune; the unset ones kept their defaults.
+  hp = json.loads((out / "run.json").read_text())["settings"]["hparams"]
+  assert (hp["epochs"], hp["batch_size"], hp["learning_rate"]) == (2, 16, 1e-3)
+  assert (hp["warmup_frac"], hp["weight_decay"], hp["max_len"]) == (0.1, 0.01, 37)
 
 
 def test_predict_command_writes_probabilities_and_labels(trained):

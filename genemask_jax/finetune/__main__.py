@@ -41,6 +41,7 @@ from absl import logging
 
 from genemask_jax import errors
 from genemask_jax.data import labelled
+from genemask_jax.finetune import hparam_flags
 from genemask_jax.finetune import own_task
 
 flags.DEFINE_string("data_dir", None, "Dataset folder with train.csv, dev.csv, test.csv.")
@@ -59,24 +60,16 @@ flags.DEFINE_string("output_dir", None, "Where results.csv, results.md and run.j
 flags.DEFINE_string("save_model", None, "Save the best-dev seed's model here (a new dir).")
 flags.DEFINE_string("export_hf", None,
                     "Also export the saved model as HF BertForSequenceClassification here.")
-flags.DEFINE_integer("batch_size", None, "Train batch size (32).")
-flags.DEFINE_float("learning_rate", None, "Peak learning rate (3e-5).")
-flags.DEFINE_integer("epochs", None, "Epochs at most (10).")
-flags.DEFINE_float("warmup_frac", None, "Warm-up fraction of the steps (0.1).")
-flags.DEFINE_float("weight_decay", None, "AdamW weight decay (0.01).")
-flags.DEFINE_float("dropout", None, "Hidden/classifier dropout (0.1).")
-flags.DEFINE_integer("max_len", None,
-                     "Input length incl. [CLS]/[SEP] (default: the longest sequence's, at "
-                     "most the model's).")
+hparam_flags.define({
+    "batch_size": "32", "learning_rate": "3e-5", "epochs": "10, at most",
+    "warmup_frac": "0.1", "weight_decay": "0.01", "dropout": "0.1",
+    "max_len": "the longest sequence's, at most the model's"})
 flags.DEFINE_integer("max_windows", None, "At most this many (evenly spaced) windows per "
                      "sequence longer than the input; default all.")
 flags.DEFINE_integer("patience", 3, "Stop a seed after this many epochs without a better "
                      "dev score (0 = train every epoch).")
 flags.DEFINE_integer("eval_batch_size", 64, "Dev/test rows per jitted forward pass.")
 flags.DEFINE_bool("progress", True, "Progress bar per seed on stderr.")
-
-_HPARAMS = ("batch_size", "learning_rate", "epochs", "warmup_frac", "weight_decay",
-            "dropout", "max_len")
 
 
 def config_from_flags(fl: flags.FlagValues) -> own_task.RunConfig:
@@ -104,7 +97,7 @@ def config_from_flags(fl: flags.FlagValues) -> own_task.RunConfig:
       dataset_dir=dataset_dir, task_name=name, checkpoint=fl.checkpoint,
       model_size=fl.model_size, task_type=fl.task_type,
       seeds=tuple(range(fl.seed_offset, fl.seed_offset + fl.seeds)),
-      output_dir=fl.output_dir, overrides={k: getattr(fl, k) for k in _HPARAMS},
+      output_dir=fl.output_dir, overrides=hparam_flags.overrides(fl),
       max_windows=fl.max_windows, patience=fl.patience, save_model=fl.save_model, export_hf=fl.export_hf,
       eval_batch_size=fl.eval_batch_size, progress=fl.progress)
 
