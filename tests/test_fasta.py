@@ -172,3 +172,24 @@ def test_spans_name_the_line_of_bad_structure(tmp_path):
   p = _write(tmp_path / "b.fa", b">a\nACGT\nAC#T\n")
   with open(p, "rb") as f, pytest.raises(fasta.FastaError, match=r"b.fa:3: byte b'#'"):
     fasta.read_letters(f, 3, 13, "b.fa", str(p))
+
+
+@pytest.mark.parametrize("data, message", [
+    (b"\n\nAC\n>a\nAC\n", ":3: sequence line before any '>' header"),
+    (b";c\n>a\nAC\n>\xff\xfe", ":4: header is not UTF-8"),  # A last header, no newline.
+    (b">" + b"x" * (1 << 20) + b"y\nAC\n", ":1: header line longer than 1048576 bytes"),
+    (b"\n;one\n;two", ": no FASTA header ('>name' line) found in 3 lines"),
+    (b"\r\n\r\n", ": no FASTA header ('>name' line) found in 2 lines"),
+])
+@pytest.mark.parametrize("read_size", [3, 1 << 20])
+def test_both_readers_refuse_bad_structure_with_the_same_message(tmp_path, data, message,
+                                                                 read_size):
+  """iter_pieces (the one-process build) and iter_spans (the parallel build's structure
+  pass) share their header and comment handling: a bad file gets one message either way."""
+  p = _write(tmp_path / "x.fa", data)
+  with pytest.raises(fasta.FastaError) as pieces:
+    list(fasta.iter_pieces(p, read_size=read_size))
+  with pytest.raises(fasta.FastaError) as spans:
+    list(fasta.iter_spans(p, read_size=read_size))
+  assert str(pieces.value).startswith(f"{p}{message}")
+  assert str(spans.value) == str(pieces.value)

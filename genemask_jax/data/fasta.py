@@ -70,6 +70,81 @@ def _error_line(lineno: int, region: bytes, pos: int) -> int:
   return lineno + region.count(b"\n", 0, pos)
 
 
+class _Lines:
+  """The line-level state that `iter_pieces` and `iter_spans` share.
+
+  Which kind of line the next byte belongs to (sequence, '>' header or ';' comment), the
+  line number, the header read so far and the records seen; the header and comment lines
+  are read here, so the two readers differ only in what they do with sequence bytes.
+  """
+  __slots__ = ("path", "lineno", "at_line_start", "mode", "header", "header_size",
+               "header_line", "n_records")
+
+  def __init__(self, path: str):
+    self.path = path
+    self.lineno = 1  # Line of the next unread byte.
+    self.at_line_start = True
+    self.mode = _SEQ
+    self.header: list[bytes] = []
+    self.header_size = self.header_line = self.n_records = 0
+
+  def start_line(self, c: int) -> bool:
+    """Enters the line whose first byte is `c`; True when that is a header's '>' (which the
+    caller then skips)."""
+    self.at_line_start = False
+    if c == _GT:
+      self.mode, self.header, self.header_size, self.header_line = _HEADER, [], 0, self.lineno
+      return True
+    self.mode = _COMMENT if c == _SEMI else _SEQ
+    return False
+
+  def rest_of_line(self, buf: bytes, i: int) -> int:
+    """Reads a header or comment line on from buf[i]: the index after its newline, or -1
+    when the line goes on past the end of `buf`. Raises FastaError for an overlong header."""
+    j = buf.find(b"\n", i)
+    if self.mode == _HEADER:
+      stop = len(buf) if j < 0 else j
+      self.header.append(buf[i:stop])
+      self.header_size += stop - i
+      if self.header_size > _MAX_HEADER:
+        raise FastaError(f"{self.path}:{self.header_line}: header line longer than "
+                         f"{_MAX_HEADER} bytes; is this a FASTA file?")
+    if j < 0:
+      return -1
+    self.lineno += 1
+    self.at_line_start = True
+    return j + 1
+
+  def new_record(self) -> Record:
+    """The record whose header was just read (FastaError if it is not UTF-8)."""
+    record = Record(self.n_records, _header_name(self.path, self.header_line,
+                                                 b"".join(self.header)), self.header_line)
+    self.n_records += 1
+    return record
+
+  def last_record(self) -> Record | None:
+    """At the end of the file: the record of a last header without a newline, if any."""
+    if self.mode == _HEADER and not self.at_line_start:
+      return self.new_record()
+    return None
+
+  def no_header_error(self, region: bytes) -> FastaError:
+    """The error for sequence bytes in `region` (which starts on the current line) before
+    any header, naming the line of its first letter."""
+    pos = len(region) - len(region.lstrip(b"\r\n"))
+    return FastaError(f"{self.path}:{_error_line(self.lineno, region, pos)}: sequence line "
+                      "before any '>' header; a FASTA file starts with a '>name' line")
+
+  def check_end(self, total: int) -> None:
+    """At the end of a file of `total` bytes: FastaError if it was empty or had no header."""
+    if total == 0:
+      raise FastaError(f"{self.path}: empty file; expected FASTA ('>name' then sequence "
+                       "lines)")
+    if self.n_records == 0:
+      lines = self.lineno - 1 if self.at_line_start else self.lineno
+      raise FastaError(f"{self.path}: no FASTA header ('>name' line) found in {lines} lines")
+
+
 def iter_pieces(path: str | os.PathLike, read_size: int = _READ_SIZE
                 ) -> Iterator[tuple[Record, bytes]]:
   """Yields (record, piece): each record's sequence in pieces, newlines removed, validated.
@@ -81,14 +156,8 @@ def iter_pieces(path: str | os.PathLike, read_size: int = _READ_SIZE
   the file and line, before any piece of the bad buffer is yielded.
   """
   path = os.fspath(path)
+  st = _Lines(path)
   record: Record | None = None
-  n_records = 0
-  lineno = 1  # Line of the next unread byte.
-  at_line_start = True
-  mode = _SEQ  # What the current line is: sequence, header or comment.
-  header: list[bytes] = []
-  header_size = 0
-  header_line = 0
   total = 0
   try:
     with open_maybe_gzip(path) as f:
@@ -100,35 +169,16 @@ def iter_pieces(path: str | os.PathLike, read_size: int = _READ_SIZE
         i, n = 0, len(buf)
         semi = buf.find(b"\n;")  # Kept until passed: comment lines are rare.
         while i < n:
-          if at_line_start:
-            c = buf[i]
-            if c == _GT:
-              mode, header, header_size, header_line = _HEADER, [], 0, lineno
+          if st.at_line_start:
+            if st.start_line(buf[i]):
               i += 1
-            elif c == _SEMI:
-              mode = _COMMENT
-            else:
-              mode = _SEQ
-            at_line_start = False
             continue
-          if mode != _SEQ:  # Header or comment: up to the end of the line.
-            j = buf.find(b"\n", i)
-            stop = n if j < 0 else j
-            if mode == _HEADER:
-              header.append(buf[i:stop])
-              header_size += stop - i
-              if header_size > _MAX_HEADER:
-                raise FastaError(f"{path}:{header_line}: header line longer than "
-                                 f"{_MAX_HEADER} bytes; is this a FASTA file?")
-            if j < 0:
+          if st.mode != _SEQ:  # Header or comment: up to the end of the line.
+            i = st.rest_of_line(buf, i)
+            if i < 0:
               break
-            if mode == _HEADER:
-              record = Record(n_records, _header_name(path, header_line, b"".join(header)),
-                              header_line)
-              n_records += 1
-            lineno += 1
-            at_line_start = True
-            i = j + 1
+            if st.mode == _HEADER:
+              record = st.new_record()
             continue
           # Sequence: everything up to the next line that starts a header or comment.
           if 0 <= semi < i:
@@ -142,30 +192,19 @@ def iter_pieces(path: str | os.PathLike, read_size: int = _READ_SIZE
             bad = letters.translate(None, _SEQ_LETTERS)
             if bad:
               pos = region.find(bad[:1])
-              line = _error_line(lineno, region, pos)
+              line = _error_line(st.lineno, region, pos)
               raise FastaError(f"{path}:{line}: {_describe(bad)} in a sequence line; expected "
                                "IUPAC letters (is this a FASTA file?)")
             if record is None:
-              pos = len(region) - len(region.lstrip(b"\r\n"))
-              line = _error_line(lineno, region, pos)
-              raise FastaError(
-                  f"{path}:{line}: sequence line before any '>' header; a FASTA file starts "
-                  "with a '>name' line")
+              raise st.no_header_error(region)
             yield record, letters
-          lineno += region.count(b"\n")
-          at_line_start = region.endswith(b"\n")
+          st.lineno += region.count(b"\n")
+          st.at_line_start = region.endswith(b"\n")
           i = stop
-      if mode == _HEADER and not at_line_start:  # A last header without a newline.
-        record = Record(n_records, _header_name(path, header_line, b"".join(header)),
-                        header_line)
-        n_records += 1
+      st.last_record()  # A last header without a newline still counts (and must decode).
   except (OSError, EOFError, zlib.error, gzip.BadGzipFile) as e:
-    raise FastaError(f"{path}:{lineno}: cannot read: {e}") from e
-  if total == 0:
-    raise FastaError(f"{path}: empty file; expected FASTA ('>name' then sequence lines)")
-  if n_records == 0:
-    lines = lineno - 1 if at_line_start else lineno
-    raise FastaError(f"{path}: no FASTA header ('>name' line) found in {lines} lines")
+    raise FastaError(f"{path}:{st.lineno}: cannot read: {e}") from e
+  st.check_end(total)
 
 
 def _header_name(path: str, line: int, raw: bytes) -> str:
@@ -333,13 +372,11 @@ def iter_spans(path: str | os.PathLike, copy_to: str | None = None,
   A long record's first bytes can then be worked on while the rest is read.
   """
   path = os.fspath(path)
+  st = _Lines(path)
   dst = None
   reported = 0  # The current record's sequence bytes at its last progress span.
-  n_records, lineno, offset, total = 0, 1, 0, 0
-  at_line_start, mode = True, _SEQ
-  header: list[bytes] = []
-  header_size = header_line = 0
-  current: tuple[int, str] | None = None
+  offset = total = 0
+  current: Record | None = None
   parts: list[tuple[int, int]] = []
 
   def finish() -> RecordSpan | None:
@@ -347,7 +384,7 @@ def iter_spans(path: str | os.PathLike, copy_to: str | None = None,
       return None
     if dst is not None:
       dst.flush()
-    return RecordSpan(current[0], current[1], tuple(parts))
+    return RecordSpan(current.index, current.name, tuple(parts))
 
   with contextlib.ExitStack() as stack:
     src = stack.enter_context(open_maybe_gzip(path))
@@ -360,7 +397,7 @@ def iter_spans(path: str | os.PathLike, copy_to: str | None = None,
       try:
         buf = src.read(read_size)
       except (OSError, EOFError, zlib.error) as e:
-        raise FastaError(f"{path}:{lineno}: cannot read: {e}") from e
+        raise FastaError(f"{path}:{st.lineno}: cannot read: {e}") from e
       if not buf:
         break
       if dst is not None:
@@ -368,38 +405,20 @@ def iter_spans(path: str | os.PathLike, copy_to: str | None = None,
       total += len(buf)
       i, n = 0, len(buf)
       while i < n:
-        if at_line_start:
-          c = buf[i]
-          if c == _GT:
+        if st.at_line_start:
+          if st.start_line(buf[i]):
             span = finish()
             if span is not None:
               yield span
             current, parts, reported = None, [], 0
-            mode, header, header_size, header_line = _HEADER, [], 0, lineno
             i += 1
-          elif c == _SEMI:
-            mode = _COMMENT
-          else:
-            mode = _SEQ
-          at_line_start = False
           continue
-        j = buf.find(b"\n", i) if mode != _SEQ else -1
-        if mode != _SEQ:
-          stop = n if j < 0 else j
-          if mode == _HEADER:
-            header.append(buf[i:stop])
-            header_size += stop - i
-            if header_size > _MAX_HEADER:
-              raise FastaError(f"{path}:{header_line}: header line longer than "
-                               f"{_MAX_HEADER} bytes; is this a FASTA file?")
-          if j < 0:
+        if st.mode != _SEQ:
+          i = st.rest_of_line(buf, i)
+          if i < 0:
             break
-          if mode == _HEADER:
-            current = (n_records, _header_name(path, header_line, b"".join(header)))
-            n_records += 1
-          lineno += 1
-          at_line_start = True
-          i = j + 1
+          if st.mode == _HEADER:
+            current = st.new_record()
           continue
         # Sequence lines: up to the next line that starts a header or a comment.
         j = _line_start(buf, b">", i, n)
@@ -407,19 +426,15 @@ def iter_spans(path: str | os.PathLike, copy_to: str | None = None,
         j = k if k >= 0 else j
         stop = n if j < 0 else j + 1
         if current is None and buf[i:stop].strip(b"\r\n"):
-          region = buf[i:stop]
-          pos = len(region) - len(region.lstrip(b"\r\n"))
-          raise FastaError(
-              f"{path}:{_error_line(lineno, region, pos)}: sequence line before any '>' "
-              "header; a FASTA file starts with a '>name' line")
+          raise st.no_header_error(buf[i:stop])
         if current is not None:
           a, b = offset + i, offset + stop
           if parts and parts[-1][1] == a:
             parts[-1] = (parts[-1][0], b)
           else:
             parts.append((a, b))
-        lineno += buf.count(b"\n", i, stop)
-        at_line_start = buf[stop - 1] == 10
+        st.lineno += buf.count(b"\n", i, stop)
+        st.at_line_start = buf[stop - 1] == 10
         i = stop
       offset += n
       if progress_bytes and current is not None and parts:
@@ -428,18 +443,14 @@ def iter_spans(path: str | os.PathLike, copy_to: str | None = None,
           reported = have
           if dst is not None:
             dst.flush()
-          yield RecordSpan(current[0], current[1], tuple(parts), complete=False)
-    if mode == _HEADER and not at_line_start:  # A last header without a newline.
-      current = (n_records, _header_name(path, header_line, b"".join(header)))
-      n_records += 1
+          yield RecordSpan(current.index, current.name, tuple(parts), complete=False)
+    last = st.last_record()  # A last header without a newline.
+    if last is not None:
+      current, parts = last, []
     span = finish()
     if span is not None:
       yield span
-  if total == 0:
-    raise FastaError(f"{path}: empty file; expected FASTA ('>name' then sequence lines)")
-  if n_records == 0:
-    lines = lineno - 1 if at_line_start else lineno
-    raise FastaError(f"{path}: no FASTA header ('>name' line) found in {lines} lines")
+  st.check_end(total)
 
 
 _ACGT_EOL = b"ACGTacgt\r\n"
