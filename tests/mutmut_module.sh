@@ -20,7 +20,7 @@ case "$module" in
   tokenizer) src="genemask_jax/tokenizer.py"; tests="tests/test_tokenizer.py" ;;
   attention) src="genemask_jax/attention.py"; tests="tests/test_attention.py" ;;
   model) src="genemask_jax/model.py"
-         tests="tests/test_model.py tests/test_hf.py::test_import_logits_equal_a_numpy_bert tests/test_hf.py::test_export_logits_equal_a_numpy_bert" ;;
+         tests="tests/test_model.py tests/test_remat.py tests/test_scan.py tests/test_hf.py::test_import_logits_equal_a_numpy_bert tests/test_hf.py::test_export_logits_equal_a_numpy_bert" ;;
   train_step) src="genemask_jax/train_step.py"; tests="tests/test_train_step.py tests/test_sharding.py" ;;
   metrics) src="genemask_jax/finetune/metrics.py"; tests="tests/test_metrics.py tests/test_fewshot.py" ;;
   *) echo "unknown module '$module': masking|npmi|tokenizer|attention|model|train_step|metrics" >&2

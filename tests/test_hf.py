@@ -519,10 +519,13 @@ def test_import_logits_equal_a_numpy_bert(tmp_path, num_labels):
 
 @pytest.mark.parametrize("num_labels", [None, 3])
 def test_export_logits_equal_a_numpy_bert(tmp_path, num_labels):
-  module = (model_lib.BertForMaskedLM(OUR_SMALL) if num_labels is None else
-            model_lib.BertForSequenceClassification(OUR_SMALL, num_labels=num_labels))
+  # A LayerNorm epsilon far from flax's default (1e-6): every LayerNorm must use the
+  # config's, and the exported config.json must carry it.
+  cfg = dataclasses.replace(OUR_SMALL, layer_norm_eps=0.1)
+  module = (model_lib.BertForMaskedLM(cfg) if num_labels is None else
+            model_lib.BertForSequenceClassification(cfg, num_labels=num_labels))
   params = _our_params(module, seed=22)
-  out = hf.export_params(params, OUR_SMALL, tmp_path / "export")
+  out = hf.export_params(params, cfg, tmp_path / "export")
   state = hf.read_safetensors(out / hf.SAFETENSORS_NAME)
   config = json.loads((out / "config.json").read_text())
   ids = _ids(seed=23)

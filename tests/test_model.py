@@ -14,6 +14,7 @@ import pytest
 
 from genemask_jax import model as model_lib
 from genemask_jax import optim
+from genemask_jax import sharding
 from genemask_jax import train_step as ts
 import fixture_scope  # tests/ is on sys.path (rootdir-relative test modules).
 
@@ -73,6 +74,43 @@ def test_named_sizes_and_overrides():
     model_lib.model_config("tiny", hidden_size=100)
   with pytest.raises(ValueError, match="dtype='fp8'"):
     model_lib.model_config("tiny", dtype="fp8")
+
+
+@pytest.mark.parametrize("change, message", [
+    *[({name: 0}, rf"^ModelConfig\.{name} must be >= 1, got 0$")
+      for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "mlp_dim",
+                   "max_len", "vocab_pad_multiple")],
+    ({"hidden_size": 60, "num_heads": 8},
+     r"^ModelConfig\.hidden_size=60 is not divisible by num_heads=8$"),
+    ({"dtype": "auto"}, r"^ModelConfig\.dtype='auto'; expected one of \['bfloat16', "
+     r"'float16', 'float32'\] \(resolve 'auto' with model\.resolve_dtype\)$"),
+    ({"param_dtype": "fp8"},
+     r"^ModelConfig\.param_dtype='fp8'; expected one of \['bfloat16', 'float16', "
+     r"'float32'\]$"),
+    ({"attention_impl": "flash"}, r"^ModelConfig\.attention_impl='flash'; expected one of "
+     r"\('auto', 'blockwise', 'xla', 'cudnn', 'pallas_gpu', 'pallas_tpu'\)$"),
+    ({"attention_impl": "cudnn", "attention_dropout_rate": 0.1},
+     r"^ModelConfig\.attention_impl='cudnn' has no attention dropout; set "
+     r"attention_dropout_rate=0 \(got 0\.1\) or use 'auto'$"),
+    ({"remat": "some"}, r"^ModelConfig\.remat='some'; expected one of \('none', 'full', "
+     r"'dots'\)$"),
+    *[({name: rate}, rf"^ModelConfig\.{name} must be in \[0, 1\), got {rate}$")
+      for name in ("dropout_rate", "attention_dropout_rate") for rate in (-0.5, 1.0)],
+])
+def test_model_config_refuses_each_bad_field_with_its_name(change, message):
+  with pytest.raises(ValueError, match=message):
+    model_lib.ModelConfig(**change)
+
+
+def test_model_config_accepts_the_edges_of_each_range():
+  cfg = model_lib.ModelConfig(vocab_size=1, hidden_size=1, num_layers=1, num_heads=1,
+                              mlp_dim=1, max_len=1, vocab_pad_multiple=1, dropout_rate=0.0,
+                              attention_dropout_rate=0.0, attention_impl="cudnn")
+  assert (cfg.head_dim, cfg.padded_vocab_size) == (1, 1)
+  cfg = model_lib.ModelConfig(dropout_rate=0.999, attention_dropout_rate=0.999,
+                              dtype="bfloat16", param_dtype="bfloat16", remat="dots")
+  assert cfg.jnp_dtype == jnp.bfloat16 and cfg.jnp_param_dtype == jnp.bfloat16
+  assert model_lib.ModelConfig(vocab_pad_multiple=8).padded_vocab_size == 4104
 
 
 def test_auto_dtype_is_bfloat16_on_accelerators_float32_on_cpu():
@@ -183,6 +221,244 @@ def test_classifier_pools_cls_with_tanh_and_shares_bert_names(mlm):
                              atol=1e-5)
   clf = params["classifier"]
   np.testing.assert_allclose(logits, pooled @ clf["kernel"] + clf["bias"], atol=1e-5)
+
+
+# --------------------------------------------------- what each entry point must pass on
+MICRO = model_lib.ModelConfig(num_layers=1, hidden_size=32, num_heads=2, mlp_dim=64,
+                              max_len=16, dropout_rate=0.0, attention_dropout_rate=0.0)
+
+
+def _init(module, ids):
+  return nn.unbox(module.init(jax.random.key(3), ids)["params"])
+
+
+def _constraint_specs(jaxpr) -> list[tuple]:
+  """The partition specs of every sharding constraint in a jaxpr, nested ones included."""
+  found = []
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "sharding_constraint":
+      found.append(tuple(eqn.params["sharding"].spec))
+    for value in eqn.params.values():
+      sub = getattr(value, "jaxpr", value)
+      if hasattr(sub, "eqns"):
+        found += _constraint_specs(sub)
+  return found
+
+
+def test_every_parameter_and_activation_carries_its_logical_axes():
+  """The sharding rules (genemask_jax.sharding) split what these names say: a parameter or
+  activation with a wrong or missing name is silently replicated on a real mesh."""
+  def want(path: str) -> tuple:
+    leaf, owner = path.rsplit("/", 2)[-1], path.rsplit("/", 2)[-2]
+    if "LayerNorm" in owner:
+      return ("embed",)
+    if owner in ("query", "key", "value"):
+      return ("embed", "heads", "kv") if leaf == "kernel" else ("heads", "kv")
+    if "attention/output/dense" in path:
+      return ("heads", "kv", "embed") if leaf == "kernel" else ("embed",)
+    if owner in ("intermediate_dense", "transform_dense", "dense"):  # dense: the pooler.
+      return ("embed", "mlp") if leaf == "kernel" else ("mlp",)
+    if owner == "output_dense":
+      return ("mlp", "embed") if leaf == "kernel" else ("embed",)
+    return {"word_embeddings": ("vocab", "embed"), "position_embeddings": (None, "embed"),
+            "token_type_embeddings": (None, "embed"), "cls": ("vocab",),
+            "classifier": ("embed", None) if leaf == "kernel" else (None,)}[owner]
+
+  ids = jnp.full((2, 8), 7, jnp.int32)
+  for module in (model_lib.BertForMaskedLM(MICRO),
+                 model_lib.BertForSequenceClassification(MICRO, num_labels=3)):
+    boxed = jax.eval_shape(module.init, jax.random.key(0), ids)["params"]
+    specs = jax.tree_util.tree_flatten_with_path(
+        nn.get_partition_spec(boxed), is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))[0]
+    assert len(specs) == len(jax.tree.leaves(boxed))
+    for path, spec in specs:
+      name = "/".join(k.key for k in path)
+      assert tuple(spec) == want(name), name
+  # Activations: each logical name bound to a mesh axis of its own (all of size 1), so a
+  # constraint's spec spells out the names the model gave it.
+  names = ("b", "l", "e", "h", "k", "m", "v")
+  mesh = jax.make_mesh((1,) * 7, names, axis_types=(jax.sharding.AxisType.Auto,) * 7)
+  module = model_lib.BertForMaskedLM(MICRO)
+  params = nn.unbox(jax.eval_shape(module.init, jax.random.key(0), ids)["params"])
+  with sharding.axis_rules(mesh, tuple(zip(sharding.LOGICAL_AXES, names))):
+    jaxpr = jax.make_jaxpr(lambda p: module.apply({"params": p}, ids))(params)
+  # Embeddings, attention output and layer output (b, l, e); q, k, v and context
+  # (b, l, h, k); the MLP's hidden units (b, l, m).
+  assert sorted(_constraint_specs(jaxpr.jaxpr)) == sorted(
+      [("b", "l", "e")] * 3 + [("b", "l", "h", "k")] * 4 + [("b", "l", "m")])
+
+
+@pytest.mark.parametrize("dtype, param_dtype", [("bfloat16", "float32"),
+                                                ("bfloat16", "bfloat16")])
+def test_every_module_computes_in_the_config_dtype(dtype, param_dtype):
+  """Each embedding, dense layer and LayerNorm computes in ``dtype`` and stores params in
+  ``param_dtype`` (a module left at flax's default would promote to float32 or store
+  float32 params)."""
+  cfg = dataclasses.replace(MICRO, dtype=dtype, param_dtype=param_dtype)
+  ids = _ids(length=8)
+  for module in (model_lib.BertForMaskedLM(cfg),
+                 model_lib.BertForSequenceClassification(cfg, num_labels=3)):
+    params = _init(module, ids)
+    assert {x.dtype for x in jax.tree.leaves(params)} == {jnp.dtype(param_dtype)}
+    _, state = module.apply({"params": params}, ids, capture_intermediates=True,
+                            mutable=["intermediates"])
+    outs = jax.tree_util.tree_flatten_with_path(state["intermediates"])[0]
+    assert len(outs) > 10
+    for path, out in outs:
+      assert out.dtype == jnp.dtype(dtype), jax.tree_util.keystr(path)
+
+
+def test_token_types_reach_the_output_through_every_entry_point():
+  cfg = MICRO
+  ids = _ids(length=8)
+  types = jnp.ones_like(ids)
+  mlm = model_lib.BertForMaskedLM(cfg)
+  clf = model_lib.BertForSequenceClassification(cfg, num_labels=3)
+  p_mlm, p_clf = _init(mlm, ids), _init(clf, ids)
+  positions = jnp.array([[1, 2], [3, 4]], jnp.int32)
+  calls = [
+      (mlm, p_mlm, {}),                                    # full logits
+      (mlm, p_mlm, {"masked_positions": positions}),       # last layer at P rows only
+      (mlm, p_mlm, {"method": "encode"}),
+      (clf, p_clf, {}),
+      (clf, p_clf, {"method": "pooled_features"}),
+  ]
+  for module, params, kw in calls:
+    plain = module.apply({"params": params}, ids, **kw)
+    typed = module.apply({"params": params}, ids, token_type_ids=types, **kw)
+    assert not np.allclose(plain, typed, atol=1e-4), kw
+  no_types = dataclasses.replace(cfg, type_vocab_size=0)
+  module = model_lib.BertForMaskedLM(no_types)
+  params = _init(module, ids)
+  assert "token_type_embeddings" not in params["bert"]["embeddings"]
+  with pytest.raises(ValueError, match=r"^token_type_ids given but ModelConfig\.type_vocab_size "
+                     r"is 0"):
+    module.apply({"params": params}, ids, token_type_ids=types)
+
+
+def test_input_shape_errors_name_the_limit():
+  module = model_lib.BertForMaskedLM(MICRO)  # max_len=16
+  params = _init(module, _ids(length=8))
+  assert module.apply({"params": params}, _ids(length=16)).shape == (2, 16, 4101)
+  with pytest.raises(ValueError, match=r"^sequence length 17 exceeds max_len=16"):
+    module.apply({"params": params}, _ids(length=17))
+  with pytest.raises(ValueError, match=r"^input_ids must be \(batch, length\), got shape "
+                     r"\(8,\)"):
+    module.apply({"params": params}, jnp.full((8,), 7, jnp.int32))
+
+
+def test_return_hidden_with_masked_positions_gives_the_picked_logits():
+  module = model_lib.BertForMaskedLM(MICRO)
+  ids = _ids(length=8)
+  params = _init(module, ids)
+  positions = jnp.array([[1, 6], [0, 3]], jnp.int32)
+  picked = module.apply({"params": params}, ids, masked_positions=positions)
+  logits, hidden = module.apply({"params": params}, ids, masked_positions=positions,
+                                return_hidden=True)
+  assert logits.shape == (2, 2, 4101) and hidden.shape == (2, 8, 32)
+  np.testing.assert_allclose(logits, picked, atol=1e-5)
+  np.testing.assert_allclose(hidden, module.apply({"params": params}, ids, method="encode"),
+                             atol=1e-6)
+
+
+def test_masked_positions_and_cls_run_the_last_layer_on_those_rows_only():
+  """The cheap paths the train step and the classifier rely on: fewer FLOPs than running
+  every row through the last layer (same numbers: the tests above)."""
+  cfg = dataclasses.replace(MICRO, num_layers=2)
+  ids = _ids(length=16)
+  mlm = model_lib.BertForMaskedLM(cfg)
+  clf = model_lib.BertForSequenceClassification(cfg, num_labels=2)
+  p_mlm, p_clf = _init(mlm, ids), _init(clf, ids)
+  positions = jnp.array([[1, 6], [0, 3]], jnp.int32)
+
+  def flops(fn, params):
+    return jax.jit(fn).lower(params).compile().cost_analysis()["flops"]
+
+  full = flops(lambda p: mlm.apply({"params": p}, ids), p_mlm)
+  gathered = flops(lambda p: jnp.take_along_axis(
+      mlm.apply({"params": p}, ids), positions[..., None], 1), p_mlm)
+  picked = flops(lambda p: mlm.apply({"params": p}, ids, masked_positions=positions), p_mlm)
+  assert picked < 0.5 * gathered <= 0.5 * full
+  encoder = flops(lambda p: mlm.apply({"params": p}, ids, method="encode"), p_mlm)
+  cls = flops(lambda p: clf.apply({"params": p}, ids), p_clf)
+  assert cls < 0.8 * encoder
+
+
+def test_bert_model_alone_is_deterministic_by_default():
+  """``BertModel(cfg).apply(params, ids)`` (how `first_layers`' cut encoder is run) needs no
+  dropout rng and gives the MLM model's encoder output."""
+  cfg = dataclasses.replace(MICRO, dropout_rate=0.5, attention_dropout_rate=0.5)
+  mlm = model_lib.BertForMaskedLM(cfg)
+  ids = _ids(length=8)
+  params = _init(mlm, ids)
+  alone = model_lib.BertModel(cfg).apply({"params": params["bert"]}, ids)
+  np.testing.assert_allclose(alone, mlm.apply({"params": params}, ids, method="encode"),
+                             atol=1e-6)
+
+
+def test_attention_gets_the_configured_implementation_and_dropout(monkeypatch):
+  seen = []
+  real = model_lib.attention_lib.dot_product_attention
+
+  def recording(*args, **kwargs):
+    seen.append((kwargs["implementation"], kwargs["dropout_rate"], kwargs["seed"] is None))
+    return real(*args, **kwargs)
+
+  monkeypatch.setattr(model_lib.attention_lib, "dot_product_attention", recording)
+  cfg = dataclasses.replace(MICRO, attention_impl="xla", attention_dropout_rate=0.25)
+  module = model_lib.BertForMaskedLM(cfg)
+  ids = _ids(length=8)
+  params = _init(module, ids)
+  seen.clear()
+  a = module.apply({"params": params}, ids)
+  assert seen == [("xla", 0.0, True)]
+  seen.clear()
+  b = module.apply({"params": params}, ids, deterministic=False,
+                   rngs={"dropout": jax.random.key(1)})
+  assert seen == [("xla", 0.25, False)]
+  assert not np.allclose(a, b, atol=1e-3)  # Attention dropout alone (hidden dropout is 0).
+
+
+def test_classifier_dropout_drops_pooled_features_at_its_rate():
+  cfg = dataclasses.replace(MICRO, dropout_rate=0.5)
+  module = model_lib.BertForSequenceClassification(cfg, num_labels=2)
+  ids = _ids(rows=64, length=8)
+  params = _init(module, ids)
+  _, state = module.apply({"params": params}, ids, deterministic=False,
+                          rngs={"dropout": jax.random.key(2)}, capture_intermediates=True,
+                          mutable=["intermediates"])
+  inter = state["intermediates"]
+  pooled = np.asarray(inter["bert"]["pooler"]["__call__"][0])
+  dropped = np.asarray(inter["dropout"]["__call__"][0])
+  kept = dropped != 0
+  assert 0.4 < kept.mean() < 0.6
+  np.testing.assert_allclose(dropped[kept], pooled[kept] / 0.5, rtol=1e-6)
+
+
+def test_first_layers_cut_the_encoder_where_the_next_layer_takes_over():
+  cfg = dataclasses.replace(MICRO, num_layers=3)
+  mlm = model_lib.BertForMaskedLM(cfg)
+  ids = _ids(length=8)
+  params = _init(mlm, ids)
+  bert = params["bert"]
+  hidden = {}
+  for n in (1, 2, 3):
+    cfg_n, p_n = model_lib.first_layers(cfg, bert, n)
+    assert cfg_n == dataclasses.replace(cfg, num_layers=n)
+    assert sorted(p_n) == ["embeddings", "encoder"]
+    assert sorted(p_n["encoder"]) == [f"layer_{i}" for i in range(n)]
+    hidden[n] = model_lib.BertModel(cfg_n).apply({"params": p_n}, ids)
+  np.testing.assert_allclose(hidden[3], mlm.apply({"params": params}, ids, method="encode"),
+                             atol=1e-6)
+  mask = ids != model_lib.PAD_ID
+  for n in (1, 2):  # Layer n + 1 applied to the cut encoder's output: the next cut's.
+    nxt = model_lib.BertLayer(cfg).apply(
+        {"params": bert["encoder"][f"layer_{n}"]}, hidden[n], mask, True)
+    np.testing.assert_allclose(nxt, hidden[n + 1], atol=1e-5)
+    assert not np.allclose(hidden[n], hidden[n + 1], atol=1e-3)
+  for n in (0, 4):
+    with pytest.raises(ValueError, match=rf"^layers to keep must be in 1\.\.3, got {n}$"):
+      model_lib.first_layers(cfg, bert, n)
 
 
 def test_lr_schedule_warms_up_then_decays_to_zero():

@@ -58,3 +58,29 @@ def test_remat_gives_the_same_loss_and_gradients_with_dropout(remat, no_remat):
 def test_unknown_remat_policy_is_an_error():
   with pytest.raises(ValueError, match="ModelConfig.remat='some'.*'none', 'full', 'dots'"):
     model_lib.ModelConfig(remat="some")
+
+
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_each_policy_keeps_less_for_the_backward_pass(scan_layers):
+  """What remat is for: the residuals a backward pass keeps shrink from "none" to "dots"
+  (matmul outputs kept) to "full" (layer inputs only). Unrolled, each recomputed layer is
+  fenced by an optimization barrier so XLA cannot merge it back into the forward pass
+  (jax.checkpoint's prevent_cse); under lax.scan the loop does that, so there is none."""
+  ids, _, _ = _batch()
+  kept, barriers = {}, {}
+  for remat in ("none", "dots", "full"):
+    cfg = model_lib.ModelConfig(**{**CFG.__dict__, "remat": remat, "scan_layers": scan_layers,
+                                   "dropout_rate": 0.0, "attention_dropout_rate": 0.0})
+    model = model_lib.BertForMaskedLM(cfg)
+    params = nn.unbox(model.init(jax.random.key(0), ids)["params"])
+
+    def f(p):
+      return model.apply({"params": p}, ids).sum()
+
+    _, backward = jax.vjp(f, params)
+    kept[remat] = sum(x.size for x in jax.tree.leaves(backward))  # Its residuals.
+    barriers[remat] = jax.jit(jax.grad(f)).lower(params).as_text().count(
+        "optimization_barrier")
+  assert kept["full"] < kept["dots"] < kept["none"], kept
+  want = 0 if scan_layers else CFG.num_layers
+  assert barriers == {"none": 0, "dots": want, "full": want}
