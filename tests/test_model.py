@@ -435,6 +435,35 @@ def test_classifier_dropout_drops_pooled_features_at_its_rate():
   np.testing.assert_allclose(dropped[kept], pooled[kept] / 0.5, rtol=1e-6)
 
 
+def test_pool_reads_the_cls_row_of_full_hidden_states():
+  module = model_lib.BertModel(MICRO, add_pooling_layer=True)
+  hidden = jax.random.normal(jax.random.key(4), (2, 8, 32))
+  params = nn.unbox(module.init(jax.random.key(5), hidden, method="pool")["params"])
+  dense = params["pooler"]["dense"]
+  np.testing.assert_allclose(module.apply({"params": params}, hidden, method="pool"),
+                             jnp.tanh(hidden[:, 0] @ dense["kernel"] + dense["bias"]),
+                             atol=1e-5)
+
+
+def test_scanned_layers_keep_each_parameters_axes_with_the_layer_axis_unsplit():
+  cfg = dataclasses.replace(MICRO, num_layers=3, scan_layers=True)
+  module = model_lib.BertForMaskedLM(cfg)
+  ids = jnp.full((2, 8), 7, jnp.int32)
+  boxed = jax.eval_shape(module.init, jax.random.key(0), ids)["params"]
+  layer_specs = [tuple(s) for s in jax.tree.leaves(
+      nn.get_partition_spec(boxed["bert"]["encoder"]["layer_0"]),
+      is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))]
+  names = ("b", "l", "e", "h", "k", "m", "v")
+  mesh = jax.make_mesh((1,) * 7, names, axis_types=(jax.sharding.AxisType.Auto,) * 7)
+  rules = tuple(zip(sharding.LOGICAL_AXES, names))
+  short = dict(zip(sharding.LOGICAL_AXES, names))
+  with sharding.axis_rules(mesh, rules):
+    jaxpr = jax.make_jaxpr(lambda p: module.apply({"params": p}, ids))(_init(module, ids))
+  stacked = [s for s in _constraint_specs(jaxpr.jaxpr) if s[0] is None]
+  assert sorted(stacked, key=repr) == sorted(
+      [(None, *(short[a] if a else None for a in spec)) for spec in layer_specs], key=repr)
+
+
 def test_first_layers_cut_the_encoder_where_the_next_layer_takes_over():
   cfg = dataclasses.replace(MICRO, num_layers=3)
   mlm = model_lib.BertForMaskedLM(cfg)
