@@ -19,7 +19,7 @@ case "$module" in
         tests="tests/test_npmi.py tests/test_input_checks.py" ;;
   tokenizer) src="genemask_jax/tokenizer.py"; tests="tests/test_tokenizer.py" ;;
   attention) src="genemask_jax/attention.py"
-             tests="tests/test_attention.py tests/test_pallas_attention.py" ;;
+             tests="tests/test_attention.py tests/test_pallas_attention.py tests/test_aot.py::test_test_config_compiles_for_v5e_with_the_pallas_kernel_and_fits" ;;
   model) src="genemask_jax/model.py"
          tests="tests/test_model.py tests/test_remat.py tests/test_scan.py tests/test_hf.py::test_import_logits_equal_a_numpy_bert tests/test_hf.py::test_export_logits_equal_a_numpy_bert" ;;
   train_step) src="genemask_jax/train_step.py"; tests="tests/test_train_step.py tests/test_sharding.py" ;;
