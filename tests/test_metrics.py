@@ -138,3 +138,23 @@ def test_edge_cases_a_small_test_set_produces():
   assert np.isnan(ours["roc_auc"])
   # A single row.
   assert metrics.classification_metrics(np.array([1]), np.array([[0.2, 0.8]]))["accuracy"] == 1.0
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e-3])  # 1e-3: variances far below 1.
+def test_regression_metrics_in_float64_whatever_the_inputs_dtype_shape_and_scale(scale):
+  """The model's float32 outputs, a column of targets, tiny variances: scipy's values on the
+  float64 numbers (Pearson's r of average ranks for Spearman)."""
+  from scipy import stats  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(3)
+  y = (rng.normal(size=300) * scale).astype(np.float32)
+  pred = (0.5 * y + rng.normal(size=300).astype(np.float32) * scale).astype(np.float32)
+  pred[:30] = np.round(pred[:30] / scale) * scale  # Ties.
+  y64, p64 = y.astype(np.float64), pred.astype(np.float64)
+  m = metrics.regression_metrics(y[:, None], pred[:, None])
+  assert m["pearson"] == pytest.approx(stats.pearsonr(y64, p64)[0], abs=1e-12)
+  assert m["spearman"] == pytest.approx(stats.spearmanr(y64, p64)[0], abs=1e-12)
+  assert m["mse"] == pytest.approx(np.mean((y64 - p64) ** 2), rel=1e-12)
+  assert all(type(v) is float for v in m.values())
+  with pytest.raises(ValueError, match=r"^y_pred must be \(N,\) or \(N, 1\) with N = "
+                     r"len\(y_true\) = 300, got \(300, 2\)$"):
+    metrics.regression_metrics(y, np.stack([pred, pred], 1))
