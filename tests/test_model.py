@@ -17,6 +17,7 @@ from genemask_jax import optim
 from genemask_jax import sharding
 from genemask_jax import train_step as ts
 import fixture_scope  # tests/ is on sys.path (rootdir-relative test modules).
+import test_support
 
 @pytest.fixture(autouse=True, scope="module")
 def _full_precision_matmuls():
@@ -234,15 +235,19 @@ def _init(module, ids):
 
 def _constraint_specs(jaxpr) -> list[tuple]:
   """The partition specs of every sharding constraint in a jaxpr, nested ones included."""
-  found = []
-  for eqn in jaxpr.eqns:
-    if eqn.primitive.name == "sharding_constraint":
-      found.append(tuple(eqn.params["sharding"].spec))
-    for value in eqn.params.values():
-      sub = getattr(value, "jaxpr", value)
-      if hasattr(sub, "eqns"):
-        found += _constraint_specs(sub)
-  return found
+  return [tuple(e.params["sharding"].spec) for e in test_support.iter_eqns(jaxpr)
+          if e.primitive.name == "sharding_constraint"]
+
+
+def _traced_under_named_axes(fn, *args):
+  """``fn``'s jaxpr traced where each logical axis is bound to a mesh axis of its own short
+  name (b, l, e, h, k, m, v; all of size 1), so a constraint's spec spells out the logical
+  names the model gave it; and the logical -> short name map."""
+  names = ("b", "l", "e", "h", "k", "m", "v")
+  mesh = jax.make_mesh((1,) * 7, names, axis_types=(jax.sharding.AxisType.Auto,) * 7)
+  with sharding.axis_rules(mesh, tuple(zip(sharding.LOGICAL_AXES, names))):
+    jaxpr = jax.make_jaxpr(fn)(*args)
+  return jaxpr.jaxpr, dict(zip(sharding.LOGICAL_AXES, names))
 
 
 def test_every_parameter_and_activation_carries_its_logical_axes():
@@ -274,17 +279,13 @@ def test_every_parameter_and_activation_carries_its_logical_axes():
     for path, spec in specs:
       name = "/".join(k.key for k in path)
       assert tuple(spec) == want(name), name
-  # Activations: each logical name bound to a mesh axis of its own (all of size 1), so a
-  # constraint's spec spells out the names the model gave it.
-  names = ("b", "l", "e", "h", "k", "m", "v")
-  mesh = jax.make_mesh((1,) * 7, names, axis_types=(jax.sharding.AxisType.Auto,) * 7)
+  # Activations.
   module = model_lib.BertForMaskedLM(MICRO)
   params = nn.unbox(jax.eval_shape(module.init, jax.random.key(0), ids)["params"])
-  with sharding.axis_rules(mesh, tuple(zip(sharding.LOGICAL_AXES, names))):
-    jaxpr = jax.make_jaxpr(lambda p: module.apply({"params": p}, ids))(params)
+  jaxpr, _ = _traced_under_named_axes(lambda p: module.apply({"params": p}, ids), params)
   # Embeddings, attention output and layer output (b, l, e); q, k, v and context
   # (b, l, h, k); the MLP's hidden units (b, l, m).
-  assert sorted(_constraint_specs(jaxpr.jaxpr)) == sorted(
+  assert sorted(_constraint_specs(jaxpr)) == sorted(
       [("b", "l", "e")] * 3 + [("b", "l", "h", "k")] * 4 + [("b", "l", "m")])
 
 
@@ -453,13 +454,9 @@ def test_scanned_layers_keep_each_parameters_axes_with_the_layer_axis_unsplit():
   layer_specs = [tuple(s) for s in jax.tree.leaves(
       nn.get_partition_spec(boxed["bert"]["encoder"]["layer_0"]),
       is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))]
-  names = ("b", "l", "e", "h", "k", "m", "v")
-  mesh = jax.make_mesh((1,) * 7, names, axis_types=(jax.sharding.AxisType.Auto,) * 7)
-  rules = tuple(zip(sharding.LOGICAL_AXES, names))
-  short = dict(zip(sharding.LOGICAL_AXES, names))
-  with sharding.axis_rules(mesh, rules):
-    jaxpr = jax.make_jaxpr(lambda p: module.apply({"params": p}, ids))(_init(module, ids))
-  stacked = [s for s in _constraint_specs(jaxpr.jaxpr) if s[0] is None]
+  jaxpr, short = _traced_under_named_axes(lambda p: module.apply({"params": p}, ids),
+                                          _init(module, ids))
+  stacked = [s for s in _constraint_specs(jaxpr) if s[0] is None]
   assert sorted(stacked, key=repr) == sorted(
       [(None, *(short[a] if a else None for a in spec)) for spec in layer_specs], key=repr)
 

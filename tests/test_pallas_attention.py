@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import test_support  # tests/ is on sys.path (rootdir-relative test modules).
 
 from genemask_jax import attention
 from genemask_jax import sharding as sharding_lib
@@ -49,14 +50,7 @@ def test_pallas_equals_blockwise_forward_and_gradients(rate):
 
 def _primitives(jaxpr) -> list[str]:
   """Every primitive in a jaxpr, nested jaxprs (jit, shard_map, custom_vjp) included."""
-  names = []
-  for eqn in jaxpr.eqns:
-    names.append(eqn.primitive.name)
-    for value in eqn.params.values():
-      sub = getattr(value, "jaxpr", value)
-      if hasattr(sub, "eqns"):
-        names += _primitives(sub)
-  return names
+  return [e.primitive.name for e in test_support.iter_eqns(jaxpr)]
 
 
 def _rules(**changes):

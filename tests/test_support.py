@@ -1,4 +1,5 @@
-"""Builders the test modules share: a small real corpus and a tiny pretraining workdir.
+"""Helpers the test modules share: a small real corpus, a tiny pretraining workdir, and
+a walk over a jaxpr's equations.
 
 Imported as `import test_support` (tests/ is on sys.path, as for masking_oracle); it holds
 no tests itself.
@@ -48,3 +49,14 @@ def save_tiny_workdir(wd: pathlib.Path, scale: float = 1.0, step: int = 7):
       "model_signature": {"size": "tiny", "vocab_size": 4101, "hidden_size": 256,
                           "num_layers": 2, "num_heads": 8, "mlp_dim": 1024}}))
   return params
+
+
+def iter_eqns(jaxpr):
+  """Every equation of a jaxpr and of the jaxprs nested in its equations (jit, scan,
+  shard_map, custom_vjp, checkpoint), depth first."""
+  for eqn in jaxpr.eqns:
+    yield eqn
+    for value in eqn.params.values():
+      sub = getattr(value, "jaxpr", value)  # A ClosedJaxpr holds its Jaxpr as .jaxpr.
+      if hasattr(sub, "eqns"):
+        yield from iter_eqns(sub)
