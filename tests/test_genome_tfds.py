@@ -16,6 +16,7 @@ from genemask_jax.data import fasta as fasta_lib
 from genemask_jax.data import genome
 from genemask_jax.data import genome_tfds
 from genemask_jax.data import plan
+from genemask_jax.data import pool as pool_lib
 from genemask_jax.data import shards
 
 _REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -435,3 +436,35 @@ def test_a_dying_worker_is_one_clear_error_and_the_rerun_completes(tmp_path):
                                            split)).read_bytes()
         assert a == b
   assert 0 <= reused < len(units)  # The unit the worker died on was never finished.
+
+
+_PROBE_MAIN = textwrap.dedent("""
+    import os
+    if __name__ != "__main__":  # A child importing this file as its __mp_main__.
+      open(os.environ["PROBE_MARKER"], "w").close()
+    from genemask_jax.data import genome_tfds  # What the data command imports.
+    from genemask_jax.data import pool as pool_lib
+    if __name__ == "__main__":
+      with pool_lib.process_pool(1) as pool:
+        print(pool.submit(eval, "('tensorflow_datasets' in __import__('sys').modules, "
+                                "__import__('os').environ.get('OPENBLAS_NUM_THREADS'))"
+                          ).result())
+    """)
+
+
+@pytest.mark.skipif(not pool_lib.LEAN_START, reason="CPython's own start for this Python")
+@pytest.mark.parametrize("how", ["path", "module"])
+def test_build_workers_do_not_import_the_main_module(tmp_path, how):
+  # `python -m genemask_jax.data.prepare` or `python main.py`: multiprocessing would have
+  # every worker import that module (TFDS, absl) before its first unit.
+  (tmp_path / "probe_main.py").write_text(_PROBE_MAIN)
+  marker = tmp_path / "imported"
+  env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+  env.update(PROBE_MARKER=str(marker),
+             PYTHONPATH=os.pathsep.join([str(_REPO), env.get("PYTHONPATH", "")]))
+  cmd = ["probe_main.py"] if how == "path" else ["-m", "probe_main"]
+  res = subprocess.run([sys.executable, *cmd], cwd=tmp_path, env=env, capture_output=True,
+                       text=True, timeout=120)
+  assert res.returncode == 0, res.stderr[-2000:]
+  assert res.stdout.strip().splitlines()[-1] == "(False, '1')"
+  assert not marker.exists()

@@ -53,10 +53,8 @@ import hashlib
 import json
 import logging
 import math
-import multiprocessing
 import os
 import shutil
-import threading
 import time
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -67,6 +65,7 @@ from genemask_jax import errors
 from genemask_jax.data import fasta
 from genemask_jax.data import genome
 from genemask_jax.data import plan as plan_lib
+from genemask_jax.data import pool as pool_lib
 from genemask_jax.data import shards
 
 # 2.0.0: parallel build; the chunk straddling a segment's start is kept (#20 item 7);
@@ -214,7 +213,7 @@ def write_units(units: Iterator[shards.Unit | shards.RangeUnit], work_dir: str,
   try:
     with contextlib.ExitStack() as stack:
       if pool is None:
-        pool = stack.enter_context(_process_pool(num_workers - 1))
+        pool = stack.enter_context(pool_lib.process_pool(num_workers - 1))
       pending: set[concurrent.futures.Future] = set()
 
       def collect(return_when, timeout=None):
@@ -235,29 +234,6 @@ def write_units(units: Iterator[shards.Unit | shards.RangeUnit], work_dir: str,
   except concurrent.futures.process.BrokenProcessPool as e:
     raise _broken(e, work_dir) from e
   return [results[i] for i in sorted(results)], reused
-
-
-def _process_pool(num_workers: int) -> concurrent.futures.ProcessPoolExecutor:
-  """Worker processes forked from a fresh server process (multiprocessing's forkserver).
-
-  Never a fork of this process, which may run JAX (main.py builds the corpus in-process).
-  The server imports the planner's and shard writer's modules once and each worker forks
-  from it, instead of starting Python and importing them itself. The workers start in a
-  thread, while the main process reads the first records.
-  """
-  ctx = multiprocessing.get_context("forkserver")
-  ctx.set_forkserver_preload(["genemask_jax.data.plan"])
-  pool = concurrent.futures.ProcessPoolExecutor(num_workers, mp_context=ctx)
-
-  def start():
-    try:
-      for _ in range(num_workers):
-        pool.submit(int)
-    except RuntimeError:  # The build ended (failed) first: the pool is shut down.
-      pass
-
-  threading.Thread(target=start, daemon=True).start()
-  return pool
 
 
 class GenemaskGenome(tfds.core.GeneratorBasedBuilder):
@@ -302,7 +278,7 @@ class GenemaskGenome(tfds.core.GeneratorBasedBuilder):
     stats = genome.ChunkStats()
     t0 = time.monotonic()
     with contextlib.ExitStack() as stack:
-      pool = stack.enter_context(_process_pool(workers - 1)) if workers > 1 else None
+      pool = stack.enter_context(pool_lib.process_pool(workers - 1)) if workers > 1 else None
       units = plan_lib.plan_units(paths, cfg, bp, stats, work,
                                    pool.submit if pool else plan_lib.run_now)
       results, reused = write_units(units, work, workers, self._log, pool=pool)
