@@ -468,3 +468,29 @@ def test_build_workers_do_not_import_the_main_module(tmp_path, how):
   assert res.returncode == 0, res.stderr[-2000:]
   assert res.stdout.strip().splitlines()[-1] == "(False, '1')"
   assert not marker.exists()
+
+
+def test_packed_record_scans_come_back_as_they_were():
+  # A worker's first-pass result travels packed (plan.pack_scans): every record's counts,
+  # coordinates, segments and chunks, in order, whatever the sizes (a record without
+  # sequence, one whose segments keep no chunk, places past 65,535 and past 2**32).
+  rng = np.random.default_rng(0)
+  scans = [
+      (0, 0, np.zeros(1, np.int64), [], None),
+      (40, 3, np.array([0, 40]), [(5, 8)], []),
+      (70_000, 69_990, np.array([0, 40_000, 70_000]), [(0, 30_000), (30_010, 70_000)],
+       [(0, 4, rng.integers(6, 512, 50)), (30_010, 0, rng.integers(6, 512, 70))]),
+      (5 << 32, 5 << 32, np.array([0, 5 << 32]), [(0, 5 << 32)],
+       [(0, 999, np.array([300, 511, 6]))]),
+  ]
+  back = plan.unpack_scans(plan.pack_scans(scans))
+  assert len(back) == len(scans)
+  for want, got in zip(scans, back):
+    assert got[:2] == want[:2] and got[3] == want[3]
+    np.testing.assert_array_equal(got[2], want[2])
+    assert got[2].dtype == np.int64
+    assert [(a, f) for a, f, _ in got[4]] == [(a, f) for a, f, _ in want[4] or []]
+    for (_, _, g), (_, _, w) in zip(got[4], want[4] or []):
+      np.testing.assert_array_equal(g, w)
+      assert g.dtype == np.int64
+  assert plan.unpack_scans(plan.pack_scans([])) == []
