@@ -216,7 +216,8 @@ def test_second_concurrent_build_names_the_lock_and_waits(tmp_path, chrx_head):
 
 def _messy_fasta(path: pathlib.Path, chrx: bytes, crlf: bool) -> str:
   """Records with N runs, IUPAC letters, soft-masking, short pieces, repeated and empty
-  headers, a record with no sequence and lines of several widths."""
+  headers, a record with no sequence, records of N only (short and long) and lines of
+  several widths."""
   rng = np.random.default_rng(7)
   seq = bytearray(chrx[:60_000])
   for _ in range(40):  # N runs and single IUPAC letters, some a few bp apart.
@@ -234,6 +235,7 @@ def _messy_fasta(path: pathlib.Path, chrx: bytes, crlf: bool) -> str:
           + lines(seq[12_000:25_000], 60), b">empty" + eol,
           b">a" + eol + lines(seq[25_000:40_000], 7), b">" + eol + lines(seq[40_000:41_000], 80),
           b">tiny" + eol + b"ACGTA" + eol, b">ns" + eol + lines(b"N" * 3000, 60),
+          b">ns_long" + eol + lines(b"N" * 9000, 60),
           b">one_line" + eol + seq[41_000:] + eol]
   path.write_bytes(b"".join(recs))
   return str(path)
@@ -494,3 +496,48 @@ def test_packed_record_scans_come_back_as_they_were():
       np.testing.assert_array_equal(g, w)
       assert g.dtype == np.int64
   assert plan.unpack_scans(plan.pack_scans([])) == []
+
+
+def test_a_segment_cut_in_installments_gives_the_chunks_it_gives_at_once():
+  # A chromosome is chunked while it is read: whatever the installments, the chunks are
+  # those of the whole segment (genome's, which test_planned_units... checks).
+  rng = np.random.default_rng(3)
+  for cfg in (genome.ChunkConfig(), genome.ChunkConfig(keep_tail=False, min_chunk_bp=200),
+              genome.ChunkConfig(seed=9, max_offset=3000, p_max_chunk=0.9)):
+    for n in (0, 5, 150, 511, 4_000, 250_000):
+      h, pos = int(rng.integers(0, 2**32)), int(rng.integers(0, 10**8))
+      want = plan.segment_chunks(cfg, h, pos, n)
+      cutter = plan.SegmentCutter(cfg, h, pos)
+      starts, lengths = [], []
+      for known in sorted(rng.integers(0, n + 1, 7).tolist()) + [None]:
+        first, ls = cutter.advance(known) if known is not None else cutter.finish(n)
+        starts.append(first + np.cumsum(ls) - ls)
+        lengths.append(ls)
+      np.testing.assert_array_equal(np.concatenate(starts), want[0])
+      np.testing.assert_array_equal(np.concatenate(lengths), want[1])
+      assert want[1].sum() > n - 1000 or n < 1000 or not cfg.keep_tail
+
+
+def test_a_long_record_gives_units_before_it_has_been_read_to_its_end(tmp_path, chrx_head,
+                                                                      monkeypatch):
+  # The workers write a chromosome's first units while the main process still unpacks the
+  # rest of it: planning does not wait for the record's end.
+  monkeypatch.setattr(plan, "_RANGE_BYTES", 4096)
+  monkeypatch.setattr(plan, "_BATCH_BYTES", 16_384)  # An installment every 8 KiB.
+  seq = chrx_head * 2  # 200 kbp.
+  fa = tmp_path / "one.fa"
+  fa.write_bytes(b">chrX\n" + b"".join(seq[i:i + 60] + b"\n" for i in range(0, len(seq), 60)))
+  events = []
+  real = fasta_lib.iter_spans
+
+  def spans(*args, **kwargs):
+    for span in real(*args, **kwargs):
+      events.append("complete" if span.complete else "installment")
+      yield span
+  monkeypatch.setattr(plan.fasta, "iter_spans", spans)
+  (tmp_path / "w").mkdir()
+  for _ in plan.plan_units([str(fa)], genome.ChunkConfig(), 10_000, genome.ChunkStats(),
+                           str(tmp_path / "w")):
+    events.append("unit")
+  assert events.count("unit") >= 8 and events[-1] != "complete"
+  assert events.index("unit") < events.index("complete") / 2  # Early, not at the end.

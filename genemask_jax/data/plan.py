@@ -10,9 +10,12 @@ turns the runs into segments and each segment into its seeded chunks (`segment_c
 so the main process of a genome of many short records (GRCh37's chr22 file here has 9,627)
 only groups the chunks into units. Longer records are cut into tasks of byte ranges
 (`shards.scan_ranges`), and the main process joins their runs across the ranges and
-chunks their segments itself (few segments, whatever their length); their first ranges go
-to the workers while the rest of the record is still being read (`fasta.iter_spans`'s
-progress spans), so a chromosome is scanned as it is unpacked. The chunks are exactly
+chunks their segments itself (few segments, whatever their length). A record that is
+still being read (`fasta.iter_spans`'s progress spans: a chromosome) is planned as it is
+read (`_LongRecord`): its ranges go to the workers as they are unpacked, and the chunks
+that end within the part scanned so far go to the units at once (`SegmentCutter`), so
+the workers write a chromosome's first units while the main process still unpacks the
+rest. The chunks are exactly
 `genome.iter_cuts`'s, and the units depend on the input and the unit size only, never on
 the number of workers.
 
@@ -35,6 +38,7 @@ from genemask_jax.data import shards
 _RANGE_BYTES = 1 << 18  # Bytes of FASTA per range of the first pass.
 _BATCH_BYTES = 8 << 20  # FASTA bytes per batch of records sent to the first pass.
 _AHEAD = 4  # First-pass batches in flight ahead of the planning.
+_LONG_LAG = 2  # A long record's first-pass tasks in flight ahead of its planning.
 _READ_BYTES = 1 << 20  # Bytes the structure pass reads at a time.
 
 # What the first pass gives per record: letters, A/C/G/T letters, the coordinate of each
@@ -46,40 +50,71 @@ RecordScan = tuple[int, int, np.ndarray, list[tuple[int, int]],
                    "list[tuple[int, int, np.ndarray]] | None"]
 
 
+class SegmentCutter:
+  """Cuts one segment into its seeded chunks from its place and length, as it grows.
+
+  Exactly the chunks `genome` cuts from the same segment (its `_Segmenter`: the same
+  seeded generator, draws and rules), computed without the bases. A chunk that ends
+  within the part of the segment known so far is the same whatever the segment's final
+  length (the lengths come from one seeded stream, however many are drawn at a time:
+  `genome.draw_chunk_lengths`); only the tail waits for the end. So a segment still being
+  read gives its chunks in installments (`advance`), then the rest (`finish`).
+  """
+
+  def __init__(self, cfg: genome.ChunkConfig, name_hash: int, position: int):
+    self.cfg = cfg
+    self.rng = np.random.default_rng([cfg.seed & 0xFFFFFFFF, name_hash, position])
+    offset = int(self.rng.integers(0, cfg.max_offset))
+    lengths = genome.draw_chunk_lengths(self.rng, genome._FIRST_DRAW, cfg)  # pylint: disable=protected-access
+    ends = np.cumsum(lengths) - offset
+    while ends[-1] <= 0:
+      lengths = np.concatenate([lengths, genome.draw_chunk_lengths(self.rng, lengths.shape[0],
+                                                                   cfg)])
+      ends = np.cumsum(lengths) - offset
+    first = int(np.searchsorted(ends, 0, side="right"))
+    self.pending = lengths[first:].copy()  # Drawn, not yet given; the first starts at `at`.
+    self.pending[0] = ends[first]
+    self.at = 0
+    self.drop_first = bool(self.pending[0] < cfg.min_chunk_bp)  # Once it is complete.
+
+  def advance(self, known: int) -> tuple[int, np.ndarray]:
+    """The chunks not given yet that end by `known` bp: (first one's start, lengths)."""
+    have = self.at + int(self.pending.sum())
+    parts = [self.pending]
+    while have <= known:
+      more = genome.draw_chunk_lengths(self.rng, (known - have) // 256 + 64, self.cfg)
+      parts.append(more)
+      have += int(more.sum())
+    if len(parts) > 1:
+      self.pending = np.concatenate(parts)
+    ends = self.at + np.cumsum(self.pending)
+    m = int(np.searchsorted(ends, known, side="right"))  # Chunks that end by `known`.
+    start, out = self.at, self.pending[:m]
+    if m:
+      if self.drop_first:  # Shorter than min_chunk_bp: never kept.
+        start, out = int(ends[0]), out[1:]
+        self.drop_first = False
+      self.at, self.pending = int(ends[m - 1]), self.pending[m:]
+    return start, out.astype(np.int64)
+
+  def finish(self, n: int) -> tuple[int, np.ndarray]:
+    """The rest of an n-bp segment: chunks not given yet, and the tail if it is kept."""
+    start, out = self.advance(n)
+    tail = n - self.at
+    if self.cfg.keep_tail and tail >= self.cfg.min_chunk_bp:
+      start = start if out.shape[0] else self.at
+      out = np.append(out, np.int64(tail))
+    return start, out
+
+
 def segment_chunks(cfg: genome.ChunkConfig, name_hash: int, position: int, n: int
                    ) -> tuple[np.ndarray, np.ndarray]:
   """The kept chunks of an n-bp segment that starts at `position` of its record.
 
-  Exactly the chunks `genome` cuts from the same segment (its `_Segmenter`: the same
-  seeded generator, draws and rules), computed from the segment's place and length alone,
-  without its bases. Returns int64 (starts from the segment's start, lengths).
+  `SegmentCutter`'s, at once. Returns int64 (starts from the segment's start, lengths).
   """
-  rng = np.random.default_rng([cfg.seed & 0xFFFFFFFF, name_hash, position])
-  offset = int(rng.integers(0, cfg.max_offset))
-  lengths = genome.draw_chunk_lengths(rng, genome._FIRST_DRAW, cfg)  # pylint: disable=protected-access
-  ends = np.cumsum(lengths) - offset
-  while ends[-1] <= 0:
-    lengths = np.concatenate([lengths, genome.draw_chunk_lengths(rng, lengths.shape[0], cfg)])
-    ends = np.cumsum(lengths) - offset
-  first = int(np.searchsorted(ends, 0, side="right"))
-  lengths = lengths[first:].copy()
-  lengths[0] = ends[first]
-  drop_first = lengths[0] < cfg.min_chunk_bp
-  parts, have = [lengths], int(lengths.sum())
-  while have <= n:  # How many are drawn at a time does not change the lengths.
-    more = genome.draw_chunk_lengths(rng, (n - have) // 256 + 64, cfg)
-    parts.append(more)
-    have += int(more.sum())
-  lengths = np.concatenate(parts)
-  ends = np.cumsum(lengths)
-  m = int(np.searchsorted(ends, n, side="right"))  # Chunks that end inside the segment.
-  lo = 1 if drop_first and m else 0
-  starts, lengths = (ends - lengths)[lo:m], lengths[lo:m]
-  tail = n - (int(ends[m - 1]) if m else 0)
-  if cfg.keep_tail and tail >= cfg.min_chunk_bp:
-    starts = np.append(starts, n - tail)
-    lengths = np.append(lengths, tail)
-  return starts.astype(np.int64), lengths.astype(np.int64)
+  start, lengths = SegmentCutter(cfg, name_hash, position).finish(n)
+  return start + np.cumsum(lengths) - lengths, lengths
 
 
 def record_segments(got: Sequence[tuple[int, int, np.ndarray]], join: bool
@@ -329,30 +364,31 @@ def _ranges(parts: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
 
 
 def _plan_file(spans, read, path, source, cfg, stats, plan, submit):
-  """Units of one file, from its spans (as they are read) and the workers' first pass."""
+  """Units of one file, from its spans (as they are read) and the workers' first pass.
+
+  Records that come whole go in batches, a few batches ahead of the planning. A record
+  long enough to come in installments (`fasta.iter_spans`'s progress spans) is planned as
+  it is read (`_LongRecord`), once every record before it is planned.
+  """
   inflight: collections.deque = collections.deque()
-  # (span, its ranges, (the futures and number of ranges sent while it was read)).
-  batch: list[tuple[fasta.RecordSpan, list[tuple[int, int]], tuple[list[Any], int]]] = []
+  batch: list[tuple[fasta.RecordSpan, list[tuple[int, int]]]] = []
   size = 0
   task_bytes = _BATCH_BYTES // 4  # A big record: several tasks, several workers.
-  # The record being read: its first pass tasks sent so far, and how many ranges they hold.
-  early: list[Any] = []
-  early_ranges = 0
+  names: set[str] = set()
+  long: _LongRecord | None = None  # The record being read in installments.
 
   def send_ranges(rs, last: bool):
-    """Tasks of >= task_bytes for ranges rs; returns (futures, ranges not sent), and with
-    `last` the remainder goes as one more task."""
-    futures, task, n = [], [], 0
-    for r in rs:
+    """Tasks of >= task_bytes for ranges rs: (futures, ranges in each); with `last` the
+    remainder goes as one more task, else it waits for more."""
+    futures, counts, task, n = [], [], [], 0
+    for i, r in enumerate(rs):
       task.append(r)
       n += r[1] - r[0]
-      if n >= task_bytes:
+      if n >= task_bytes or (last and i == len(rs) - 1):
         futures.append(submit(shards.scan_ranges, read, path, task))
+        counts.append(len(task))
         task, n = [], 0
-    if last and task:
-      futures.append(submit(shards.scan_ranges, read, path, task))
-      task = []
-    return futures, task
+    return futures, counts
 
   def send():
     # jobs[i]: how record i of the batch comes back: ("whole", future, place in its
@@ -367,9 +403,9 @@ def _plan_file(spans, read, path, source, cfg, stats, plan, submit):
       jobs.extend(("whole", fut, i) for i in range(len(whole)))
       whole, whole_size = [], 0
 
-    for span, rs, sent in batch:
+    for span, rs in batch:
       n = sum(e - s for s, e in rs)
-      if n <= task_bytes and not sent[0]:
+      if n <= task_bytes:
         whole.append((_base_name(span), rs))
         whole_size += n
         if whole_size >= task_bytes:
@@ -377,22 +413,34 @@ def _plan_file(spans, read, path, source, cfg, stats, plan, submit):
         continue
       if whole:
         send_whole()
-      futures, _ = send_ranges(rs[sent[1]:], last=True)
-      jobs.append(("ranges", sent[0] + futures, 0))
+      jobs.append(("ranges", send_ranges(rs, last=True)[0], 0))
     if whole:
       send_whole()
-    inflight.append(([(span, rs) for span, rs, _ in batch], jobs))
+    inflight.append((batch, jobs))
 
-  names: set[str] = set()
   for span in spans:
     rs = _ranges(span.parts)
-    if not span.complete:  # A long record, still being read: start on its first ranges.
-      futures, rest = send_ranges(rs[early_ranges:-1], last=False)  # The last may grow.
-      early.extend(futures)
-      early_ranges = len(rs) - 1 - len(rest)
+    if not span.complete or long is not None:  # A long record: planned as it is read.
+      if long is None:  # Units keep corpus order: every record before it goes first.
+        if batch:
+          send()
+          batch, size = [], 0
+        while inflight:
+          yield from _plan_batch(*inflight.popleft(), cfg, stats, plan, names, read, path,
+                                 source)
+        long = _LongRecord(span, cfg, names, stats, plan, read, path, source)
+      # Its last range may still grow until the record is complete.
+      new = rs[len(long.ranges):] if span.complete else rs[len(long.ranges):-1]
+      futures, counts = send_ranges(new, last=span.complete)
+      long.add(futures, counts, new[:sum(counts)])
+      if span.complete:
+        yield from long.plan(keep=0)
+        long.finish()
+        long = None
+      else:
+        yield from long.plan(keep=_LONG_LAG)
       continue
-    batch.append((span, rs, (early, early_ranges)))
-    early, early_ranges = [], 0
+    batch.append((span, rs))
     size += sum(e - s for s, e in span.parts)
     if size >= _BATCH_BYTES:
       send()
@@ -403,6 +451,90 @@ def _plan_file(spans, read, path, source, cfg, stats, plan, submit):
     send()
   while inflight:
     yield from _plan_batch(*inflight.popleft(), cfg, stats, plan, names, read, path, source)
+
+
+class _LongRecord:
+  """A record planned while it is read: its ranges' first-pass results, taken in order,
+  close its segments and grow the open one, and each segment's chunks go to the units as
+  soon as they are certain (`SegmentCutter`). What is planned depends on the bytes read
+  and the tasks sent, never on how fast the workers are, so the units are the same for
+  any number of workers."""
+
+  def __init__(self, span: fasta.RecordSpan, cfg: genome.ChunkConfig, names: set[str],
+               stats: genome.ChunkStats, plan: _UnitPlan, read: str, path: str, source: str):
+    name = _base_name(span)
+    # Every record before this one is planned, so `names` holds theirs.
+    self.name = f"{name}#{span.index}" if name in names else name
+    self.name_hash = genome._name_hash(self.name)  # pylint: disable=protected-access
+    self.cfg, self.names, self.stats, self.units = cfg, names, stats, plan
+    self.where = (read, path, source)
+    self.tasks: collections.deque = collections.deque()  # (future, ranges in it)
+    self.ranges: list[tuple[int, int]] = []  # Sent to the first pass, in order.
+    self.coords = [0]  # Each planned range's first letter's coordinate, then their end.
+    self.letters = self.acgt = self.chunk_index = 0
+    self.open: tuple[int, int, SegmentCutter] | None = None  # Segment [a, b) that may grow.
+    if cfg.join_across_n:  # One segment: the record's A/C/G/T letters.
+      self.open = (0, 0, SegmentCutter(cfg, self.name_hash, 0))
+
+  def add(self, futures, counts, ranges) -> None:
+    self.tasks.extend(zip(futures, counts))
+    self.ranges.extend(ranges)
+
+  def plan(self, keep: int) -> Iterator[shards.RangeUnit]:
+    """Takes the results of all but the newest `keep` tasks sent; yields full units."""
+    while len(self.tasks) > keep:
+      fut, _ = self.tasks.popleft()
+      for letters, acgt, runs in fut.result():
+        yield from self._range(letters, acgt, runs)
+      if self.open is not None:
+        a, b, cutter = self.open
+        if not self.cfg.join_across_n and b < self.coords[-1]:  # Ended in this range.
+          self.open = None
+          yield from self._give(a, *cutter.finish(b - a))
+        else:
+          yield from self._give(a, *cutter.advance(b - a))
+    if not self.tasks and not keep and self.open is not None:  # The record's end.
+      a, b, cutter = self.open
+      self.open = None
+      yield from self._give(a, *cutter.finish(b - a))
+
+  def finish(self) -> None:
+    if self.letters:  # A record without sequence is skipped, as the reader skips it.
+      self.names.add(self.name)
+      self.stats.letters += self.letters
+      self.stats.acgt += self.acgt
+
+  def _range(self, letters: int, acgt: int, runs: np.ndarray) -> Iterator[shards.RangeUnit]:
+    off = self.coords[-1]
+    self.letters += letters
+    self.acgt += acgt
+    if self.cfg.join_across_n:
+      self.coords.append(off + acgt)
+      a, _, cutter = self.open
+      self.open = (a, off + acgt, cutter)
+      return
+    self.coords.append(off + letters)
+    for a, b in runs.tolist():
+      a, b = a + off, b + off
+      if self.open is not None and self.open[1] == a:  # A run that goes on from before.
+        self.open = (self.open[0], b, self.open[2])
+        continue
+      if self.open is not None:
+        s, e, cutter = self.open
+        yield from self._give(s, *cutter.finish(e - s))
+      self.open = (a, b, SegmentCutter(self.cfg, self.name_hash, a))
+
+  def _give(self, a: int, first: int, lengths: np.ndarray) -> Iterator[shards.RangeUnit]:
+    """Chunks of the segment at `a` (consecutive from `first`) into the units."""
+    n = int(lengths.shape[0])
+    if not n:
+      return
+    self.stats.chunks += n
+    self.stats.kept += int(lengths.sum())
+    done = len(self.coords) - 1  # Ranges planned; the chunks end within them.
+    yield from self.units.add(self.name, self.chunk_index, a + first, lengths,
+                             np.array(self.coords, np.int64), self.ranges[:done], *self.where)
+    self.chunk_index += n
 
 
 def _plan_batch(batch, jobs, cfg, stats, plan, names, read, path, source):
