@@ -66,7 +66,13 @@ def test_encoder_writes_examples_that_tfds_decodes():
     np.testing.assert_array_equal(feats8.deserialize_example_np(enc8[r])["input_ids"], big[r])
 
 
-def test_one_and_two_workers_build_the_same_dataset(tmp_path):
+# streamed: the sample's records come in installments of 32 KiB and are planned as they
+# are read (as chromosomes are), their first-pass tasks in worker processes.
+@pytest.mark.parametrize("streamed", [False, True])
+def test_one_and_two_workers_build_the_same_dataset(tmp_path, monkeypatch, streamed):
+  if streamed:
+    monkeypatch.setattr(plan, "_BATCH_BYTES", 64 << 10)
+    monkeypatch.setattr(plan, "_RANGE_BYTES", 8 << 10)
   one = genome_tfds.build(tmp_path / "one", None, num_workers=1)
   two = genome_tfds.build(tmp_path / "two", None, num_workers=2)
   s1, s2 = genome_tfds.summary(one), genome_tfds.summary(two)
