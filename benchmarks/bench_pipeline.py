@@ -17,7 +17,8 @@ summed over the build process and its workers, sampled every 0.1 s), bytes on di
 Mbp, the rate of the main process's serial part alone (reading the files for their
 structure while unpacking gzip, planning the chunks: what caps the speed-up), and the projected GRCh38 (3.1 Gbp)
 build time per core count. Each worker count is built ``--repeats`` times (default 3),
-and the median and range are printed. The load average is printed next to each figure:
+and the median and range are printed; then the data command itself (``python -m
+genemask_jax.data.prepare``) as many times per worker count, its build seconds. The load average is printed next to each figure:
 the dev machine is shared.
 """
 import argparse
@@ -222,6 +223,8 @@ def scaling(genome_dir: pathlib.Path, workers: list[int], unit_mbp: int = 0,
     print(f"ceiling, median of {len(ceiling)}: {c:6.2f} Mbp/s (range {min(ceiling):.2f}-"
           f"{max(ceiling):.2f}), x{c / rates[1]:.2f} vs 1 worker: what two independent "
           f"processes reach on this machine; 2 workers reach {rates[2] / c:.0%} of it")
+  if not unit_mbp:  # The command has no unit-size knob.
+    command_scaling(files, workers, repeats, acgt_mbp)
   par = [n for n in workers if n > 1]
   if par:
     # On c idle cores the build's CPU spreads over the c processes (the main process writes
@@ -253,6 +256,34 @@ def scaling(genome_dir: pathlib.Path, workers: list[int], unit_mbp: int = 0,
             f"{tw / 60:6.1f} min{star_w}")
     print("  (* the main process's reading for structure, unpacking gzip and planning is the "
           "bound)")
+
+
+def command_scaling(files: list[str], workers: list[int], repeats: int, acgt_mbp: float
+                    ) -> None:
+  """The data command as users run it, `python -m genemask_jax.data.prepare`, per worker
+  count (alternating, fresh process and directory each): its build seconds (the dataset's
+  metadata). Unlike the `python -c` builds above, the command has a main module that
+  multiprocessing would have every worker import (TFDS, absl)."""
+  runs: dict[int, list[float]] = {n: [] for n in workers}
+  for _ in range(repeats):
+    for n in workers:
+      tmp = tempfile.mkdtemp(prefix=f"bench_command_{n}_")
+      try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "genemask_jax.data.prepare", f"--tfds_dir={tmp}",
+             f"--fasta={','.join(files)}", f"--num_workers={n}"],
+            capture_output=True, text=True)
+        if proc.returncode != 0:
+          raise RuntimeError(f"the data command failed: {proc.stderr[-2000:]}")
+        meta = next(pathlib.Path(tmp).glob("genemask_genome/*/*/metadata.json"))
+        runs[n].append(json.loads(meta.read_text())["seconds"])
+      finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+  med = {n: sorted(v)[len(v) // 2] for n, v in runs.items()}
+  for n in workers:
+    print(f"data command, {n:2d} worker(s), median of {repeats}: {med[n]:.2f} s build "
+          f"({acgt_mbp / med[n]:6.2f} Mbp/s; range {min(runs[n]):.2f}-{max(runs[n]):.2f} s), "
+          f"x{med[workers[0]] / med[n] * workers[0]:.2f} vs {workers[0]} worker")
 
 
 def cpu_1(results: dict) -> float:
