@@ -272,7 +272,8 @@ def command_scaling(files: list[str], workers: list[int], repeats: int, acgt_mbp
         proc = subprocess.run(
             [sys.executable, "-m", "genemask_jax.data.prepare", f"--tfds_dir={tmp}",
              f"--fasta={','.join(files)}", f"--num_workers={n}"],
-            capture_output=True, text=True)
+            capture_output=True, text=True,  # Without a data dir: no few-shot builds first.
+            env={k: v for k, v in os.environ.items() if k != "GENEMASK_DATA_DIR"})
         if proc.returncode != 0:
           raise RuntimeError(f"the data command failed: {proc.stderr[-2000:]}")
         meta = next(pathlib.Path(tmp).glob("genemask_genome/*/*/metadata.json"))
