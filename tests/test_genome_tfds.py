@@ -12,6 +12,7 @@ import pytest
 
 from genemask_jax import errors
 from genemask_jax import tokenizer
+from genemask_jax.data import cuts
 from genemask_jax.data import fasta as fasta_lib
 from genemask_jax.data import genome
 from genemask_jax.data import genome_tfds
@@ -512,8 +513,8 @@ def test_a_segment_cut_in_installments_gives_the_chunks_it_gives_at_once():
               genome.ChunkConfig(seed=9, max_offset=3000, p_max_chunk=0.9)):
     for n in (0, 5, 150, 511, 4_000, 250_000):
       h, pos = int(rng.integers(0, 2**32)), int(rng.integers(0, 10**8))
-      want = plan.segment_chunks(cfg, h, pos, n)
-      cutter = plan.SegmentCutter(cfg, h, pos)
+      want = cuts.segment_chunks(cfg, h, pos, n)
+      cutter = cuts.SegmentCutter(cfg, h, pos)
       starts, lengths = [], []
       for known in sorted(rng.integers(0, n + 1, 7).tolist()) + [None]:
         first, ls = cutter.advance(known) if known is not None else cutter.finish(n)

@@ -6,14 +6,14 @@ once for its structure (`fasta.iter_spans`: headers and comment lines; a gzip fi
 unpacked on the way) and sends the records, a batch at a time, to the workers for their
 first pass. Records of up to ``_BATCH_BYTES // 4`` bytes go whole, several to a task
 (`scan_records`): the worker checks and counts their letters, finds their runs of A/C/G/T,
-turns the runs into segments and each segment into its seeded chunks (`segment_chunks`),
+turns the runs into segments and each segment into its seeded chunks (`cuts`),
 so the main process of a genome of many short records (GRCh37's chr22 file here has 9,627)
 only groups the chunks into units. Longer records are cut into tasks of byte ranges
 (`shards.scan_ranges`), and the main process joins their runs across the ranges and
 chunks their segments itself (few segments, whatever their length). A record that is
 still being read (`fasta.iter_spans`'s progress spans: a chromosome) is planned as it is
 read (`_LongRecord`): its ranges go to the workers as they are unpacked, and the chunks
-that end within the part scanned so far go to the units at once (`SegmentCutter`), so
+that end within the part scanned so far go to the units at once (`cuts.SegmentCutter`), so
 the workers write a chromosome's first units while the main process still unpacks the
 rest. The chunks are exactly
 `genome.iter_cuts`'s, and the units depend on the input and the unit size only, never on
@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from genemask_jax.data import cuts
 from genemask_jax.data import fasta
 from genemask_jax.data import genome
 from genemask_jax.data import shards
@@ -48,109 +49,6 @@ _READ_BYTES = 1 << 20  # Bytes the structure pass reads at a time.
 # them.
 RecordScan = tuple[int, int, np.ndarray, list[tuple[int, int]],
                    "list[tuple[int, int, np.ndarray]] | None"]
-
-
-class SegmentCutter:
-  """Cuts one segment into its seeded chunks from its place and length, as it grows.
-
-  Exactly the chunks `genome` cuts from the same segment (its `_Segmenter`: the same
-  seeded generator, draws and rules), computed without the bases. A chunk that ends
-  within the part of the segment known so far is the same whatever the segment's final
-  length (the lengths come from one seeded stream, however many are drawn at a time:
-  `genome.draw_chunk_lengths`); only the tail waits for the end. So a segment still being
-  read gives its chunks in installments (`advance`), then the rest (`finish`).
-  """
-
-  def __init__(self, cfg: genome.ChunkConfig, name_hash: int, position: int):
-    self.cfg = cfg
-    self.rng = np.random.default_rng([cfg.seed & 0xFFFFFFFF, name_hash, position])
-    offset = int(self.rng.integers(0, cfg.max_offset))
-    lengths = genome.draw_chunk_lengths(self.rng, genome._FIRST_DRAW, cfg)  # pylint: disable=protected-access
-    ends = np.cumsum(lengths) - offset
-    while ends[-1] <= 0:
-      lengths = np.concatenate([lengths, genome.draw_chunk_lengths(self.rng, lengths.shape[0],
-                                                                   cfg)])
-      ends = np.cumsum(lengths) - offset
-    first = int(np.searchsorted(ends, 0, side="right"))
-    self.pending = lengths[first:].copy()  # Drawn, not yet given; the first starts at `at`.
-    self.pending[0] = ends[first]
-    self.at = 0
-    self.drop_first = bool(self.pending[0] < cfg.min_chunk_bp)  # Once it is complete.
-
-  def advance(self, known: int) -> tuple[int, np.ndarray]:
-    """The chunks not given yet that end by `known` bp: (first one's start, lengths)."""
-    have = self.at + int(self.pending.sum())
-    parts = [self.pending]
-    while have <= known:
-      more = genome.draw_chunk_lengths(self.rng, (known - have) // 256 + 64, self.cfg)
-      parts.append(more)
-      have += int(more.sum())
-    if len(parts) > 1:
-      self.pending = np.concatenate(parts)
-    ends = self.at + np.cumsum(self.pending)
-    m = int(np.searchsorted(ends, known, side="right"))  # Chunks that end by `known`.
-    start, out = self.at, self.pending[:m]
-    if m:
-      if self.drop_first:  # Shorter than min_chunk_bp: never kept.
-        start, out = int(ends[0]), out[1:]
-        self.drop_first = False
-      self.at, self.pending = int(ends[m - 1]), self.pending[m:]
-    return start, out.astype(np.int64)
-
-  def finish(self, n: int) -> tuple[int, np.ndarray]:
-    """The rest of an n-bp segment: chunks not given yet, and the tail if it is kept."""
-    start, out = self.advance(n)
-    tail = n - self.at
-    if self.cfg.keep_tail and tail >= self.cfg.min_chunk_bp:
-      start = start if out.shape[0] else self.at
-      out = np.append(out, np.int64(tail))
-    return start, out
-
-
-def segment_chunks(cfg: genome.ChunkConfig, name_hash: int, position: int, n: int
-                   ) -> tuple[np.ndarray, np.ndarray]:
-  """The kept chunks of an n-bp segment that starts at `position` of its record.
-
-  `SegmentCutter`'s, at once. Returns int64 (starts from the segment's start, lengths).
-  """
-  start, lengths = SegmentCutter(cfg, name_hash, position).finish(n)
-  return start + np.cumsum(lengths) - lengths, lengths
-
-
-def record_segments(got: Sequence[tuple[int, int, np.ndarray]], join: bool
-                    ) -> tuple[np.ndarray, list[tuple[int, int]]]:
-  """A record's range coordinates and segments from its ranges' first-pass results.
-
-  got: per range (letters, A/C/G/T letters, runs) as `shards.scan_ranges` gives them.
-  Returns the coordinate of each range's first letter then the record's end (in A/C/G/T
-  letters with `join`), and the segments [a, b): the runs of A/C/G/T, joined where a run
-  goes on in the next range (with `join`: the whole record).
-  """
-  coords = np.concatenate([[0], np.cumsum([g[1] if join else g[0] for g in got])]
-                          ).astype(np.int64)
-  if join:
-    return coords, [(0, int(coords[-1]))]
-  segments: list[tuple[int, int]] = []
-  for g, off in zip(got, coords[:-1].tolist()):
-    for a, b in g[2].tolist():
-      a, b = a + off, b + off
-      if segments and segments[-1][1] == a:  # A run that goes on in the next range.
-        segments[-1] = (segments[-1][0], b)
-      else:
-        segments.append((a, b))
-  return coords, segments
-
-
-def record_chunks(cfg: genome.ChunkConfig, name: str, segments: Sequence[tuple[int, int]]
-                  ) -> list[tuple[int, np.ndarray, np.ndarray]]:
-  """(segment start, chunk starts, chunk lengths) of each segment that keeps a chunk."""
-  name_hash = genome._name_hash(name)  # pylint: disable=protected-access
-  out = []
-  for a, b in segments:
-    starts, lengths = segment_chunks(cfg, name_hash, a, b - a)
-    if lengths.shape[0]:
-      out.append((a, starts, lengths))
-  return out
 
 
 def scan_records(path: str, display: str, records: Sequence[tuple[str, list[tuple[int, int]]]],
@@ -227,8 +125,8 @@ def _record_scan(got, name: str | None, cfg: genome.ChunkConfig) -> RecordScan:
   acgt = sum(g[1] for g in got)
   if not letters:
     return 0, 0, np.zeros(1, np.int64), [], None
-  coords, segments = record_segments(got, cfg.join_across_n)
-  chunks = _firsts(record_chunks(cfg, name, segments)) if name is not None else None
+  coords, segments = cuts.record_segments(got, cfg.join_across_n)
+  chunks = _firsts(cuts.record_chunks(cfg, name, segments)) if name is not None else None
   return letters, acgt, coords, segments, chunks
 
 
@@ -326,7 +224,7 @@ def plan_units(paths: Sequence[str], cfg: genome.ChunkConfig, bp: int,
   ahead: short records whole (`scan_records`: letters checked and counted, runs of
   A/C/G/T, segments and their seeded chunks), long ones as byte ranges
   (`shards.scan_ranges`), whose segments the main process chunks itself
-  (`segment_chunks`, no bases touched). The main process groups the chunks into units
+  (`cuts.segment_chunks`, no bases touched). The main process groups the chunks into units
   while the workers write the units already planned; workers then read each unit's bases
   themselves. The chunks are exactly `genome.iter_cuts`'s; each unit holds one file's
   chunks.
@@ -456,7 +354,7 @@ def _plan_file(spans, read, path, source, cfg, stats, plan, submit):
 class _LongRecord:
   """A record planned while it is read: its ranges' first-pass results, taken in order,
   close its segments and grow the open one, and each segment's chunks go to the units as
-  soon as they are certain (`SegmentCutter`). What is planned depends on the bytes read
+  soon as they are certain (`cuts.SegmentCutter`). What is planned depends on the bytes read
   and the tasks sent, never on how fast the workers are, so the units are the same for
   any number of workers."""
 
@@ -472,9 +370,9 @@ class _LongRecord:
     self.ranges: list[tuple[int, int]] = []  # Sent to the first pass, in order.
     self.coords = [0]  # Each planned range's first letter's coordinate, then their end.
     self.letters = self.acgt = self.chunk_index = 0
-    self.open: tuple[int, int, SegmentCutter] | None = None  # Segment [a, b) that may grow.
+    self.open: tuple[int, int, cuts.SegmentCutter] | None = None  # Segment [a, b) that may grow.
     if cfg.join_across_n:  # One segment: the record's A/C/G/T letters.
-      self.open = (0, 0, SegmentCutter(cfg, self.name_hash, 0))
+      self.open = (0, 0, cuts.SegmentCutter(cfg, self.name_hash, 0))
 
   def add(self, futures, counts, ranges) -> None:
     self.tasks.extend(zip(futures, counts))
@@ -522,7 +420,7 @@ class _LongRecord:
       if self.open is not None:
         s, e, cutter = self.open
         yield from self._give(s, *cutter.finish(e - s))
-      self.open = (a, b, SegmentCutter(self.cfg, self.name_hash, a))
+      self.open = (a, b, cuts.SegmentCutter(self.cfg, self.name_hash, a))
 
   def _give(self, a: int, first: int, lengths: np.ndarray) -> Iterator[shards.RangeUnit]:
     """Chunks of the segment at `a` (consecutive from `first`) into the units."""
@@ -558,7 +456,7 @@ def _plan_batch(batch, jobs, cfg, stats, plan, names, read, path, source):
       chunks = None  # Seeded by the new name: cut again.
     names.add(name)
     if chunks is None:
-      chunks = _firsts(record_chunks(cfg, name, segments))
+      chunks = _firsts(cuts.record_chunks(cfg, name, segments))
     chunk_index = 0
     for a, first, lengths in chunks:
       n = int(lengths.shape[0])
