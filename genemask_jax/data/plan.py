@@ -61,9 +61,10 @@ def scan_records(path: str, display: str, records: Sequence[tuple[str, list[tupl
   into five flat arrays (`unpack_scans` restores them). A result goes back through a pipe
   of 64 KiB that the main process's executor thread drains between the main process's
   own unit writes, so its size sets how long the worker waits before its next task:
-  packed, a task of ~2 MB of short records gives ~50 KB, against ~210 KB as a list of
-  ~1,000 tuples of small arrays (which kept the worker idle for a third of the time it
-  scanned GRCh37's chr22 file, measured on the 2-core dev machine).
+  packed, a task of ~2 MB of short records gives 28-35 KB, against ~210 KB as a list of
+  ~1,000 tuples of small arrays, which kept the worker idle 20-40 ms after each such task
+  of GRCh37's chr22 file, about as long as the task itself (measured on the 2-core dev
+  machine).
   """
   got = shards.scan_ranges(path, display, [r for _, rs in records for r in rs])
   out: list[RecordScan] = []
