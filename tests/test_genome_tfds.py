@@ -105,12 +105,20 @@ _KILL_SCRIPT = textwrap.dedent("""
         os.kill(os.getpid(), signal.SIGKILL)  # A crash mid-build: no clean-up runs.
       return real(unit, work_dir)
     shards.write_unit = write_unit
+    if int(sys.argv[3]):  # Streamed: the 4 MB record planned in 32 KiB installments.
+      from genemask_jax.data import plan
+      plan._BATCH_BYTES, plan._RANGE_BYTES = 64 << 10, 8 << 10
     genome_tfds.build(sys.argv[1], None, num_workers=1)
     """)
 
 
-def test_killed_build_is_not_taken_for_finished_and_resumes(tmp_path):
-  res = subprocess.run([sys.executable, "-c", _KILL_SCRIPT, str(tmp_path / "t"), "3"],
+@pytest.mark.parametrize("streamed", [False, True])
+def test_killed_build_is_not_taken_for_finished_and_resumes(tmp_path, monkeypatch, streamed):
+  if streamed:  # As the script plans; the rerun has 2 workers.
+    monkeypatch.setattr(plan, "_BATCH_BYTES", 64 << 10)
+    monkeypatch.setattr(plan, "_RANGE_BYTES", 8 << 10)
+  res = subprocess.run([sys.executable, "-c", _KILL_SCRIPT, str(tmp_path / "t"), "3",
+                        str(int(streamed))],
                        cwd=_REPO, capture_output=True, text=True, timeout=300)
   assert res.returncode == -9, res.stderr[-2000:]
   config = genome_tfds.make_config(None)
@@ -122,7 +130,7 @@ def test_killed_build_is_not_taken_for_finished_and_resumes(tmp_path):
   # A damaged finished unit is redone, not trusted.
   shard = pathlib.Path(shards.shard_path(builder.work_dir(), 1, genome.TRAIN))
   shard.write_bytes(shard.read_bytes()[:100])
-  resumed = genome_tfds.build(tmp_path / "t", None, num_workers=1)
+  resumed = genome_tfds.build(tmp_path / "t", None, num_workers=2 if streamed else 1)
   s = genome_tfds.summary(resumed)
   assert s["reused_units"] == 2
   assert not list((tmp_path / "t" / "genemask_genome").rglob("incomplete.*"))
