@@ -12,7 +12,6 @@ import pytest
 
 from genemask_jax import errors
 from genemask_jax import tokenizer
-from genemask_jax.data import cuts
 from genemask_jax.data import fasta as fasta_lib
 from genemask_jax.data import genome
 from genemask_jax.data import genome_tfds
@@ -67,8 +66,8 @@ def test_encoder_writes_examples_that_tfds_decodes():
     np.testing.assert_array_equal(feats8.deserialize_example_np(enc8[r])["input_ids"], big[r])
 
 
-# streamed: the sample's records come in installments of 32 KiB and are planned as they
-# are read (as chromosomes are), their first-pass tasks in worker processes.
+# streamed: the sample's 4 MB record comes in installments of 32 KiB, whose first-pass
+# ranges go to the worker processes while the rest is read (as a chromosome's do).
 @pytest.mark.parametrize("streamed", [False, True])
 def test_one_and_two_workers_build_the_same_dataset(tmp_path, monkeypatch, streamed):
   if streamed:
@@ -105,7 +104,7 @@ _KILL_SCRIPT = textwrap.dedent("""
         os.kill(os.getpid(), signal.SIGKILL)  # A crash mid-build: no clean-up runs.
       return real(unit, work_dir)
     shards.write_unit = write_unit
-    if int(sys.argv[3]):  # Streamed: the 4 MB record planned in 32 KiB installments.
+    if int(sys.argv[3]):  # Streamed: the 4 MB record read in 32 KiB installments.
       from genemask_jax.data import plan
       plan._BATCH_BYTES, plan._RANGE_BYTES = 64 << 10, 8 << 10
     genome_tfds.build(sys.argv[1], None, num_workers=1)
@@ -511,48 +510,3 @@ def test_packed_record_scans_come_back_as_they_were():
       np.testing.assert_array_equal(g, w)
       assert g.dtype == np.int64
   assert plan.unpack_scans(plan.pack_scans([])) == []
-
-
-def test_a_segment_cut_in_installments_gives_the_chunks_it_gives_at_once():
-  # A chromosome is chunked while it is read: whatever the installments, the chunks are
-  # those of the whole segment (genome's, which test_planned_units... checks).
-  rng = np.random.default_rng(3)
-  for cfg in (genome.ChunkConfig(), genome.ChunkConfig(keep_tail=False, min_chunk_bp=200),
-              genome.ChunkConfig(seed=9, max_offset=3000, p_max_chunk=0.9)):
-    for n in (0, 5, 150, 511, 4_000, 250_000):
-      h, pos = int(rng.integers(0, 2**32)), int(rng.integers(0, 10**8))
-      want = cuts.segment_chunks(cfg, h, pos, n)
-      cutter = cuts.SegmentCutter(cfg, h, pos)
-      starts, lengths = [], []
-      for known in sorted(rng.integers(0, n + 1, 7).tolist()) + [None]:
-        first, ls = cutter.advance(known) if known is not None else cutter.finish(n)
-        starts.append(first + np.cumsum(ls) - ls)
-        lengths.append(ls)
-      np.testing.assert_array_equal(np.concatenate(starts), want[0])
-      np.testing.assert_array_equal(np.concatenate(lengths), want[1])
-      assert want[1].sum() > n - 1000 or n < 1000 or not cfg.keep_tail
-
-
-def test_a_long_record_gives_units_before_it_has_been_read_to_its_end(tmp_path, chrx_head,
-                                                                      monkeypatch):
-  # The workers write a chromosome's first units while the main process still unpacks the
-  # rest of it: planning does not wait for the record's end.
-  monkeypatch.setattr(plan, "_RANGE_BYTES", 4096)
-  monkeypatch.setattr(plan, "_BATCH_BYTES", 16_384)  # An installment every 8 KiB.
-  seq = chrx_head * 2  # 200 kbp.
-  fa = tmp_path / "one.fa"
-  fa.write_bytes(b">chrX\n" + b"".join(seq[i:i + 60] + b"\n" for i in range(0, len(seq), 60)))
-  events = []
-  real = fasta_lib.iter_spans
-
-  def spans(*args, **kwargs):
-    for span in real(*args, **kwargs):
-      events.append("complete" if span.complete else "installment")
-      yield span
-  monkeypatch.setattr(plan.fasta, "iter_spans", spans)
-  (tmp_path / "w").mkdir()
-  for _ in plan.plan_units([str(fa)], genome.ChunkConfig(), 10_000, genome.ChunkStats(),
-                           str(tmp_path / "w")):
-    events.append("unit")
-  assert events.count("unit") >= 8 and events[-1] != "complete"
-  assert events.index("unit") < events.index("complete") / 2  # Early, not at the end.

@@ -3,8 +3,7 @@
 The chunks `genome` cuts from a run of A/C/G/T (its `_Segmenter`: a seeded generator of
 chunk lengths, a random offset, a short first chunk dropped, the tail kept or not) depend
 only on the record's name, the run's start and its length. The parallel build (`plan`)
-uses that to plan work units from the first pass's runs, and to plan a chromosome while
-it is still being read (`SegmentCutter.advance`).
+uses that to plan work units from the first pass's runs, without the bases.
 """
 
 from __future__ import annotations
@@ -16,71 +15,40 @@ import numpy as np
 from genemask_jax.data import genome
 
 
-class SegmentCutter:
-  """Cuts one segment into its seeded chunks from its place and length, as it grows.
-
-  Exactly the chunks `genome` cuts from the same segment (its `_Segmenter`: the same
-  seeded generator, draws and rules), computed without the bases. A chunk that ends
-  within the part of the segment known so far is the same whatever the segment's final
-  length (the lengths come from one seeded stream, however many are drawn at a time:
-  `genome.draw_chunk_lengths`); only the tail waits for the end. So a segment still being
-  read gives its chunks in installments (`advance`), then the rest (`finish`).
-  """
-
-  def __init__(self, cfg: genome.ChunkConfig, name_hash: int, position: int):
-    self.cfg = cfg
-    self.rng = np.random.default_rng([cfg.seed & 0xFFFFFFFF, name_hash, position])
-    offset = int(self.rng.integers(0, cfg.max_offset))
-    lengths = genome.draw_chunk_lengths(self.rng, genome._FIRST_DRAW, cfg)  # pylint: disable=protected-access
-    ends = np.cumsum(lengths) - offset
-    while ends[-1] <= 0:
-      lengths = np.concatenate([lengths, genome.draw_chunk_lengths(self.rng, lengths.shape[0],
-                                                                   cfg)])
-      ends = np.cumsum(lengths) - offset
-    first = int(np.searchsorted(ends, 0, side="right"))
-    self.pending = lengths[first:].copy()  # Drawn, not yet given; the first starts at `at`.
-    self.pending[0] = ends[first]
-    self.at = 0
-    self.drop_first = bool(self.pending[0] < cfg.min_chunk_bp)  # Once it is complete.
-
-  def advance(self, known: int) -> tuple[int, np.ndarray]:
-    """The chunks not given yet that end by `known` bp: (first one's start, lengths)."""
-    have = self.at + int(self.pending.sum())
-    parts = [self.pending]
-    while have <= known:
-      more = genome.draw_chunk_lengths(self.rng, (known - have) // 256 + 64, self.cfg)
-      parts.append(more)
-      have += int(more.sum())
-    if len(parts) > 1:
-      self.pending = np.concatenate(parts)
-    ends = self.at + np.cumsum(self.pending)
-    m = int(np.searchsorted(ends, known, side="right"))  # Chunks that end by `known`.
-    start, out = self.at, self.pending[:m]
-    if m:
-      if self.drop_first:  # Shorter than min_chunk_bp: never kept.
-        start, out = int(ends[0]), out[1:]
-        self.drop_first = False
-      self.at, self.pending = int(ends[m - 1]), self.pending[m:]
-    return start, out.astype(np.int64)
-
-  def finish(self, n: int) -> tuple[int, np.ndarray]:
-    """The rest of an n-bp segment: chunks not given yet, and the tail if it is kept."""
-    start, out = self.advance(n)
-    tail = n - self.at
-    if self.cfg.keep_tail and tail >= self.cfg.min_chunk_bp:
-      start = start if out.shape[0] else self.at
-      out = np.append(out, np.int64(tail))
-    return start, out
-
-
 def segment_chunks(cfg: genome.ChunkConfig, name_hash: int, position: int, n: int
                    ) -> tuple[np.ndarray, np.ndarray]:
   """The kept chunks of an n-bp segment that starts at `position` of its record.
 
-  `SegmentCutter`'s, at once. Returns int64 (starts from the segment's start, lengths).
+  Exactly the chunks `genome` cuts from the same segment (its `_Segmenter`: the same
+  seeded generator, draws and rules), computed from the segment's place and length alone,
+  without its bases. Returns int64 (starts from the segment's start, lengths).
   """
-  start, lengths = SegmentCutter(cfg, name_hash, position).finish(n)
-  return start + np.cumsum(lengths) - lengths, lengths
+  rng = np.random.default_rng([cfg.seed & 0xFFFFFFFF, name_hash, position])
+  offset = int(rng.integers(0, cfg.max_offset))
+  lengths = genome.draw_chunk_lengths(rng, genome._FIRST_DRAW, cfg)  # pylint: disable=protected-access
+  ends = np.cumsum(lengths) - offset
+  while ends[-1] <= 0:
+    lengths = np.concatenate([lengths, genome.draw_chunk_lengths(rng, lengths.shape[0], cfg)])
+    ends = np.cumsum(lengths) - offset
+  first = int(np.searchsorted(ends, 0, side="right"))
+  lengths = lengths[first:].copy()
+  lengths[0] = ends[first]
+  drop_first = lengths[0] < cfg.min_chunk_bp
+  parts, have = [lengths], int(lengths.sum())
+  while have <= n:  # How many are drawn at a time does not change the lengths.
+    more = genome.draw_chunk_lengths(rng, (n - have) // 256 + 64, cfg)
+    parts.append(more)
+    have += int(more.sum())
+  lengths = np.concatenate(parts)
+  ends = np.cumsum(lengths)
+  m = int(np.searchsorted(ends, n, side="right"))  # Chunks that end inside the segment.
+  lo = 1 if drop_first and m else 0
+  starts, lengths = (ends - lengths)[lo:m], lengths[lo:m]
+  tail = n - (int(ends[m - 1]) if m else 0)
+  if cfg.keep_tail and tail >= cfg.min_chunk_bp:
+    starts = np.append(starts, n - tail)
+    lengths = np.append(lengths, tail)
+  return starts.astype(np.int64), lengths.astype(np.int64)
 
 
 def record_segments(got: Sequence[tuple[int, int, np.ndarray]], join: bool

@@ -22,7 +22,7 @@ worker then reads its unit's bases from the file itself and writes one array_rec
 per split (`shards.write_unit`); with ``num_workers`` = N the main process is one of the
 N and writes a unit itself whenever the N - 1 worker processes all have theirs (see
 `write_units`). Reading, scanning, planning and writing overlap: records are planned as
-they are read, a chromosome in installments. Shards are numbered in unit order, so the dataset is
+they are read. Shards are numbered in unit order, so the dataset is
 byte-identical, example for example and in the same order, for any ``num_workers``, and
 the examples are exactly `genome.iter_chunks`'s. Memory is bounded by the units in flight
 (two per worker process), not by the genome or its line length. Finished units are kept in

@@ -10,12 +10,9 @@ turns the runs into segments and each segment into its seeded chunks (`cuts`),
 so the main process of a genome of many short records (GRCh37's chr22 file here has 9,627)
 only groups the chunks into units. Longer records are cut into tasks of byte ranges
 (`shards.scan_ranges`), and the main process joins their runs across the ranges and
-chunks their segments itself (few segments, whatever their length). A record that is
-still being read (`fasta.iter_spans`'s progress spans: a chromosome) is planned as it is
-read (`_LongRecord`): its ranges go to the workers as they are unpacked, and the chunks
-that end within the part scanned so far go to the units at once (`cuts.SegmentCutter`), so
-the workers write a chromosome's first units while the main process still unpacks the
-rest. The chunks are exactly
+chunks their segments itself (few segments, whatever their length); their first ranges go
+to the workers while the rest of the record is still being read (`fasta.iter_spans`'s
+progress spans), so a chromosome is scanned as it is unpacked. The chunks are exactly
 `genome.iter_cuts`'s, and the units depend on the input and the unit size only, never on
 the number of workers.
 
@@ -39,7 +36,6 @@ from genemask_jax.data import shards
 _RANGE_BYTES = 1 << 18  # Bytes of FASTA per range of the first pass.
 _BATCH_BYTES = 8 << 20  # FASTA bytes per batch of records sent to the first pass.
 _AHEAD = 4  # First-pass batches in flight ahead of the planning.
-_LONG_LAG = 2  # A long record's first-pass tasks in flight ahead of its planning.
 _READ_BYTES = 1 << 20  # Bytes the structure pass reads at a time.
 
 # What the first pass gives per record: letters, A/C/G/T letters, the coordinate of each
@@ -263,31 +259,30 @@ def _ranges(parts: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
 
 
 def _plan_file(spans, read, path, source, cfg, stats, plan, submit):
-  """Units of one file, from its spans (as they are read) and the workers' first pass.
-
-  Records that come whole go in batches, a few batches ahead of the planning. A record
-  long enough to come in installments (`fasta.iter_spans`'s progress spans) is planned as
-  it is read (`_LongRecord`), once every record before it is planned.
-  """
+  """Units of one file, from its spans (as they are read) and the workers' first pass."""
   inflight: collections.deque = collections.deque()
-  batch: list[tuple[fasta.RecordSpan, list[tuple[int, int]]]] = []
+  # (span, its ranges, (the futures and number of ranges sent while it was read)).
+  batch: list[tuple[fasta.RecordSpan, list[tuple[int, int]], tuple[list[Any], int]]] = []
   size = 0
   task_bytes = _BATCH_BYTES // 4  # A big record: several tasks, several workers.
-  names: set[str] = set()
-  long: _LongRecord | None = None  # The record being read in installments.
+  # The record being read: its first pass tasks sent so far, and how many ranges they hold.
+  early: list[Any] = []
+  early_ranges = 0
 
   def send_ranges(rs, last: bool):
-    """Tasks of >= task_bytes for ranges rs: (futures, ranges in each); with `last` the
-    remainder goes as one more task, else it waits for more."""
-    futures, counts, task, n = [], [], [], 0
-    for i, r in enumerate(rs):
+    """Tasks of >= task_bytes for ranges rs; returns (futures, ranges not sent), and with
+    `last` the remainder goes as one more task."""
+    futures, task, n = [], [], 0
+    for r in rs:
       task.append(r)
       n += r[1] - r[0]
-      if n >= task_bytes or (last and i == len(rs) - 1):
+      if n >= task_bytes:
         futures.append(submit(shards.scan_ranges, read, path, task))
-        counts.append(len(task))
         task, n = [], 0
-    return futures, counts
+    if last and task:
+      futures.append(submit(shards.scan_ranges, read, path, task))
+      task = []
+    return futures, task
 
   def send():
     # jobs[i]: how record i of the batch comes back: ("whole", future, place in its
@@ -302,9 +297,9 @@ def _plan_file(spans, read, path, source, cfg, stats, plan, submit):
       jobs.extend(("whole", fut, i) for i in range(len(whole)))
       whole, whole_size = [], 0
 
-    for span, rs in batch:
+    for span, rs, sent in batch:
       n = sum(e - s for s, e in rs)
-      if n <= task_bytes:
+      if n <= task_bytes and not sent[0]:
         whole.append((_base_name(span), rs))
         whole_size += n
         if whole_size >= task_bytes:
@@ -312,34 +307,22 @@ def _plan_file(spans, read, path, source, cfg, stats, plan, submit):
         continue
       if whole:
         send_whole()
-      jobs.append(("ranges", send_ranges(rs, last=True)[0], 0))
+      futures, _ = send_ranges(rs[sent[1]:], last=True)
+      jobs.append(("ranges", sent[0] + futures, 0))
     if whole:
       send_whole()
-    inflight.append((batch, jobs))
+    inflight.append(([(span, rs) for span, rs, _ in batch], jobs))
 
+  names: set[str] = set()
   for span in spans:
     rs = _ranges(span.parts)
-    if not span.complete or long is not None:  # A long record: planned as it is read.
-      if long is None:  # Units keep corpus order: every record before it goes first.
-        if batch:
-          send()
-          batch, size = [], 0
-        while inflight:
-          yield from _plan_batch(*inflight.popleft(), cfg, stats, plan, names, read, path,
-                                 source)
-        long = _LongRecord(span, cfg, names, stats, plan, read, path, source)
-      # Its last range may still grow until the record is complete.
-      new = rs[len(long.ranges):] if span.complete else rs[len(long.ranges):-1]
-      futures, counts = send_ranges(new, last=span.complete)
-      long.add(futures, counts, new[:sum(counts)])
-      if span.complete:
-        yield from long.plan(keep=0)
-        long.finish()
-        long = None
-      else:
-        yield from long.plan(keep=_LONG_LAG)
+    if not span.complete:  # A long record, still being read: start on its first ranges.
+      futures, rest = send_ranges(rs[early_ranges:-1], last=False)  # The last may grow.
+      early.extend(futures)
+      early_ranges = len(rs) - 1 - len(rest)
       continue
-    batch.append((span, rs))
+    batch.append((span, rs, (early, early_ranges)))
+    early, early_ranges = [], 0
     size += sum(e - s for s, e in span.parts)
     if size >= _BATCH_BYTES:
       send()
@@ -350,90 +333,6 @@ def _plan_file(spans, read, path, source, cfg, stats, plan, submit):
     send()
   while inflight:
     yield from _plan_batch(*inflight.popleft(), cfg, stats, plan, names, read, path, source)
-
-
-class _LongRecord:
-  """A record planned while it is read: its ranges' first-pass results, taken in order,
-  close its segments and grow the open one, and each segment's chunks go to the units as
-  soon as they are certain (`cuts.SegmentCutter`). What is planned depends on the bytes read
-  and the tasks sent, never on how fast the workers are, so the units are the same for
-  any number of workers."""
-
-  def __init__(self, span: fasta.RecordSpan, cfg: genome.ChunkConfig, names: set[str],
-               stats: genome.ChunkStats, plan: _UnitPlan, read: str, path: str, source: str):
-    name = _base_name(span)
-    # Every record before this one is planned, so `names` holds theirs.
-    self.name = f"{name}#{span.index}" if name in names else name
-    self.name_hash = genome._name_hash(self.name)  # pylint: disable=protected-access
-    self.cfg, self.names, self.stats, self.units = cfg, names, stats, plan
-    self.where = (read, path, source)
-    self.tasks: collections.deque = collections.deque()  # (future, ranges in it)
-    self.ranges: list[tuple[int, int]] = []  # Sent to the first pass, in order.
-    self.coords = [0]  # Each planned range's first letter's coordinate, then their end.
-    self.letters = self.acgt = self.chunk_index = 0
-    self.open: tuple[int, int, cuts.SegmentCutter] | None = None  # Segment [a, b) that may grow.
-    if cfg.join_across_n:  # One segment: the record's A/C/G/T letters.
-      self.open = (0, 0, cuts.SegmentCutter(cfg, self.name_hash, 0))
-
-  def add(self, futures, counts, ranges) -> None:
-    self.tasks.extend(zip(futures, counts))
-    self.ranges.extend(ranges)
-
-  def plan(self, keep: int) -> Iterator[shards.RangeUnit]:
-    """Takes the results of all but the newest `keep` tasks sent; yields full units."""
-    while len(self.tasks) > keep:
-      fut, _ = self.tasks.popleft()
-      for letters, acgt, runs in fut.result():
-        yield from self._range(letters, acgt, runs)
-      if self.open is not None:
-        a, b, cutter = self.open
-        if not self.cfg.join_across_n and b < self.coords[-1]:  # Ended in this range.
-          self.open = None
-          yield from self._give(a, *cutter.finish(b - a))
-        else:
-          yield from self._give(a, *cutter.advance(b - a))
-    if not self.tasks and not keep and self.open is not None:  # The record's end.
-      a, b, cutter = self.open
-      self.open = None
-      yield from self._give(a, *cutter.finish(b - a))
-
-  def finish(self) -> None:
-    if self.letters:  # A record without sequence is skipped, as the reader skips it.
-      self.names.add(self.name)
-      self.stats.letters += self.letters
-      self.stats.acgt += self.acgt
-
-  def _range(self, letters: int, acgt: int, runs: np.ndarray) -> Iterator[shards.RangeUnit]:
-    off = self.coords[-1]
-    self.letters += letters
-    self.acgt += acgt
-    if self.cfg.join_across_n:
-      self.coords.append(off + acgt)
-      a, _, cutter = self.open
-      self.open = (a, off + acgt, cutter)
-      return
-    self.coords.append(off + letters)
-    for a, b in runs.tolist():
-      a, b = a + off, b + off
-      if self.open is not None and self.open[1] == a:  # A run that goes on from before.
-        self.open = (self.open[0], b, self.open[2])
-        continue
-      if self.open is not None:
-        s, e, cutter = self.open
-        yield from self._give(s, *cutter.finish(e - s))
-      self.open = (a, b, cuts.SegmentCutter(self.cfg, self.name_hash, a))
-
-  def _give(self, a: int, first: int, lengths: np.ndarray) -> Iterator[shards.RangeUnit]:
-    """Chunks of the segment at `a` (consecutive from `first`) into the units."""
-    n = int(lengths.shape[0])
-    if not n:
-      return
-    self.stats.chunks += n
-    self.stats.kept += int(lengths.sum())
-    done = len(self.coords) - 1  # Ranges planned; the chunks end within them.
-    yield from self.units.add(self.name, self.chunk_index, a + first, lengths,
-                             np.array(self.coords, np.int64), self.ranges[:done], *self.where)
-    self.chunk_index += n
 
 
 def _plan_batch(batch, jobs, cfg, stats, plan, names, read, path, source):
