@@ -3,6 +3,7 @@
   python benchmarks/bench_pipeline.py [--tfds_dir=DIR] [--batch=8] [--batches=300]
   python benchmarks/bench_pipeline.py --scaling_only --workers=1,2   # the build-scaling part
   python benchmarks/bench_pipeline.py --scaling_only --copies=3      # 264 Mbp: less start-up
+  python benchmarks/bench_pipeline.py --scaling_only --genome_like=/tmp/gl  # 750 Mbp, hg38-shaped
 
 The first part uses the genome slice shipped in the package. It prints examples/s of the
 training iterator (worker_count=0, i.e. read in the training process) next to what the
@@ -147,14 +148,39 @@ def _run_together(script: str, argsets: list[list[str]]) -> list[dict]:
   return out
 
 
+def genome_like(genome_dir: pathlib.Path, out_dir: str, copies: int = 10) -> str:
+  """One gzip FASTA shaped like hg38.fa.gz, from the shared files: the 70 Mbp chrX record
+  `copies` times under distinct names (chromosome-length records), then the chr22 file's
+  9,627 short records (like hg38's alt and unplaced contigs); ~750 Mbp at 10 copies.
+  Written once into out_dir (gzip level 6, as UCSC's; ~100 s here) and reused."""
+  path = os.path.join(out_dir, f"genome_like_{copies}x.fa.gz")
+  if os.path.isfile(path):
+    return path
+  import gzip  # pylint: disable=g-import-not-at-top
+  os.makedirs(out_dir, exist_ok=True)
+  part = path + ".part"
+  with gzip.open(part, "wb", compresslevel=6) as out:
+    for i in range(copies):
+      with gzip.open(genome_dir / GENOME_FILES[0], "rb") as f:
+        f.readline()  # Its header.
+        out.write(f">chrX_copy{i + 1}\n".encode())
+        shutil.copyfileobj(f, out, 1 << 20)
+    with gzip.open(genome_dir / GENOME_FILES[1], "rb") as f:
+      shutil.copyfileobj(f, out, 1 << 20)
+  os.replace(part, path)
+  return path
+
+
 def scaling(genome_dir: pathlib.Path, workers: list[int], unit_mbp: int = 0,
-            repeats: int = 3, copies: int = 1) -> None:
-  """The #22 build-scaling section (copies > 1: the files given that many times over)."""
-  files = [str(genome_dir / f) for f in GENOME_FILES] * copies
+            repeats: int = 3, copies: int = 1, fasta: list[str] | None = None) -> None:
+  """The #22 build-scaling section (copies > 1: the files given that many times over;
+  fasta: other files than the shared two)."""
+  names = [os.path.basename(f) for f in fasta] if fasta else list(GENOME_FILES)
+  files = (list(fasta) if fasta else [str(genome_dir / f) for f in GENOME_FILES]) * copies
   for f in files:
     if not os.path.isfile(f):
       raise SystemExit(f"{f}: not found; set GENEMASK_DATA_DIR or --genome_dir")
-  print(f"\n== Build scaling on {', '.join(GENOME_FILES)}"
+  print(f"\n== Build scaling on {', '.join(names)}"
         + (f", each {copies} times over" if copies > 1 else "")
         + (f", units forced to {unit_mbp} Mbp" if unit_mbp else "") + " "
         f"({os.cpu_count()} CPUs visible, load average {os.getloadavg()[0]:.1f} at start)")
@@ -167,9 +193,10 @@ def scaling(genome_dir: pathlib.Path, workers: list[int], unit_mbp: int = 0,
         f"{os.getloadavg()[0]:.1f})")
   one, _ = _run_measured(_PLAN_SCRIPT, [files[0]])
   whole_rate = one["acgt"] / 1e6 / (one["structure"] + one["plan"])
-  print(f"  on {GENOME_FILES[0]} alone (one 70 Mbp record, like GRCh38's chromosomes): "
-        f"{whole_rate:6.1f} Mbp per CPU-s (structure {one['structure']:.2f}, plan "
-        f"{one['plan']:.2f}); the other file has 9,627 short records")
+  print(f"  on {names[0]} alone"
+        + ("" if fasta else " (one 70 Mbp record, like GRCh38's chromosomes)")
+        + f": {whole_rate:6.1f} Mbp per CPU-s (structure {one['structure']:.2f}, plan "
+        f"{one['plan']:.2f})" + ("" if fasta else "; the other file has 9,627 short records"))
   rates, results, runs, ceiling = {}, {}, {}, []
   for rep in range(repeats):
     for n in workers:
@@ -302,6 +329,12 @@ def main() -> None:
                       help="GRCh37 files (default $GENEMASK_DATA_DIR/genome or "
                       "../shared/data/genome)")
   parser.add_argument("--workers", default="1,2", help="worker counts for build scaling")
+  parser.add_argument("--fasta", default="",
+                      help="comma-separated FASTA files to build instead of the shared two")
+  parser.add_argument("--genome_like", default="",
+                      help="a directory: build one gzip FASTA shaped like hg38.fa.gz from "
+                      "the shared files there (~750 Mbp: ten renamed copies of the 70 Mbp "
+                      "chrX record, then chr22's short records; reused) and scale on it")
   parser.add_argument("--scaling_only", action="store_true")
   parser.add_argument("--copies", type=int, default=1,
                       help="build the files this many times over (3: 264 Mbp), so that "
@@ -318,8 +351,11 @@ def main() -> None:
       args.genome_dir or os.path.join(os.environ.get("GENEMASK_DATA_DIR") or os.path.join(
           os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data"), "genome"))
   workers = [int(w) for w in args.workers.split(",")]
+  if args.genome_like:
+    args.fasta = genome_like(genome_dir, os.path.expanduser(args.genome_like))
   if args.scaling_only:
-    scaling(genome_dir, workers, args.unit_mbp, args.repeats, args.copies)
+    scaling(genome_dir, workers, args.unit_mbp, args.repeats, args.copies,
+            [f for f in args.fasta.split(",") if f])
     return
 
   paths = genome.default_genome_paths()
@@ -359,7 +395,8 @@ def main() -> None:
           f"~{TRAIN_STEP_EXAMPLES_PER_S:.0f} examples/s the tiny model's train step consumes")
   print(f"(2-core CPU dev machine, {os.cpu_count()} CPUs visible)")
   if not args.skip_scaling:
-    scaling(genome_dir, workers, args.unit_mbp, args.repeats, args.copies)
+    scaling(genome_dir, workers, args.unit_mbp, args.repeats, args.copies,
+            [f for f in args.fasta.split(",") if f])
 
 
 if __name__ == "__main__":
