@@ -16,7 +16,6 @@ import argparse
 import glob
 import json
 import os
-import pickle
 import subprocess
 import sys
 import tempfile
