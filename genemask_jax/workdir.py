@@ -440,11 +440,26 @@ class _OrbaxReadTaskFilter(std_logging.Filter):
       return True
     # Reads only: an unretrieved failure of an orbax *save* task must still be seen.
     if "_read_array_index_and_device_put" in message or (
-        "orbax" in message and "Encountered error while reading" in message):
+        "orbax" in message and "Encountered error while reading" in message) or (
+        _raised_in_an_orbax_read(record.exc_info)):
       logging.debug("orbax: ignored while discarding a failed read: %s",
                     message.splitlines()[0] if message else "")
       return False
     return True
+
+
+def _raised_in_an_orbax_read(exc_info) -> bool:
+  """Whether a logged exception was raised inside orbax's array read.
+
+  asyncio's "Future exception was never retrieved" names no coroutine (the future of an
+  `asyncio.gather` over orbax's reads, seen in CI): only the traceback tells whose it is.
+  """
+  tb = exc_info[2] if isinstance(exc_info, tuple) and len(exc_info) == 3 else None
+  while tb is not None:
+    if tb.tb_frame.f_code.co_name == "_read_array_index_and_device_put":
+      return True
+    tb = tb.tb_next
+  return False
 
 
 def hide_orbax_read_noise() -> None:
@@ -458,8 +473,10 @@ def hide_orbax_read_noise() -> None:
   "Exception ignored in: None ... RuntimeError: Event loop is closed" from asyncio (no
   orbax frame in it; seen in CI, depending on GC timing): filtered the same way. And when
   such a read's task ends with its exception unread, asyncio logs "Task exception was never
-  retrieved" with the task's traceback on its own logger (seen in CI): records of that
-  logger that name an orbax read go to the debug log too.
+  retrieved" (or "Future exception was never retrieved", for the future of a gather over
+  such reads) with the traceback on its own logger (both seen in CI): records of that
+  logger that name an orbax read, or whose traceback passes through one, go to the debug
+  log too.
   """
   asyncio_logger = std_logging.getLogger("asyncio")
   if not any(isinstance(f, _OrbaxReadTaskFilter) for f in asyncio_logger.filters):

@@ -414,10 +414,21 @@ async def someone_elses_task():
 async def _save_something():  # An orbax *save* that failed: still reported.
   raise OSError("orbax save failed: disk full")
 
+async def someone_elses_gather():
+  raise KeyError("another gather: still reported")
+
+async def _read_array_index_and_device_put_quietly():  # Its message names no read.
+  async def _read_array_index_and_device_put():
+    raise ValueError("tensorstore: OUT_OF_RANGE")
+  return await _read_array_index_and_device_put()
+
 async def main():
   tasks = [asyncio.ensure_future(_read_array_index_and_device_put()),
            asyncio.ensure_future(someone_elses_task()),
-           asyncio.ensure_future(_save_something())]
+           asyncio.ensure_future(_save_something()),
+           # A gather's future: "Future exception was never retrieved", no coroutine named.
+           asyncio.gather(_read_array_index_and_device_put_quietly()),
+           asyncio.gather(someone_elses_gather())]
   await asyncio.sleep(0.01)
   assert all(t.done() for t in tasks)
   del tasks
@@ -434,3 +445,6 @@ print("done")
   assert "Encountered error while reading" not in r.stderr  # ...but not the orbax read's.
   assert "_read_array_index_and_device_put" not in r.stderr
   assert "orbax save failed: disk full" in r.stderr
+  assert "Future exception was never retrieved" in r.stderr  # The other gather's...
+  assert "another gather: still reported" in r.stderr
+  assert "OUT_OF_RANGE" not in r.stderr  # ...but not the one over an orbax read.
