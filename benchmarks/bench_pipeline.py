@@ -252,6 +252,7 @@ def scaling(genome_dir: pathlib.Path, workers: list[int], unit_mbp: int = 0,
           f"processes reach on this machine; 2 workers reach {rates[2] / c:.0%} of it")
   if not unit_mbp:  # The command has no unit-size knob.
     command_scaling(files, workers, repeats, acgt_mbp)
+    main_module_cost()
   par = [n for n in workers if n > 1]
   if par:
     # On c idle cores the build's CPU spreads over the c processes (the main process writes
@@ -283,6 +284,32 @@ def scaling(genome_dir: pathlib.Path, workers: list[int], unit_mbp: int = 0,
             f"{tw / 60:6.1f} min{star_w}")
     print("  (* the main process's reading for structure, unpacking gzip and planning is the "
           "bound)")
+
+
+_MAIN_MODULE_SCRIPT = """
+import os, runpy
+import psutil  # Resident memory now (ru_maxrss would carry a forking parent's peak).
+import genemask_jax.data.plan  # What the build's fork server has imported already.
+me = psutil.Process()
+t, r = os.times(), me.memory_info().rss
+runpy.run_module("genemask_jax.data.prepare", run_name="__mp_main__")  # What a child did.
+e = os.times()
+print("RESULT", e.user + e.system - t.user - t.system, (me.memory_info().rss - r) / 2**20)
+"""
+
+
+def main_module_cost() -> None:
+  """What each worker would pay if it imported the data command's main module, as
+  multiprocessing has its children do (data/pool.py starts them without it)."""
+  proc = subprocess.run([sys.executable, "-c", _MAIN_MODULE_SCRIPT], capture_output=True,
+                        text=True)
+  line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
+  if proc.returncode != 0 or line is None:
+    raise RuntimeError(f"measuring the main module failed: {proc.stderr[-2000:]}")
+  cpu, mib = (float(x) for x in line.split()[1:])
+  print(f"the data command's main module, imported in a worker: {cpu:.2f} CPU-s, "
+        f"+{mib:.0f} MiB resident (what each worker saves: data/pool.py starts them "
+        "without it)")
 
 
 def command_scaling(files: list[str], workers: list[int], repeats: int, acgt_mbp: float

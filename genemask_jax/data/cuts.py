@@ -76,12 +76,13 @@ def record_segments(got: Sequence[tuple[int, int, np.ndarray]], join: bool
 
 
 def record_chunks(cfg: genome.ChunkConfig, name: str, segments: Sequence[tuple[int, int]]
-                  ) -> list[tuple[int, np.ndarray, np.ndarray]]:
-  """(segment start, chunk starts, chunk lengths) of each segment that keeps a chunk."""
+                  ) -> list[tuple[int, int, np.ndarray]]:
+  """(segment start, first chunk's start in it, chunk lengths) of each segment that keeps a
+  chunk; a segment's chunks are consecutive, so the lengths place the rest."""
   name_hash = genome._name_hash(name)  # pylint: disable=protected-access
   out = []
   for a, b in segments:
     starts, lengths = segment_chunks(cfg, name_hash, a, b - a)
     if lengths.shape[0]:
-      out.append((a, starts, lengths))
+      out.append((a, int(starts[0]), lengths))
   return out

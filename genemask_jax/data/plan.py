@@ -123,14 +123,8 @@ def _record_scan(got, name: str | None, cfg: genome.ChunkConfig) -> RecordScan:
   if not letters:
     return 0, 0, np.zeros(1, np.int64), [], None
   coords, segments = cuts.record_segments(got, cfg.join_across_n)
-  chunks = _firsts(cuts.record_chunks(cfg, name, segments)) if name is not None else None
+  chunks = cuts.record_chunks(cfg, name, segments) if name is not None else None
   return letters, acgt, coords, segments, chunks
-
-
-def _firsts(chunks: list[tuple[int, np.ndarray, np.ndarray]]
-            ) -> list[tuple[int, int, np.ndarray]]:
-  """`record_chunks`'s triples with each segment's chunk starts as the first one's."""
-  return [(a, int(starts[0]), lengths) for a, starts, lengths in chunks]
 
 
 class _UnitPlan:
@@ -356,7 +350,7 @@ def _plan_batch(batch, jobs, cfg, stats, plan, names, read, path, source):
       chunks = None  # Seeded by the new name: cut again.
     names.add(name)
     if chunks is None:
-      chunks = _firsts(cuts.record_chunks(cfg, name, segments))
+      chunks = cuts.record_chunks(cfg, name, segments)
     chunk_index = 0
     for a, first, lengths in chunks:
       n = int(lengths.shape[0])

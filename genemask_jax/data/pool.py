@@ -24,8 +24,9 @@ class _WorkerPopen(popen_forkserver.Popen):
 
   multiprocessing tells every child which module is the parent's ``__main__``, and the
   child imports it (as ``__mp_main__``) before it runs anything: for
-  ``python -m genemask_jax.data.prepare`` that is TensorFlow Datasets and absl, 0.2
-  CPU-seconds and ~28 MiB in every worker, measured on the 2-core dev machine. The
+  ``python -m genemask_jax.data.prepare`` that is TensorFlow Datasets and absl, ~0.2
+  CPU-seconds and ~27 MiB in every worker on the 2-core dev machine
+  (``benchmarks/bench_pipeline.py --scaling_only`` measures it). The
   workers run only functions of `plan` and `shards`, which they import by name, so they
   need no main module. This is CPython's own ``_launch`` (the same code in 3.8-3.13)
   with the main module left out of the preparation data.
